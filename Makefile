@@ -1,0 +1,49 @@
+# Every entry point of the project. `make help` lists them.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: help build test unit lint fmt crds crds-check e2e-bins cluster-up cluster-down demo bench certs
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
+
+build: ## build every crate
+	$(CARGO) build --workspace --all-targets
+
+test: lint crds-check e2e-bins ## every test: lint, CRD drift, unit tests and e2e against real control planes
+	e2e/with-cluster.sh $(CARGO) test --workspace
+
+unit: ## the tests that need no control plane (fast)
+	$(CARGO) test --workspace --lib --bins
+	$(CARGO) test -p kosmos-api
+
+lint: ## rustfmt check and clippy with warnings as errors
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt: ## format the code
+	$(CARGO) fmt --all
+
+crds: ## write the CRD YAML into charts/kosmos-plugins/crds from the Rust types
+	$(CARGO) run -q -p kosmos-api --features crdgen --bin crdgen
+
+crds-check: ## fail if the committed CRD YAML differs from the Rust types
+	$(CARGO) run -q -p kosmos-api --features crdgen --bin crdgen -- --check
+
+e2e-bins: ## build (once, cached) kube-apiserver, kube-controller-manager, etcd, kubectl, helm, kustomize
+	e2e/build.sh
+
+cluster-up: e2e-bins ## start the local host and virtual control planes (idempotent)
+	e2e/cluster.sh up
+
+cluster-down: ## stop the local control planes and remove their state
+	e2e/cluster.sh down
+
+demo: e2e-bins ## the main job: local cluster, CRDs, operator, webhook, the design's examples
+	e2e/demo.sh
+
+bench: ## benchmarks (ratios measured side by side in one run)
+	@echo "no benchmarks yet" >&2; exit 1
+
+certs: ## development certificates for the webhook in certs/
+	@echo "the webhook's certs subcommand does not exist yet" >&2; exit 1

@@ -1,0 +1,205 @@
+//! The contract between the operator and the webhook: how an executor Job is named, labelled
+//! and annotated, and what each side may rely on. Both binaries use only these names.
+//!
+//! The operator creates a *bare* executor Job: labels and annotations below, one container named
+//! [`EXECUTOR_CONTAINER`] running [`UNMUTATED_COMMAND`], which fails. The webhook recognises the
+//! Job by [`EXECUTOR_LABEL`], replaces the command with the install (or uninstall), adds volumes,
+//! mounts and environment, and sets [`INJECTED_ANNOTATION`]. The operator deletes any executor
+//! Job that lacks that mark, so a Job the webhook never saw can neither succeed nor count.
+
+use sha2::{Digest, Sha256};
+
+use crate::plugin::VirtualClusterPluginSpec;
+
+/// Label on every executor Job (value `"true"`); the webhook's objectSelector matches it.
+pub const EXECUTOR_LABEL: &str = "plugin.kosmos.io/executor";
+/// Label: name of the VirtualCluster the Job works for.
+pub const VIRTUAL_CLUSTER_LABEL: &str = "plugin.kosmos.io/virtual-cluster";
+/// Label: name of the VirtualClusterPlugin the Job installs or uninstalls.
+pub const PLUGIN_LABEL: &str = "plugin.kosmos.io/plugin";
+/// Label: [`Action::Install`] or [`Action::Uninstall`].
+pub const ACTION_LABEL: &str = "plugin.kosmos.io/action";
+/// Annotation: the plugin's [`spec_hash`] the Job was created for. The webhook refuses a Job
+/// whose hash no longer matches the plugin it finds, so an old Job never installs a new spec
+/// under an old name.
+pub const SPEC_HASH_ANNOTATION: &str = "plugin.kosmos.io/spec-hash";
+/// Annotation: the attempt number (1, 2, …) of this Job for its spec hash.
+pub const ATTEMPT_ANNOTATION: &str = "plugin.kosmos.io/attempt";
+/// Annotation: name of the Secret (in the Job's namespace) holding the virtual cluster's
+/// kubeconfig under [`KUBECONFIG_SECRET_KEY`].
+pub const KUBECONFIG_SECRET_ANNOTATION: &str = "plugin.kosmos.io/kubeconfig-secret";
+/// Annotation the webhook sets on every Job it mutated: a hash of what it injected. Its
+/// presence is the mark the operator checks; the same value on a Job means the injection is
+/// already there (reinvocation), so the webhook returns an empty patch.
+pub const INJECTED_ANNOTATION: &str = "plugin.kosmos.io/injected";
+
+/// Annotation on a VirtualCluster: setting it to a new value retries every failed plugin.
+pub const RETRY_ANNOTATION: &str = "plugin.kosmos.io/retry";
+/// Annotation on a VirtualCluster: `"true"` runs uninstall Jobs when it is deleted.
+pub const UNINSTALL_ON_DELETE_ANNOTATION: &str = "plugin.kosmos.io/uninstall-on-delete";
+/// Finalizer the operator keeps on a VirtualCluster while it has plugin work to clean up.
+pub const FINALIZER: &str = "plugin.kosmos.io/cleanup";
+
+/// Name of the executor container in the bare Job.
+pub const EXECUTOR_CONTAINER: &str = "executor";
+/// Key of the kubeconfig in the operator's kubeconfig Secret and in Kosmos's admin Secret.
+pub const KUBECONFIG_SECRET_KEY: &str = "kubeconfig";
+/// Field manager of the operator for server-side apply.
+pub const OPERATOR_FIELD_MANAGER: &str = "virtual-cluster-operator";
+/// Field manager of the webhook (certificate Secret, caBundle).
+pub const WEBHOOK_FIELD_MANAGER: &str = "plugin-webhook";
+
+/// What the bare Job runs: it fails on purpose, with a message saying why, so a Job that the
+/// webhook did not mutate can never report success.
+pub const UNMUTATED_COMMAND: [&str; 3] = [
+    "/bin/sh",
+    "-c",
+    "msg='this executor Job was not mutated by the plugin webhook: check that plugin-webhook is running and its MutatingWebhookConfiguration matches the Job'; \
+     echo \"$msg\" >&2; echo \"$msg\" > /dev/termination-log; exit 1",
+];
+
+/// Whether an executor Job installs or removes a plugin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Install (or upgrade) the plugin.
+    Install,
+    /// Remove the plugin from the virtual cluster.
+    Uninstall,
+}
+
+impl Action {
+    /// The value of [`ACTION_LABEL`].
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Install => "install",
+            Self::Uninstall => "uninstall",
+        }
+    }
+
+    /// Parses the value of [`ACTION_LABEL`].
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "install" => Some(Self::Install),
+            "uninstall" => Some(Self::Uninstall),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Name of the Secret the operator keeps with the virtual cluster's kubeconfig.
+pub fn kubeconfig_secret_name(virtual_cluster: &str) -> String {
+    bounded_name(virtual_cluster, "plugin-kubeconfig", 253)
+}
+
+/// Name of the Secret in which Kosmos publishes a virtual cluster's admin kubeconfig.
+pub fn kosmos_admin_secret_name(virtual_cluster: &str) -> String {
+    format!("{virtual_cluster}-admin-config")
+}
+
+/// A short, stable hash of a plugin spec: a change of any field changes it.
+pub fn spec_hash(spec: &VirtualClusterPluginSpec) -> String {
+    // serde writes struct fields in declaration order, so the JSON is canonical for a spec.
+    let json = serde_json::to_vec(spec).unwrap_or_default();
+    short_hash(&[&json], 16)
+}
+
+/// The executor Job's name: readable, at most 63 characters (Pods get it as a label value),
+/// and the same for the same inputs, so a restarted operator finds its Job instead of creating
+/// a second one.
+pub fn job_name(
+    virtual_cluster: &str,
+    plugin: &str,
+    spec_hash: &str,
+    action: Action,
+    attempt: u32,
+) -> String {
+    let hash = short_hash(
+        &[
+            virtual_cluster.as_bytes(),
+            plugin.as_bytes(),
+            spec_hash.as_bytes(),
+            action.as_str().as_bytes(),
+            attempt.to_string().as_bytes(),
+        ],
+        8,
+    );
+    let base = format!("{virtual_cluster}-{plugin}");
+    bounded_name(&base, &format!("{}-{hash}", action.as_str()), 63)
+}
+
+/// `<base>-<suffix>`, with `base` cut so the whole fits in `max` and still ends in an
+/// alphanumeric character.
+fn bounded_name(base: &str, suffix: &str, max: usize) -> String {
+    let room = max.saturating_sub(suffix.len() + 1);
+    let cut: String = base.chars().take(room).collect();
+    let cut = cut.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    format!("{cut}-{suffix}")
+}
+
+/// Hex of the SHA-256 over the parts (each length-prefixed so `("ab","c") != ("a","bc")`),
+/// cut to `len` characters.
+pub fn short_hash(parts: &[&[u8]], len: usize) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part);
+    }
+    let mut hex = hex::encode(hasher.finalize());
+    hex.truncate(len);
+    hex
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_names_are_short_stable_and_distinct() {
+        let long = "a".repeat(100);
+        let name = job_name(&long, &long, "h", Action::Install, 1);
+        assert!(name.len() <= 63, "{name} is {} long", name.len());
+        assert_eq!(name, job_name(&long, &long, "h", Action::Install, 1));
+        assert_ne!(name, job_name(&long, &long, "h", Action::Install, 2));
+        assert_ne!(name, job_name(&long, &long, "h2", Action::Install, 1));
+        assert_ne!(name, job_name(&long, &long, "h", Action::Uninstall, 1));
+        let short = job_name(
+            "tenant1-cluster",
+            "apiserver-network-proxy",
+            "h",
+            Action::Install,
+            1,
+        );
+        assert!(short.starts_with("tenant1-cluster-apiserver-network-proxy-install-"));
+    }
+
+    #[test]
+    fn names_never_end_in_a_dash_after_cutting() {
+        let base = format!("{}-{}", "a".repeat(43), "b".repeat(20));
+        let name = job_name(&base, "p", "h", Action::Uninstall, 1);
+        assert!(!name.contains("--"), "{name}");
+        assert!(name.len() <= 63);
+    }
+
+    #[test]
+    fn spec_hash_follows_every_field() {
+        let mut spec = VirtualClusterPluginSpec::default();
+        let before = spec_hash(&spec);
+        spec.success_state_command = Some("true".into());
+        assert_ne!(before, spec_hash(&spec));
+        assert_eq!(spec_hash(&spec), spec_hash(&spec.clone()));
+    }
+
+    #[test]
+    fn action_round_trips() {
+        for a in [Action::Install, Action::Uninstall] {
+            assert_eq!(Action::parse(a.as_str()), Some(a));
+        }
+        assert_eq!(Action::parse("delete"), None);
+    }
+}

@@ -1,0 +1,349 @@
+//! Validation of specs, shared by the operator and the webhook.
+//!
+//! The CRD carries the same rules as CEL and OpenAPI constraints, so the apiserver rejects most
+//! bad input at the door; this module repeats them (and adds the ones CEL cannot express) for
+//! objects that reached us some other way: a cluster running Kosmos's own, looser CRD, or an
+//! older version of ours. Every error names the field.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use crate::plugin::{ChartSource, Storage, VirtualClusterPlugin, VirtualClusterPluginSpec};
+use crate::virtual_cluster::{VirtualCluster, VirtualClusterSpec};
+
+/// One problem with one field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// Path of the field, e.g. `spec.pluginSources.yaml.path.pvPath`.
+    pub field: String,
+    /// What is wrong, and what is expected.
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// All problems of one object, named by kind and name.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} {name} is invalid: {}", join(.errors))]
+pub struct InvalidSpec {
+    /// `VirtualClusterPlugin` or `VirtualCluster`.
+    pub kind: &'static str,
+    /// `namespace/name` of the object.
+    pub name: String,
+    /// Every problem found, in field order.
+    pub errors: Vec<FieldError>,
+}
+
+fn join(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Checks a plugin; the error lists every problem.
+pub fn validate_plugin(plugin: &VirtualClusterPlugin) -> Result<(), InvalidSpec> {
+    let name = plugin.metadata.name.as_deref().unwrap_or_default();
+    let mut errors = plugin_spec_errors(&plugin.spec);
+    if plugin.spec.depends_on.iter().any(|d| d.name == name) {
+        errors.push(err(
+            "spec.dependsOn",
+            format!("plugin {name} cannot depend on itself"),
+        ));
+    }
+    finish("VirtualClusterPlugin", &plugin.metadata, errors)
+}
+
+/// Checks a VirtualCluster's plugin-related fields; the error lists every problem.
+pub fn validate_virtual_cluster(vc: &VirtualCluster) -> Result<(), InvalidSpec> {
+    finish(
+        "VirtualCluster",
+        &vc.metadata,
+        virtual_cluster_spec_errors(&vc.spec),
+    )
+}
+
+fn finish(
+    kind: &'static str,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    errors: Vec<FieldError>,
+) -> Result<(), InvalidSpec> {
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let name = match (&meta.namespace, &meta.name) {
+        (Some(ns), Some(n)) => format!("{ns}/{n}"),
+        (None, Some(n)) => n.clone(),
+        _ => "<unnamed>".to_string(),
+    };
+    Err(InvalidSpec { kind, name, errors })
+}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Problems in a plugin spec, without the checks that need the plugin's name.
+pub fn plugin_spec_errors(spec: &VirtualClusterPluginSpec) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if let Some(cmd) = &spec.success_state_command {
+        if cmd.trim().is_empty() {
+            errors.push(err(
+                "spec.successStateCommand",
+                "must not be blank; leave it out to skip the success check",
+            ));
+        } else if cmd.len() > 8192 {
+            errors.push(err(
+                "spec.successStateCommand",
+                "must be at most 8192 bytes",
+            ));
+        }
+    }
+    let sources = &spec.plugin_sources;
+    if sources.chart.is_none() && sources.yaml.is_none() {
+        errors.push(err(
+            "spec.pluginSources",
+            "at least one of chart or yaml must be set",
+        ));
+    }
+    if let Some(chart) = &sources.chart {
+        chart_errors(chart, "spec.pluginSources.chart", &mut errors);
+    }
+    if let Some(yaml) = &sources.yaml {
+        storage_errors(&yaml.path, "spec.pluginSources.yaml.path", &mut errors);
+        if let Some(ns) = &yaml.namespace {
+            dns_label(
+                ns,
+                "spec.pluginSources.yaml.namespace",
+                "namespace",
+                &mut errors,
+            );
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for (i, dep) in spec.depends_on.iter().enumerate() {
+        let field = format!("spec.dependsOn[{i}].name");
+        not_empty(&dep.name, &field, &mut errors);
+        if !seen.insert(dep.name.as_str()) {
+            errors.push(err(field, format!("{} is listed twice", dep.name)));
+        }
+    }
+    if let Some(t) = spec.timeout_seconds
+        && !(1..=86400).contains(&t)
+    {
+        errors.push(err(
+            "spec.timeoutSeconds",
+            "must be between 1 and 86400 seconds",
+        ));
+    }
+    if let Some(image) = &spec.executor_image
+        && (image.trim().is_empty() || image.contains(char::is_whitespace))
+    {
+        errors.push(err(
+            "spec.executorImage",
+            "must be an image reference without spaces; leave it out for the default",
+        ));
+    }
+    errors
+}
+
+fn chart_errors(chart: &ChartSource, at: &str, errors: &mut Vec<FieldError>) {
+    if chart.repo.is_some() == chart.storage.is_some() {
+        errors.push(err(at, "exactly one of repo or storage must be set"));
+    }
+    if chart.repo.is_some() && chart.name.is_none() {
+        errors.push(err(
+            at,
+            "name (the chart's name in the repository) is required with repo",
+        ));
+    }
+    if chart.version.is_some() && chart.repo.is_none() {
+        errors.push(err(at, "version applies only to a chart from repo"));
+    }
+    if let Some(repo) = &chart.repo
+        && !is_url(repo, &["http://", "https://", "oci://"])
+    {
+        errors.push(err(
+            format!("{at}.repo"),
+            "repo must be an http, https or oci URL",
+        ));
+    }
+    if let Some(storage) = &chart.storage {
+        storage_errors(storage, &format!("{at}.storage"), errors);
+    }
+    if let Some(storage) = &chart.values_file {
+        storage_errors(storage, &format!("{at}.valuesFile"), errors);
+    }
+    if let Some(values) = &chart.values {
+        match serde_yaml::from_str::<serde_yaml::Value>(values) {
+            Ok(serde_yaml::Value::Mapping(_) | serde_yaml::Value::Null) => {}
+            Ok(_) => errors.push(err(
+                format!("{at}.values"),
+                "must be YAML text of a mapping of Helm values, e.g. `replicaCount: 2`",
+            )),
+            Err(e) => errors.push(err(
+                format!("{at}.values"),
+                format!("is not valid YAML: {e}"),
+            )),
+        }
+    }
+    if let Some(release) = &chart.release_name {
+        if release.len() > 53 {
+            errors.push(err(
+                format!("{at}.releaseName"),
+                "must be at most 53 characters (a Helm limit)",
+            ));
+        }
+        dns_label(release, &format!("{at}.releaseName"), "releaseName", errors);
+    }
+    if let Some(ns) = &chart.namespace {
+        dns_label(ns, &format!("{at}.namespace"), "namespace", errors);
+    }
+}
+
+fn storage_errors(storage: &Storage, at: &str, errors: &mut Vec<FieldError>) {
+    let set = [
+        storage.pv_path.is_some(),
+        storage.host_path.is_some(),
+        storage.uri.is_some(),
+    ];
+    if set.iter().filter(|s| **s).count() != 1 {
+        errors.push(err(
+            at,
+            "exactly one of pvPath, hostPath or uri must be set",
+        ));
+    }
+    if let Some(pv_path) = &storage.pv_path {
+        let field = format!("{at}.pvPath");
+        match pv_path.split_once(':') {
+            Some((claim, path)) if is_dns_subdomain(claim) && path.starts_with('/') => {
+                no_parent_dirs(path, &field, errors);
+            }
+            _ => errors.push(err(
+                field,
+                "pvPath must be <claim>:<absolute path>, e.g. plugin-store-ubuntu-statefulset-0:/pv",
+            )),
+        }
+    }
+    if let Some(host_path) = &storage.host_path {
+        let field = format!("{at}.hostPath.path");
+        if host_path.path.starts_with('/') {
+            no_parent_dirs(&host_path.path, &field, errors);
+        } else {
+            errors.push(err(field, "hostPath.path must be an absolute path"));
+        }
+        if let Some(node) = &host_path.node_name {
+            dns_subdomain(node, &format!("{at}.hostPath.nodeName"), "nodeName", errors);
+        }
+    }
+    if let Some(uri) = &storage.uri
+        && !is_url(uri, &["http://", "https://"])
+    {
+        errors.push(err(format!("{at}.uri"), "uri must be an http or https URL"));
+    }
+    if let Some(sha) = &storage.sha256 {
+        if storage.uri.is_none() {
+            errors.push(err(at, "sha256 applies only to uri"));
+        }
+        if sha.len() != 64 || !sha.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')) {
+            errors.push(err(
+                format!("{at}.sha256"),
+                "sha256 must be 64 lower-case hex digits",
+            ));
+        }
+    }
+}
+
+fn no_parent_dirs(path: &str, field: &str, errors: &mut Vec<FieldError>) {
+    if path.split('/').any(|part| part == "..") {
+        errors.push(err(field, "path must not contain '..'"));
+    }
+}
+
+fn virtual_cluster_spec_errors(spec: &VirtualClusterSpec) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if let Some(set) = &spec.plugin_set {
+        for (list, refs) in [("enabled", &set.enabled), ("disabled", &set.disabled)] {
+            let mut seen = BTreeSet::new();
+            for (i, r) in refs.iter().enumerate() {
+                let field = format!("spec.pluginSet.{list}[{i}].name");
+                not_empty(&r.name, &field, &mut errors);
+                if !seen.insert(r.name.as_str()) {
+                    errors.push(err(field, format!("{} is listed twice", r.name)));
+                }
+            }
+        }
+        let both: Vec<&str> = set
+            .enabled
+            .iter()
+            .filter(|e| set.disabled.iter().any(|d| d.name == e.name))
+            .map(|e| e.name.as_str())
+            .collect();
+        if !both.is_empty() {
+            errors.push(err(
+                "spec.pluginSet",
+                format!(
+                    "a plugin cannot be both in pluginSet.enabled and pluginSet.disabled: {}",
+                    both.join(", ")
+                ),
+            ));
+        }
+    }
+    errors
+}
+
+fn not_empty(s: &str, field: &str, errors: &mut Vec<FieldError>) {
+    if s.is_empty() {
+        errors.push(err(field, "name must not be empty"));
+    }
+}
+
+fn is_url(s: &str, schemes: &[&str]) -> bool {
+    schemes
+        .iter()
+        .any(|scheme| s.strip_prefix(scheme).is_some_and(|rest| !rest.is_empty()))
+        && !s.contains(char::is_whitespace)
+}
+
+/// A lower-case RFC 1123 label: what Kubernetes accepts as a namespace or release name.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// A lower-case RFC 1123 subdomain: what Kubernetes accepts as most object names.
+pub fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+fn dns_label(s: &str, field: &str, what: &str, errors: &mut Vec<FieldError>) {
+    if !is_dns_label(s) {
+        errors.push(err(field, format!("{what} must be a lower-case DNS label")));
+    }
+}
+
+fn dns_subdomain(s: &str, field: &str, what: &str, errors: &mut Vec<FieldError>) {
+    if !is_dns_subdomain(s) {
+        errors.push(err(
+            field,
+            format!("{what} must be a lower-case DNS subdomain"),
+        ));
+    }
+}
