@@ -60,6 +60,7 @@ missing_in() {
 }
 
 build_kubernetes() {
+  # The kubelet issue adds kubelet and kube-scheduler here; only missing binaries are built.
   local bins=(kube-apiserver kube-controller-manager kubectl)
   local missing
   mapfile -t missing < <(missing_in "${KUBERNETES_BIN_DIR}" "${bins[@]}")
