@@ -204,6 +204,9 @@ make_pki() {
   issue_cert admin "/O=system:masters/CN=kosmos-e2e-admin" clientAuth
   # The identity RBAC's bootstrap policy grants the controller manager's permissions to.
   issue_cert controller-manager "/CN=system:kube-controller-manager" clientAuth
+  # The apiserver's identity towards aggregated APIs (metrics-server in a plugin, say); the
+  # apiservers trust it only under this name.
+  issue_cert front-proxy-client "/CN=front-proxy-client" clientAuth
   # For the kubelet a later issue adds (logs, exec); harmless until then.
   issue_cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" clientAuth
   local cluster
@@ -250,6 +253,7 @@ EOF
 start_etcd() {
   is_running etcd && return
   mkdir -p "${STATE_DIR}/etcd"
+  chmod 700 "${STATE_DIR}/etcd"
   # One etcd serves both control planes under different prefixes. No fsync: the data is thrown
   # away with the state, and fsync dominates apiserver write latency on slow disks.
   spawn etcd "${ETCD}" \
@@ -270,7 +274,9 @@ start_apiserver() {
   is_running "${cluster}-apiserver" && return
   # MutatingAdmissionWebhook, ValidatingAdmissionWebhook and ValidatingAdmissionPolicy are on by
   # default in 1.34; naming them states what the tests rely on. NodeRestriction goes with the
-  # Node authorizer for the kubelet a later issue adds.
+  # Node authorizer for the kubelet a later issue adds. The endpoint reconciler is off because
+  # the `kubernetes` Service may not point at a loopback address; until pods run here nothing
+  # needs it (the kubelet issue gives the apiserver a routable address and turns it back on).
   spawn "${cluster}-apiserver" "${KUBE_APISERVER}" \
     --etcd-servers "http://127.0.0.1:${ETCD_PORT}" \
     --etcd-prefix "/kosmos-e2e/${cluster}" \
@@ -288,6 +294,14 @@ start_apiserver() {
     --service-account-signing-key-file "${PKI}/${cluster}-sa.key" \
     --kubelet-client-certificate "${PKI}/apiserver-kubelet-client.crt" \
     --kubelet-client-key "${PKI}/apiserver-kubelet-client.key" \
+    --requestheader-client-ca-file "${PKI}/ca.crt" \
+    --requestheader-allowed-names front-proxy-client \
+    --requestheader-username-headers X-Remote-User \
+    --requestheader-group-headers X-Remote-Group \
+    --requestheader-extra-headers-prefix X-Remote-Extra- \
+    --proxy-client-cert-file "${PKI}/front-proxy-client.crt" \
+    --proxy-client-key-file "${PKI}/front-proxy-client.key" \
+    --endpoint-reconciler-type none \
     --allow-privileged=true \
     --profiling=false \
     --cert-dir "${STATE_DIR}/${cluster}-apiserver-certs"
