@@ -1,0 +1,9 @@
+//! `virtual-cluster-operator`: once a VirtualCluster reaches `AllNodeReady`, it runs one bare
+//! executor Job per plugin (which the plugin webhook turns into an install), checks the webhook's
+//! mark on each, tracks them, and sets the VirtualCluster `Completed` when every plugin succeeded.
+//!
+//! - [`plan`]: the decisions, pure, unit-tested;
+//! - [`jobs`]: bare executor Jobs and what the operator reads back from Jobs and Pods;
+//! - [`controller`]: the reconciler that observes, plans and carries the plan out.
+
+pub mod plan;
