@@ -1,0 +1,222 @@
+# The plugin executor: what a mutated executor Job runs (as `/bin/sh -c <this script>`).
+#
+# Every value that comes from a VirtualClusterPlugin reaches this script as an environment
+# variable set by the webhook, and is only ever expanded inside double quotes, so names, paths,
+# URLs and values can never become shell syntax. The one exception, by design, is
+# SUCCESS_STATE_COMMAND, which is run with `sh -c`.
+#
+# Inputs (all optional unless noted; paths are inside the executor container):
+#   PLUGIN_ACTION          install | uninstall (required)
+#   PLUGIN_NAME            the plugin, for messages
+#   PLUGIN_TIMEOUT_SECONDS bound on the whole attempt (default 600)
+#   PLUGIN_WORK_DIR        writable scratch folder (required)
+#   TERMINATION_LOG        where the outcome goes (default /dev/termination-log)
+#   KUBECONFIG             the virtual cluster's kubeconfig (required)
+#   For each source S in CHART, VALUES, YAML:
+#     S_PATH               the file or folder the install reads
+#     S_URI, S_SHA256      fetch S_URI to S_DOWNLOAD first, check its SHA-256
+#     S_DOWNLOAD           where the fetched file goes
+#     S_UNPACK=true        S_DOWNLOAD is a .tgz to unpack into the folder S_PATH
+#   CHART_REPO, CHART_NAME, CHART_VERSION   a chart from a repository (instead of CHART_PATH)
+#   CHART_RELEASE, CHART_NAMESPACE, CHART_WAIT=true, CHART_VALUES (inline YAML text)
+#   YAML_NAMESPACE         default namespace for manifests that name none
+#   SUCCESS_STATE_COMMAND  shell, retried until it exits 0 or the time limit passes
+
+set -u
+
+started=$(date +%s)
+timeout_seconds=${PLUGIN_TIMEOUT_SECONDS:-600}
+deadline=$((started + timeout_seconds))
+termination_log=${TERMINATION_LOG:-/dev/termination-log}
+action=${PLUGIN_ACTION:-}
+plugin=${PLUGIN_NAME:-plugin}
+
+say() {
+  printf '%s\n' "executor: $*" >&2
+}
+
+# Writes the outcome for the operator (kept short: Kubernetes keeps at most 4096 bytes) and
+# exits with the given status.
+finish() {
+  status=$1
+  shift
+  printf '%s\n' "$*" | cut -c1-1000 > "$termination_log" 2> /dev/null || true
+  say "$*"
+  exit "$status"
+}
+
+remaining() {
+  now=$(date +%s)
+  left=$((deadline - now))
+  if [ "$left" -lt 1 ]; then left=1; fi
+  echo "$left"
+}
+
+# Runs a command bounded by what is left of the time limit, where `timeout` exists.
+bounded() {
+  if command -v timeout > /dev/null 2>&1; then
+    timeout "$(remaining)" "$@"
+  else
+    "$@"
+  fi
+}
+
+[ -n "${PLUGIN_WORK_DIR:-}" ] || finish 2 "PLUGIN_WORK_DIR is not set"
+[ -n "${KUBECONFIG:-}" ] || finish 2 "KUBECONFIG is not set"
+mkdir -p "$PLUGIN_WORK_DIR" || finish 2 "cannot create $PLUGIN_WORK_DIR"
+
+sha256_of() {
+  if command -v sha256sum > /dev/null 2>&1; then
+    sha256sum "$1" | cut -d' ' -f1
+  else
+    openssl dgst -sha256 -r "$1" | cut -d' ' -f1
+  fi
+}
+
+# fetch SOURCE: downloads ${SOURCE}_URI if set, checks ${SOURCE}_SHA256, unpacks if asked.
+# Variable names are built from fixed words only; the values stay in variables.
+fetch() {
+  source=$1
+  eval "uri=\${${source}_URI:-}"
+  [ -n "$uri" ] || return 0
+  eval "download=\${${source}_DOWNLOAD:-}"
+  eval "want=\${${source}_SHA256:-}"
+  eval "unpack=\${${source}_UNPACK:-}"
+  eval "path=\${${source}_PATH:-}"
+  [ -n "$download" ] || finish 2 "${source}_DOWNLOAD is not set for ${source}_URI"
+  mkdir -p "$(dirname "$download")"
+  say "fetching $uri"
+  if command -v curl > /dev/null 2>&1; then
+    bounded curl --fail --silent --show-error --location --max-redirs 5 \
+      --proto '=http,https' --output "$download" -- "$uri" \
+      || finish 3 "fetching $uri failed"
+  else
+    bounded wget -q -O "$download" -- "$uri" || finish 3 "fetching $uri failed"
+  fi
+  if [ -n "$want" ]; then
+    got=$(sha256_of "$download")
+    [ "$got" = "$want" ] || finish 3 "sha256 of $uri is $got, expected $want"
+  fi
+  if [ "$unpack" = "true" ]; then
+    mkdir -p "$path"
+    tar -xzf "$download" -C "$path" || finish 3 "unpacking $uri failed"
+  fi
+}
+
+# The folder to hand to `kubectl -k`, or empty when PATH is not a kustomization.
+kustomization_dir() {
+  for f in kustomization.yaml kustomization.yml Kustomization; do
+    if [ -f "$1/$f" ]; then
+      echo "$1"
+      return
+    fi
+  done
+}
+
+yaml_install() {
+  path=${YAML_PATH:-}
+  [ -e "$path" ] || finish 4 "manifests not found at $path"
+  set --
+  if [ -n "${YAML_NAMESPACE:-}" ]; then set -- --namespace "$YAML_NAMESPACE"; fi
+  if [ -d "$path" ] && [ -n "$(kustomization_dir "$path")" ]; then
+    say "kubectl apply -k $path"
+    bounded kubectl apply "$@" -k "$path" || finish 4 "kubectl apply -k $path failed"
+  else
+    say "kubectl apply -f $path"
+    bounded kubectl apply "$@" -R -f "$path" || finish 4 "kubectl apply -f $path failed"
+  fi
+}
+
+yaml_uninstall() {
+  path=${YAML_PATH:-}
+  [ -e "$path" ] || finish 4 "manifests not found at $path"
+  set --
+  if [ -n "${YAML_NAMESPACE:-}" ]; then set -- --namespace "$YAML_NAMESPACE"; fi
+  if [ -d "$path" ] && [ -n "$(kustomization_dir "$path")" ]; then
+    bounded kubectl delete "$@" --ignore-not-found -k "$path" \
+      || finish 4 "kubectl delete -k $path failed"
+  else
+    bounded kubectl delete "$@" --ignore-not-found -R -f "$path" \
+      || finish 4 "kubectl delete -f $path failed"
+  fi
+}
+
+chart_install() {
+  release=${CHART_RELEASE:?CHART_RELEASE is not set}
+  namespace=${CHART_NAMESPACE:-default}
+  set -- upgrade --install "$release"
+  if [ -n "${CHART_PATH:-}" ]; then
+    [ -e "$CHART_PATH" ] || finish 5 "chart not found at $CHART_PATH"
+    set -- "$@" "$CHART_PATH"
+  else
+    case "${CHART_REPO:-}" in
+      oci://*) set -- "$@" "${CHART_REPO%/}/${CHART_NAME:-}" ;;
+      *) set -- "$@" "${CHART_NAME:-}" --repo "${CHART_REPO:-}" ;;
+    esac
+    if [ -n "${CHART_VERSION:-}" ]; then set -- "$@" --version "$CHART_VERSION"; fi
+  fi
+  set -- "$@" --namespace "$namespace" --create-namespace
+  if [ -n "${VALUES_PATH:-}" ]; then
+    [ -f "$VALUES_PATH" ] || finish 5 "values file not found at $VALUES_PATH"
+    set -- "$@" --values "$VALUES_PATH"
+  fi
+  if [ -n "${CHART_VALUES:-}" ]; then
+    printf '%s\n' "$CHART_VALUES" > "$PLUGIN_WORK_DIR/values.yaml"
+    set -- "$@" --values "$PLUGIN_WORK_DIR/values.yaml"
+  fi
+  if [ "${CHART_WAIT:-}" = "true" ]; then set -- "$@" --wait; fi
+  set -- "$@" --timeout "$(remaining)s"
+  say "helm upgrade --install $release (namespace $namespace)"
+  bounded helm "$@" || finish 5 "helm upgrade --install $release failed"
+}
+
+chart_uninstall() {
+  release=${CHART_RELEASE:?CHART_RELEASE is not set}
+  namespace=${CHART_NAMESPACE:-default}
+  say "helm uninstall $release (namespace $namespace)"
+  bounded helm uninstall "$release" --namespace "$namespace" --ignore-not-found \
+    --timeout "$(remaining)s" || finish 5 "helm uninstall $release failed"
+}
+
+# Retries SUCCESS_STATE_COMMAND until it exits 0; its exit status is the verdict.
+success_wait() {
+  [ -n "${SUCCESS_STATE_COMMAND:-}" ] || return 0
+  tries=0
+  while :; do
+    tries=$((tries + 1))
+    if bounded sh -c "$SUCCESS_STATE_COMMAND"; then
+      say "successStateCommand exited 0 after $tries tries"
+      return 0
+    fi
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      finish 6 "successStateCommand did not exit 0 within ${timeout_seconds}s ($tries tries)"
+    fi
+    sleep 2
+  done
+}
+
+has_chart() {
+  [ -n "${CHART_PATH:-}" ] || [ -n "${CHART_NAME:-}" ]
+}
+
+case "$action" in
+  install)
+    fetch CHART
+    fetch VALUES
+    fetch YAML
+    if has_chart; then chart_install; fi
+    if [ -n "${YAML_PATH:-}" ]; then yaml_install; fi
+    success_wait
+    finish 0 "plugin $plugin installed"
+    ;;
+  uninstall)
+    # The reverse of the install order; a chart needs only its release name to go.
+    fetch YAML
+    if [ -n "${YAML_PATH:-}" ]; then yaml_uninstall; fi
+    if has_chart; then chart_uninstall; fi
+    finish 0 "plugin $plugin uninstalled"
+    ;;
+  *)
+    finish 2 "PLUGIN_ACTION must be install or uninstall, not '$action'"
+    ;;
+esac

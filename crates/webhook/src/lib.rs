@@ -1,0 +1,6 @@
+//! The plugin webhook: a mutating admission webhook that turns the operator's bare executor
+//! Jobs into plugin installs. [`mutation`] is the pure core; the rest is the server around it.
+
+pub mod mutation;
+
+pub use mutation::{Denial, Mutation, Settings, mutate};

@@ -1,0 +1,624 @@
+//! The mutation: a pure function from (bare executor Job, plugin, VirtualCluster, settings) to a
+//! JSON patch that turns the Job into an install (or uninstall), or to a denial that names the
+//! object and field at fault. No I/O happens here, so every rule is unit-tested.
+//!
+//! What the patch injects into the executor pod:
+//! - one read-only volume per storage: a PersistentVolumeClaim for `pvPath` (mounted at the
+//!   first component of its path, so `claim:/pv/sub/x.yaml` is the claim's `sub/x.yaml`), a
+//!   hostPath under `/kosmos/host/<n>` (the pod pinned to `nodeName`); `uri` sources are fetched
+//!   by the executor into the writable work folder;
+//! - the virtual cluster's kubeconfig Secret at `/kosmos/kubeconfig` and `KUBECONFIG`;
+//! - an emptyDir work folder at `/kosmos/work` for HOME, Helm's caches and downloads;
+//! - environment variables carrying every plugin value, and the command
+//!   `/bin/sh -c <executor.sh>`; the script reads only the environment.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{
+    Affinity, Container, EmptyDirVolumeSource, EnvVar, HostPathVolumeSource, NodeAffinity,
+    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaimVolumeSource,
+    PodSpec, SecretVolumeSource, Volume, VolumeMount,
+};
+use kosmos_api::contract::{self, Action};
+use kosmos_api::validation::{is_dns_label, is_dns_subdomain};
+use kosmos_api::{Storage, VirtualCluster, VirtualClusterPlugin, validate_plugin};
+use kube::ResourceExt;
+use serde::Serialize;
+
+/// The executor script: one constant, so what runs is reviewed once and never built from CR
+/// values.
+pub const EXECUTOR_SCRIPT: &str = include_str!("executor.sh");
+
+/// Root of everything the webhook mounts, out of the way of the image's own folders.
+pub const KOSMOS_ROOT: &str = "/kosmos";
+/// Folder of the kubeconfig Secret volume.
+pub const KUBECONFIG_DIR: &str = "/kosmos/kubeconfig";
+/// The writable work folder (an emptyDir): HOME, caches, fetched sources, the values file.
+pub const WORK_DIR: &str = "/kosmos/work";
+/// Parent of the hostPath mounts.
+pub const HOST_DIR: &str = "/kosmos/host";
+
+/// Largest inline `values` passed as an environment variable: Linux refuses a single
+/// environment string over 128 KiB when the container starts.
+pub const MAX_INLINE_VALUES_BYTES: usize = 100 * 1024;
+
+/// Top-level folders a `pvPath` claim may not be mounted over: hiding them would break the
+/// executor's tools (or the webhook's own mounts).
+const RESERVED_MOUNT_POINTS: &[&str] = &[
+    "bin", "boot", "dev", "etc", "kosmos", "lib", "lib32", "lib64", "libx32", "proc", "run",
+    "sbin", "sys", "tmp", "usr", "var",
+];
+
+const KUBECONFIG_VOLUME: &str = "kosmos-kubeconfig";
+const WORK_VOLUME: &str = "kosmos-work";
+
+/// What the webhook may do, beyond what the plugin asks.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// hostPath sources must lie under one of these folders; empty allows any path.
+    pub allowed_host_path_prefixes: Vec<String>,
+}
+
+/// Why a Job is refused; the message names the object and the field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Denial(pub String);
+
+/// The outcome of a successful mutation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mutation {
+    /// JSON patch to apply to the Job; empty when the Job already carries this injection.
+    pub patch: json_patch::Patch,
+    /// The value of [`contract::INJECTED_ANNOTATION`]: a hash of what was injected.
+    pub mark: String,
+    /// Install or uninstall.
+    pub action: Action,
+}
+
+/// Everything injected into the pod; its hash is the mark.
+#[derive(Clone, Debug, Default, Serialize)]
+struct Injection {
+    volumes: Vec<Volume>,
+    mounts: Vec<VolumeMount>,
+    env: Vec<EnvVar>,
+    node_name: Option<String>,
+    script: &'static str,
+}
+
+/// Turns a bare executor Job into an install or uninstall of `plugin` into `virtual_cluster`.
+pub fn mutate(
+    job: &Job,
+    plugin: &VirtualClusterPlugin,
+    virtual_cluster: &VirtualCluster,
+    settings: &Settings,
+) -> Result<Mutation, Denial> {
+    let job_ref = format!(
+        "Job {}/{}",
+        job.namespace().unwrap_or_default(),
+        job_display_name(job)
+    );
+    let plugin_ref = format!(
+        "VirtualClusterPlugin {}/{}",
+        plugin.namespace().unwrap_or_default(),
+        plugin.name_any()
+    );
+    let labels = job.labels();
+    let label = |key: &str| -> Result<&str, Denial> {
+        labels
+            .get(key)
+            .map(String::as_str)
+            .ok_or_else(|| Denial(format!("{job_ref}: label {key} is missing")))
+    };
+    if label(contract::PLUGIN_LABEL)? != plugin.name_any() {
+        return Err(Denial(format!(
+            "{job_ref}: label {} does not name {plugin_ref}",
+            contract::PLUGIN_LABEL
+        )));
+    }
+    if label(contract::VIRTUAL_CLUSTER_LABEL)? != virtual_cluster.name_any() {
+        return Err(Denial(format!(
+            "{job_ref}: label {} does not name VirtualCluster {}",
+            contract::VIRTUAL_CLUSTER_LABEL,
+            virtual_cluster.name_any()
+        )));
+    }
+    let action_value = label(contract::ACTION_LABEL)?;
+    let action = Action::parse(action_value).ok_or_else(|| {
+        Denial(format!(
+            "{job_ref}: label {} is {action_value:?}, expected install or uninstall",
+            contract::ACTION_LABEL
+        ))
+    })?;
+
+    let annotations = job.annotations();
+    let want_hash = contract::spec_hash(&plugin.spec);
+    match annotations.get(contract::SPEC_HASH_ANNOTATION) {
+        Some(hash) if *hash == want_hash => {}
+        Some(hash) => {
+            return Err(Denial(format!(
+                "{job_ref}: annotation {} is {hash} but {plugin_ref} now has spec hash \
+                 {want_hash}; the Job was made for an older spec and the operator will create \
+                 a new one",
+                contract::SPEC_HASH_ANNOTATION
+            )));
+        }
+        None => {
+            return Err(Denial(format!(
+                "{job_ref}: annotation {} is missing",
+                contract::SPEC_HASH_ANNOTATION
+            )));
+        }
+    }
+    let secret = annotations
+        .get(contract::KUBECONFIG_SECRET_ANNOTATION)
+        .ok_or_else(|| {
+            Denial(format!(
+                "{job_ref}: annotation {} is missing",
+                contract::KUBECONFIG_SECRET_ANNOTATION
+            ))
+        })?;
+    if !is_dns_subdomain(secret) {
+        return Err(Denial(format!(
+            "{job_ref}: annotation {} is {secret:?}, not a Secret name",
+            contract::KUBECONFIG_SECRET_ANNOTATION
+        )));
+    }
+
+    validate_plugin(plugin).map_err(|e| Denial(e.to_string()))?;
+
+    let injection = build_injection(plugin, virtual_cluster, secret, action, settings)
+        .map_err(|e| Denial(format!("{plugin_ref}: {e}")))?;
+    let mark = mark_of(&injection);
+
+    if annotations.get(contract::INJECTED_ANNOTATION) == Some(&mark) {
+        return Ok(Mutation {
+            patch: json_patch::Patch(Vec::new()),
+            mark,
+            action,
+        });
+    }
+
+    let mut mutated = job.clone();
+    apply(&mut mutated, &injection, &mark).map_err(|e| Denial(format!("{job_ref}: {e}")))?;
+    let before = serde_json::to_value(job).map_err(|e| Denial(format!("{job_ref}: {e}")))?;
+    let after = serde_json::to_value(&mutated).map_err(|e| Denial(format!("{job_ref}: {e}")))?;
+    Ok(Mutation {
+        patch: json_patch::diff(&before, &after),
+        mark,
+        action,
+    })
+}
+
+fn job_display_name(job: &Job) -> String {
+    match (&job.metadata.name, &job.metadata.generate_name) {
+        (Some(name), _) if !name.is_empty() => name.clone(),
+        (_, Some(prefix)) => format!("{prefix}<generated>"),
+        _ => "<unnamed>".to_owned(),
+    }
+}
+
+fn mark_of(injection: &Injection) -> String {
+    let json = serde_json::to_vec(injection).unwrap_or_default();
+    contract::short_hash(&[&json], 16)
+}
+
+/// Which input of the install a storage feeds; names the environment variables.
+#[derive(Clone, Copy, Debug)]
+enum Role {
+    Chart,
+    Values,
+    Yaml,
+}
+
+impl Role {
+    fn var(self, suffix: &str) -> String {
+        let prefix = match self {
+            Self::Chart => "CHART",
+            Self::Values => "VALUES",
+            Self::Yaml => "YAML",
+        };
+        format!("{prefix}_{suffix}")
+    }
+
+    fn folder(self) -> &'static str {
+        match self {
+            Self::Chart => "chart",
+            Self::Values => "values",
+            Self::Yaml => "yaml",
+        }
+    }
+}
+
+#[derive(Default)]
+struct Builder {
+    injection: Injection,
+    /// pvPath mount point -> (claim, volume name).
+    claims: BTreeMap<String, (String, String)>,
+    host_paths: usize,
+    node_field: Option<String>,
+}
+
+impl Builder {
+    fn env(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        self.injection.env.push(EnvVar {
+            name: name.into(),
+            value: Some(value.into()),
+            value_from: None,
+        });
+    }
+
+    fn volume(&mut self, volume: Volume, mount_path: String) {
+        self.injection.mounts.push(VolumeMount {
+            name: volume.name.clone(),
+            mount_path,
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        self.injection.volumes.push(volume);
+    }
+
+    /// Makes `storage` available to the executor and sets `<ROLE>_PATH` (and `_URI`, …).
+    fn storage(
+        &mut self,
+        storage: &Storage,
+        field: &str,
+        role: Role,
+        settings: &Settings,
+    ) -> Result<(), String> {
+        if let Some(pv_path) = &storage.pv_path {
+            let field = format!("{field}.pvPath");
+            let (claim, path) = pv_path
+                .split_once(':')
+                .ok_or_else(|| format!("{field}: must be <claim>:<absolute path>"))?;
+            let first = path
+                .split('/')
+                .find(|part| !part.is_empty())
+                .ok_or_else(|| {
+                    format!(
+                        "{field}: {pv_path:?} would mount the claim over /; name a folder, \
+                         e.g. {claim}:/pv"
+                    )
+                })?;
+            if RESERVED_MOUNT_POINTS.contains(&first) {
+                return Err(format!(
+                    "{field}: the claim is mounted at /{first}, which would hide the \
+                     executor's /{first}; use another first folder, e.g. {claim}:/pv{}",
+                    path.strip_prefix(&format!("/{first}")).unwrap_or_default()
+                ));
+            }
+            let mount_path = format!("/{first}");
+            match self.claims.get(&mount_path) {
+                Some((other, _)) if other != claim => {
+                    return Err(format!(
+                        "{field}: claim {claim} and claim {other} would both be mounted at \
+                         {mount_path}; give them different first folders"
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    let name = format!("kosmos-pv-{}", self.claims.len());
+                    self.claims
+                        .insert(mount_path.clone(), (claim.to_owned(), name.clone()));
+                    self.volume(
+                        Volume {
+                            name,
+                            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                                claim_name: claim.to_owned(),
+                                read_only: Some(true),
+                            }),
+                            ..Volume::default()
+                        },
+                        mount_path,
+                    );
+                }
+            }
+            self.env(role.var("PATH"), normalize(path));
+        } else if let Some(host_path) = &storage.host_path {
+            let field = format!("{field}.hostPath");
+            let path = normalize(&host_path.path);
+            let allowed = &settings.allowed_host_path_prefixes;
+            if !allowed.is_empty() && !allowed.iter().any(|prefix| is_under(&path, prefix)) {
+                return Err(format!(
+                    "{field}.path: {path} is outside the folders this webhook allows for \
+                     hostPath ({}); ask the cluster admin or store the files elsewhere",
+                    allowed.join(", ")
+                ));
+            }
+            if let Some(node) = &host_path.node_name {
+                match (&self.injection.node_name, &self.node_field) {
+                    (Some(other), Some(other_field)) if other != node => {
+                        return Err(format!(
+                            "{field}.nodeName: {node} differs from {other} in {other_field}; \
+                             one executor pod cannot run on two nodes"
+                        ));
+                    }
+                    _ => {
+                        self.injection.node_name = Some(node.clone());
+                        self.node_field = Some(format!("{field}.nodeName"));
+                    }
+                }
+            }
+            let name = format!("kosmos-host-{}", self.host_paths);
+            let mount_path = format!("{HOST_DIR}/{}", self.host_paths);
+            self.host_paths += 1;
+            self.volume(
+                Volume {
+                    name,
+                    host_path: Some(HostPathVolumeSource { path, type_: None }),
+                    ..Volume::default()
+                },
+                mount_path.clone(),
+            );
+            self.env(role.var("PATH"), mount_path);
+        } else if let Some(uri) = &storage.uri {
+            let dir = format!("{WORK_DIR}/fetched/{}", role.folder());
+            let bare = uri
+                .split(['?', '#'])
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            let archive = bare.ends_with(".tgz") || bare.ends_with(".tar.gz");
+            let (download, path, unpack) = match role {
+                Role::Chart => (
+                    format!("{dir}/chart.tgz"),
+                    format!("{dir}/chart.tgz"),
+                    false,
+                ),
+                Role::Values => (
+                    format!("{dir}/values.yaml"),
+                    format!("{dir}/values.yaml"),
+                    false,
+                ),
+                Role::Yaml if archive => (
+                    format!("{dir}/manifests.tgz"),
+                    format!("{dir}/manifests"),
+                    true,
+                ),
+                Role::Yaml => {
+                    let ext = if bare.ends_with(".json") {
+                        "json"
+                    } else {
+                        "yaml"
+                    };
+                    let file = format!("{dir}/manifests.{ext}");
+                    (file.clone(), file, false)
+                }
+            };
+            self.env(role.var("URI"), uri.clone());
+            if let Some(sha) = &storage.sha256 {
+                self.env(role.var("SHA256"), sha.clone());
+            }
+            self.env(role.var("DOWNLOAD"), download);
+            if unpack {
+                self.env(role.var("UNPACK"), "true");
+            }
+            self.env(role.var("PATH"), path);
+        } else {
+            return Err(format!(
+                "{field}: exactly one of pvPath, hostPath or uri must be set"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `/a//b/` -> `/a/b`: the form used in mount paths and messages.
+fn normalize(path: &str) -> String {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    format!("/{}", parts.join("/"))
+}
+
+/// Whether `path` is `prefix` or lies below it (by whole components: /data is not under /dat).
+fn is_under(path: &str, prefix: &str) -> bool {
+    let prefix = normalize(prefix);
+    prefix == "/" || path == prefix || path.starts_with(&format!("{prefix}/"))
+}
+
+fn build_injection(
+    plugin: &VirtualClusterPlugin,
+    virtual_cluster: &VirtualCluster,
+    kubeconfig_secret: &str,
+    action: Action,
+    settings: &Settings,
+) -> Result<Injection, String> {
+    let spec = &plugin.spec;
+    let mut b = Builder::default();
+    b.injection.script = EXECUTOR_SCRIPT;
+    b.volume(
+        Volume {
+            name: KUBECONFIG_VOLUME.to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(kubeconfig_secret.to_owned()),
+                items: Some(vec![k8s_openapi::api::core::v1::KeyToPath {
+                    key: contract::KUBECONFIG_SECRET_KEY.to_owned(),
+                    path: contract::KUBECONFIG_SECRET_KEY.to_owned(),
+                    mode: None,
+                }]),
+                optional: Some(false),
+                default_mode: None,
+            }),
+            ..Volume::default()
+        },
+        KUBECONFIG_DIR.to_owned(),
+    );
+    b.injection.volumes.push(Volume {
+        name: WORK_VOLUME.to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    });
+    b.injection.mounts.push(VolumeMount {
+        name: WORK_VOLUME.to_owned(),
+        mount_path: WORK_DIR.to_owned(),
+        ..VolumeMount::default()
+    });
+
+    b.env("PLUGIN_ACTION", action.as_str());
+    b.env("PLUGIN_NAME", plugin.name_any());
+    b.env("VIRTUAL_CLUSTER", virtual_cluster.name_any());
+    b.env("PLUGIN_TIMEOUT_SECONDS", spec.timeout_seconds().to_string());
+    b.env("PLUGIN_WORK_DIR", WORK_DIR);
+    b.env(
+        "KUBECONFIG",
+        format!("{KUBECONFIG_DIR}/{}", contract::KUBECONFIG_SECRET_KEY),
+    );
+    // Helm and kubectl write caches and config below HOME/XDG; the image's may be read-only.
+    b.env("HOME", format!("{WORK_DIR}/home"));
+    b.env("XDG_CACHE_HOME", format!("{WORK_DIR}/home/.cache"));
+    b.env("XDG_CONFIG_HOME", format!("{WORK_DIR}/home/.config"));
+    b.env("XDG_DATA_HOME", format!("{WORK_DIR}/home/.local/share"));
+
+    if let Some(chart) = &spec.plugin_sources.chart {
+        let at = "spec.pluginSources.chart";
+        let release = match &chart.release_name {
+            Some(release) => release.clone(),
+            None if plugin.name_any().len() <= 53 && is_dns_label(&plugin.name_any()) => {
+                plugin.name_any()
+            }
+            None => {
+                return Err(format!(
+                    "{at}.releaseName: the plugin's name {} cannot be a Helm release name \
+                     (a lower-case DNS label of at most 53 characters); set releaseName",
+                    plugin.name_any()
+                ));
+            }
+        };
+        b.env("CHART_RELEASE", release);
+        b.env(
+            "CHART_NAMESPACE",
+            chart.namespace.clone().unwrap_or_else(|| "default".into()),
+        );
+        if let Some(storage) = &chart.storage {
+            b.storage(storage, &format!("{at}.storage"), Role::Chart, settings)?;
+        } else {
+            if let Some(repo) = &chart.repo {
+                b.env("CHART_REPO", repo.clone());
+            }
+            if let Some(name) = &chart.name {
+                b.env("CHART_NAME", name.clone());
+            }
+            if let Some(version) = &chart.version {
+                b.env("CHART_VERSION", version.clone());
+            }
+        }
+        if action == Action::Install {
+            if let Some(values_file) = &chart.values_file {
+                b.storage(
+                    values_file,
+                    &format!("{at}.valuesFile"),
+                    Role::Values,
+                    settings,
+                )?;
+            }
+            if let Some(values) = &chart.values {
+                if values.len() > MAX_INLINE_VALUES_BYTES {
+                    return Err(format!(
+                        "{at}.values: {} bytes is more than the {MAX_INLINE_VALUES_BYTES} an \
+                         executor can take inline; move them to valuesFile",
+                        values.len()
+                    ));
+                }
+                b.env("CHART_VALUES", values.clone());
+            }
+            if chart.wait {
+                b.env("CHART_WAIT", "true");
+            }
+        }
+    }
+    if let Some(yaml) = &spec.plugin_sources.yaml {
+        b.storage(
+            &yaml.path,
+            "spec.pluginSources.yaml.path",
+            Role::Yaml,
+            settings,
+        )?;
+        if let Some(ns) = &yaml.namespace {
+            b.env("YAML_NAMESPACE", ns.clone());
+        }
+    }
+    if action == Action::Install
+        && let Some(command) = &spec.success_state_command
+    {
+        b.env("SUCCESS_STATE_COMMAND", command.clone());
+    }
+    Ok(b.injection)
+}
+
+/// Replaces items with the same name and appends the rest, so applying twice never duplicates.
+fn upsert<T: Clone>(list: &mut Option<Vec<T>>, items: &[T], name: impl Fn(&T) -> &str) {
+    let list = list.get_or_insert_with(Vec::new);
+    for item in items {
+        match list.iter_mut().find(|x| name(x) == name(item)) {
+            Some(slot) => *slot = item.clone(),
+            None => list.push(item.clone()),
+        }
+    }
+}
+
+fn apply(job: &mut Job, injection: &Injection, mark: &str) -> Result<(), String> {
+    job.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(contract::INJECTED_ANNOTATION.to_owned(), mark.to_owned());
+    let spec = job
+        .spec
+        .as_mut()
+        .ok_or_else(|| "spec is missing".to_owned())?;
+    let template = &mut spec.template;
+    template
+        .metadata
+        .get_or_insert_with(Default::default)
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(contract::INJECTED_ANNOTATION.to_owned(), mark.to_owned());
+    let pod: &mut PodSpec = template
+        .spec
+        .as_mut()
+        .ok_or_else(|| "spec.template.spec is missing".to_owned())?;
+    upsert(&mut pod.volumes, &injection.volumes, |v: &Volume| &v.name);
+    // The executor talks only to the virtual cluster; a host-cluster token would be a needless
+    // credential in a pod that runs plugin-supplied commands.
+    pod.automount_service_account_token = Some(false);
+    if let Some(node) = &injection.node_name {
+        let affinity = pod.affinity.get_or_insert_with(Affinity::default);
+        let node_affinity = affinity
+            .node_affinity
+            .get_or_insert_with(NodeAffinity::default);
+        node_affinity.required_during_scheduling_ignored_during_execution = Some(NodeSelector {
+            node_selector_terms: vec![NodeSelectorTerm {
+                match_fields: Some(vec![NodeSelectorRequirement {
+                    key: "metadata.name".to_owned(),
+                    operator: "In".to_owned(),
+                    values: Some(vec![node.clone()]),
+                }]),
+                match_expressions: None,
+            }],
+        });
+    }
+    let container: &mut Container = pod
+        .containers
+        .iter_mut()
+        .find(|c| c.name == contract::EXECUTOR_CONTAINER)
+        .ok_or_else(|| {
+            format!(
+                "spec.template.spec.containers has no container named {}",
+                contract::EXECUTOR_CONTAINER
+            )
+        })?;
+    container.command = Some(vec![
+        "/bin/sh".to_owned(),
+        "-c".to_owned(),
+        EXECUTOR_SCRIPT.to_owned(),
+    ]);
+    container.args = None;
+    upsert(&mut container.env, &injection.env, |e: &EnvVar| &e.name);
+    upsert(
+        &mut container.volume_mounts,
+        &injection.mounts,
+        |m: &VolumeMount| &m.name,
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
