@@ -1281,3 +1281,7 @@ fn condition_at(
         observed_generation: None,
     }
 }
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;
