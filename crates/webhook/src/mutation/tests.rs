@@ -496,7 +496,8 @@ fn contract_violations_are_denied_naming_the_job_and_field() {
     let vc = virtual_cluster();
     let s = Settings::default();
     let job_name = bare_job(&p, Action::Install).name_any();
-    let cases: Vec<(&str, Box<dyn Fn(&mut Job)>)> = vec![
+    type Change = Box<dyn Fn(&mut Job)>;
+    let cases: Vec<(&str, Change)> = vec![
         (
             "annotation plugin.kosmos.io/spec-hash is stale",
             Box::new(|j: &mut Job| {

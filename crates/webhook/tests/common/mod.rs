@@ -1,0 +1,107 @@
+//! Helpers shared by the webhook's integration tests.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::path::PathBuf;
+
+use k8s_openapi::api::batch::v1::Job;
+use kosmos_api::contract::{self, Action};
+use kosmos_api::{VirtualCluster, VirtualClusterPlugin};
+use kube::ResourceExt;
+use serde_json::json;
+
+/// A bare executor Job for `plugin` as the operator creates it, following the contract.
+pub fn bare_job(
+    namespace: &str,
+    virtual_cluster: &str,
+    plugin: &VirtualClusterPlugin,
+    action: Action,
+) -> Job {
+    let hash = contract::spec_hash(&plugin.spec);
+    let name = contract::job_name(virtual_cluster, &plugin.name_any(), &hash, action, 1);
+    serde_json::from_value(json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {
+                contract::EXECUTOR_LABEL: "true",
+                contract::VIRTUAL_CLUSTER_LABEL: virtual_cluster,
+                contract::PLUGIN_LABEL: plugin.name_any(),
+                contract::ACTION_LABEL: action.as_str(),
+            },
+            "annotations": {
+                contract::SPEC_HASH_ANNOTATION: hash,
+                contract::ATTEMPT_ANNOTATION: "1",
+                contract::KUBECONFIG_SECRET_ANNOTATION: contract::kubeconfig_secret_name(virtual_cluster),
+            },
+        },
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": 900,
+            "template": {
+                "metadata": {"labels": {contract::EXECUTOR_LABEL: "true"}},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{
+                        "name": contract::EXECUTOR_CONTAINER,
+                        "image": "kosmos/plugin-executor:dev",
+                        "command": contract::UNMUTATED_COMMAND,
+                    }],
+                },
+            },
+        },
+    }))
+    .unwrap()
+}
+
+/// A VirtualCluster called `name` in `namespace` with an empty spec.
+pub fn virtual_cluster(namespace: &str, name: &str) -> VirtualCluster {
+    let mut vc = VirtualCluster::new(name, Default::default());
+    vc.metadata.namespace = Some(namespace.into());
+    vc
+}
+
+/// `plugin` parsed from YAML text, placed in `namespace`.
+pub fn plugin_from_yaml(namespace: &str, text: &str) -> VirtualClusterPlugin {
+    let mut value: serde_yaml::Value = serde_yaml::from_str(text).unwrap();
+    let map = value.as_mapping_mut().unwrap();
+    map.entry("apiVersion".into())
+        .or_insert_with(|| "kosmos.io/v1alpha1".into());
+    map.entry("kind".into())
+        .or_insert_with(|| "VirtualClusterPlugin".into());
+    let mut plugin: VirtualClusterPlugin = serde_yaml::from_value(value).unwrap();
+    plugin.metadata.namespace = Some(namespace.into());
+    plugin
+}
+
+/// Applies a JSON patch to a Job.
+pub fn apply_patch(job: &Job, patch: &json_patch::Patch) -> Job {
+    let mut value = serde_json::to_value(job).unwrap();
+    json_patch::patch(&mut value, patch).unwrap();
+    serde_json::from_value(value).unwrap()
+}
+
+/// Folders holding kubectl and helm as `e2e/build.sh` caches them (pinned in e2e/versions.env).
+pub fn tool_dirs() -> Vec<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let versions = std::fs::read_to_string(root.join("e2e/versions.env")).unwrap_or_default();
+    let version = |key: &str| {
+        versions
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    let cache = std::env::var_os("KOSMOS_E2E_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/kosmos-plugin-e2e")
+        });
+    vec![
+        cache.join(format!("kubernetes-{}", version("KUBERNETES_VERSION"))),
+        cache.join(format!("helm-{}", version("HELM_VERSION"))),
+    ]
+}
