@@ -17,24 +17,44 @@
 #        e2e/cluster.sh release PID   unregister PID; down if the cluster was started by acquire
 #                                     and no registered user is still alive
 #
-# Ports (all on 127.0.0.1; move the whole block with KOSMOS_E2E_PORT_BASE, default 36400):
+# Ports (all on 127.0.0.1), a block from a base port, 36400 unless taken:
 #   base+0  etcd client (plain http, loopback only)     base+1  etcd peer
 #   base+43 host kube-apiserver (https)                 base+44 virtual kube-apiserver (https)
 #   base+57 host kube-controller-manager (https)        base+58 virtual kube-controller-manager
+# When a port of the 36400 block is taken (another checkout's cluster, a CI clone next to a
+# developer's), `up` takes the next free block of 100 (36500, ...) and records it in the state;
+# `status` shows the ports. KOSMOS_E2E_PORT_BASE pins the base (and then a taken port is an error).
 # State: e2e/.state/ (KOSMOS_E2E_STATE): kubeconfigs, pki/, pids/, logs/, etcd/.
 set -euo pipefail
 # shellcheck source=e2e/lib.sh
 . "$(dirname "$0")/lib.sh"
 
-PORT_BASE="${KOSMOS_E2E_PORT_BASE:-36400}"
-[[ "${PORT_BASE}" =~ ^[0-9]+$ && "${PORT_BASE}" -ge 1024 && "${PORT_BASE}" -le 65400 ]] \
-  || die "KOSMOS_E2E_PORT_BASE=${PORT_BASE} is not a port number between 1024 and 65400"
-ETCD_PORT=$((PORT_BASE + 0))
-ETCD_PEER_PORT=$((PORT_BASE + 1))
-HOST_APISERVER_PORT=$((PORT_BASE + 43))
-VIRTUAL_APISERVER_PORT=$((PORT_BASE + 44))
-HOST_KCM_PORT=$((PORT_BASE + 57))
-VIRTUAL_KCM_PORT=$((PORT_BASE + 58))
+DEFAULT_PORT_BASE=36400
+PORT_BASE_FILE="${STATE_DIR}/port-base"
+
+set_ports() {
+  PORT_BASE="$1"
+  ETCD_PORT=$((PORT_BASE + 0))
+  ETCD_PEER_PORT=$((PORT_BASE + 1))
+  HOST_APISERVER_PORT=$((PORT_BASE + 43))
+  VIRTUAL_APISERVER_PORT=$((PORT_BASE + 44))
+  HOST_KCM_PORT=$((PORT_BASE + 57))
+  VIRTUAL_KCM_PORT=$((PORT_BASE + 58))
+}
+
+if [[ -n "${KOSMOS_E2E_PORT_BASE:-}" ]]; then
+  [[ "${KOSMOS_E2E_PORT_BASE}" =~ ^[0-9]+$ && "${KOSMOS_E2E_PORT_BASE}" -ge 1024 \
+    && "${KOSMOS_E2E_PORT_BASE}" -le 65400 ]] \
+    || die "KOSMOS_E2E_PORT_BASE=${KOSMOS_E2E_PORT_BASE} is not a port number between 1024 and 65400"
+  PORT_BASE_PINNED=1
+  set_ports "${KOSMOS_E2E_PORT_BASE}"
+elif [[ -f "${PORT_BASE_FILE}" ]]; then
+  PORT_BASE_PINNED=1
+  set_ports "$(cat "${PORT_BASE_FILE}")"
+else
+  PORT_BASE_PINNED=0
+  set_ports "${DEFAULT_PORT_BASE}"
+fi
 # Seconds to wait for one component to become ready; a cold apiserver on 2 cores takes ~15 s.
 START_TIMEOUT="${KOSMOS_E2E_START_TIMEOUT:-120}"
 
@@ -332,11 +352,39 @@ start_controller_manager() {
     --profiling=false
 }
 
-all_running() {
+# On a fresh start, moves to the first block of ports that is entirely free and records it, so
+# that later calls (and `status`) use the same ports.
+choose_port_base() {
+  # A running component (state from before ports were recorded) keeps the ports it has.
+  if ((PORT_BASE_PINNED == 0)) && ! any_running; then
+    local base port free
+    for ((base = DEFAULT_PORT_BASE; base < DEFAULT_PORT_BASE + 2000; base += 100)); do
+      set_ports "${base}"
+      free=1
+      for port in "${ETCD_PORT}" "${ETCD_PEER_PORT}" "${HOST_APISERVER_PORT}" \
+        "${VIRTUAL_APISERVER_PORT}" "${HOST_KCM_PORT}" "${VIRTUAL_KCM_PORT}"; do
+        if port_in_use "${port}"; then
+          free=0
+          break
+        fi
+      done
+      ((free == 1)) && break
+    done
+    ((free == 1)) || die "no free block of ports between ${DEFAULT_PORT_BASE} and ${base}"
+    if ((PORT_BASE != DEFAULT_PORT_BASE)); then
+      log "ports ${DEFAULT_PORT_BASE}+ are taken (another cluster?); using ${PORT_BASE}+"
+    fi
+    PORT_BASE_PINNED=1
+  fi
+  echo "${PORT_BASE}" > "${PORT_BASE_FILE}"
+}
+
+any_running() {
   local c
   for c in "${COMPONENTS[@]}"; do
-    is_running "${c}" || return 1
+    is_running "${c}" && return 0
   done
+  return 1
 }
 
 # Starts whatever is not running and waits until everything is ready. Prints nothing on stdout.
@@ -348,6 +396,7 @@ do_up() {
   fi
   make_pki
   mkdir -p "${LOG_DIR}" "${PIDS}"
+  choose_port_base
 
   start_etcd
   wait_ready etcd probe_etcd
@@ -455,15 +504,9 @@ case "${cmd}" in
   acquire)
     [[ "${2:-}" =~ ^[0-9]+$ ]] || die "usage: $0 acquire PID"
     take_lock
-    if ! all_running; then
-      # Only a cluster that acquire itself started may be stopped again by release.
-      any_running=0
-      for c in "${COMPONENTS[@]}"; do
-        if is_running "${c}"; then any_running=1; fi
-      done
-      if ((any_running == 0)); then
-        touch "${STATE_DIR}/started-by-acquire"
-      fi
+    # Only a cluster that acquire itself started may be stopped again by release.
+    if ! any_running; then
+      touch "${STATE_DIR}/started-by-acquire"
     fi
     do_up
     mkdir -p "${USERS}"
