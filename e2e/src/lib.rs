@@ -11,6 +11,8 @@
 //! - `KUBECONFIG` set: the host cluster is that kubeconfig's current context, and the virtual
 //!   cluster is `KOSMOS_E2E_VIRTUAL_KUBECONFIG`, or the same cluster when that is unset.
 
+#![warn(missing_docs)]
+
 mod crds;
 mod kubelet;
 mod namespace;
