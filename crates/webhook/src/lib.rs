@@ -1,6 +1,8 @@
 //! The plugin webhook: a mutating admission webhook that turns the operator's bare executor
 //! Jobs into plugin installs. [`mutation`] is the pure core; the rest is the server around it.
 
+pub mod admission;
+pub mod metrics;
 pub mod mutation;
 
 pub use mutation::{Denial, Mutation, Settings, mutate};

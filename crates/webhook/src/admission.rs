@@ -1,0 +1,248 @@
+//! The admission endpoint: parses an AdmissionReview, decides who may get a mutation, looks up
+//! the plugin and VirtualCluster in the watch-fed caches, calls [`mutate`] and answers. One log
+//! line per review.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::routing::post;
+use k8s_openapi::api::batch::v1::Job;
+use kosmos_api::contract;
+use kosmos_api::{VirtualCluster, VirtualClusterPlugin};
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::runtime::reflector::{ObjectRef, Store};
+
+use crate::metrics::{Decision, Metrics};
+use crate::mutation::{Settings, mutate};
+
+/// Largest AdmissionReview body read; the apiserver's own limit on an object is 3 MiB.
+pub const MAX_REVIEW_BYTES: usize = 8 * 1024 * 1024;
+
+/// What the admission endpoint needs: caches, settings, metrics.
+pub struct AdmissionState {
+    /// Plugins, fed by a watch.
+    pub plugins: Store<VirtualClusterPlugin>,
+    /// VirtualClusters, fed by a watch.
+    pub virtual_clusters: Store<VirtualCluster>,
+    /// Mutation settings.
+    pub settings: Settings,
+    /// The only user whose executor Jobs are mutated (the operator's service account).
+    pub operator_user: String,
+    /// Review counters and latency.
+    pub metrics: Arc<Metrics>,
+    /// Set once both caches have listed everything; before that lookups could miss.
+    pub synced: AtomicBool,
+}
+
+impl AdmissionState {
+    /// Whether both caches have synced.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+}
+
+/// The router with `POST /mutate`.
+pub fn router(state: Arc<AdmissionState>) -> Router {
+    Router::new()
+        .route("/mutate", post(handle))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_REVIEW_BYTES))
+        .with_state(state)
+}
+
+async fn handle(
+    State(state): State<Arc<AdmissionState>>,
+    body: Bytes,
+) -> axum::Json<serde_json::Value> {
+    let review = review(&state, &body);
+    // An AdmissionReview always serializes; fall back to a bare invalid answer if it did not.
+    axum::Json(serde_json::to_value(&review).unwrap_or_else(|e| {
+        serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "response": {"uid": "", "allowed": false, "status": {"message": e.to_string()}},
+        })
+    }))
+}
+
+/// The facts of one review, for its log line.
+#[derive(Default)]
+struct Facts {
+    uid: String,
+    job: String,
+    plugin: String,
+    virtual_cluster: String,
+    user: String,
+    dry_run: bool,
+    patch_ops: usize,
+    message: String,
+}
+
+/// Answers one AdmissionReview body. Never panics on input.
+pub fn review(state: &AdmissionState, body: &[u8]) -> AdmissionReview<DynamicObject> {
+    let started = Instant::now();
+    let mut facts = Facts::default();
+    let (decision, response) = decide(state, body, &mut facts);
+    let latency = started.elapsed();
+    state.metrics.review(decision, latency.as_secs_f64());
+    tracing::info!(
+        uid = %facts.uid,
+        job = %facts.job,
+        plugin = %facts.plugin,
+        virtual_cluster = %facts.virtual_cluster,
+        user = %facts.user,
+        dry_run = facts.dry_run,
+        decision = decision.as_str(),
+        patch_ops = facts.patch_ops,
+        latency_ms = latency.as_secs_f64() * 1000.0,
+        message = %facts.message,
+        "admission review"
+    );
+    if let Some(patch) = &response.patch {
+        tracing::debug!(uid = %facts.uid, patch = %String::from_utf8_lossy(patch), "patch");
+    }
+    response.into_review()
+}
+
+fn decide(state: &AdmissionState, body: &[u8], facts: &mut Facts) -> (Decision, AdmissionResponse) {
+    let invalid = |facts: &mut Facts, message: String| {
+        facts.message = message.clone();
+        (Decision::Invalid, AdmissionResponse::invalid(message))
+    };
+    let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
+        Ok(review) => review,
+        Err(e) => return invalid(facts, format!("malformed AdmissionReview: {e}")),
+    };
+    let request: AdmissionRequest<DynamicObject> = match review.try_into() {
+        Ok(request) => request,
+        Err(_) => return invalid(facts, "AdmissionReview has no request".to_owned()),
+    };
+    facts.uid = request.uid.clone();
+    facts.user = request.user_info.username.clone().unwrap_or_default();
+    facts.dry_run = request.dry_run;
+    let namespace = request.namespace.clone().unwrap_or_default();
+    facts.job = format!("{namespace}/{}", request.name);
+    let response = AdmissionResponse::from(&request);
+
+    let is_job = request.kind.group == "batch" && request.kind.kind == "Job";
+    if !is_job || request.operation != Operation::Create {
+        facts.message = "not the creation of a Job".to_owned();
+        return (Decision::Ignored, response);
+    }
+    let Some(object) = request.object.as_ref() else {
+        return invalid(
+            facts,
+            "AdmissionReview for a Job create carries no object".to_owned(),
+        );
+    };
+    let job: Job = match serde_json::to_value(object).and_then(serde_json::from_value) {
+        Ok(job) => job,
+        Err(e) => return invalid(facts, format!("the object is not a batch/v1 Job: {e}")),
+    };
+    if let Some(name) = &job.metadata.name {
+        facts.job = format!("{namespace}/{name}");
+    } else if let Some(prefix) = &job.metadata.generate_name {
+        facts.job = format!("{namespace}/{prefix}<generated>");
+    }
+    let labels = job.metadata.labels.clone().unwrap_or_default();
+    if !labels.contains_key(contract::EXECUTOR_LABEL) {
+        facts.message = "no executor label".to_owned();
+        return (Decision::Ignored, response);
+    }
+    facts.plugin = labels
+        .get(contract::PLUGIN_LABEL)
+        .cloned()
+        .unwrap_or_default();
+    facts.virtual_cluster = labels
+        .get(contract::VIRTUAL_CLUSTER_LABEL)
+        .cloned()
+        .unwrap_or_default();
+    let deny = |facts: &mut Facts, response: AdmissionResponse, message: String| {
+        facts.message = message.clone();
+        (Decision::Denied, response.deny(message))
+    };
+    if facts.user != state.operator_user {
+        let message = format!(
+            "Job {}: only {} may create Jobs labelled {}, not {}; such Jobs receive the \
+             plugin's volumes and the virtual cluster's kubeconfig",
+            facts.job,
+            state.operator_user,
+            contract::EXECUTOR_LABEL,
+            if facts.user.is_empty() {
+                "an anonymous user"
+            } else {
+                &facts.user
+            },
+        );
+        return deny(facts, response, message);
+    }
+    if !state.is_synced() {
+        let message = format!(
+            "Job {}: the plugin webhook has not finished loading plugins and VirtualClusters; \
+             retry shortly",
+            facts.job
+        );
+        return deny(facts, response, message);
+    }
+    for (label, empty) in [
+        (contract::PLUGIN_LABEL, facts.plugin.is_empty()),
+        (
+            contract::VIRTUAL_CLUSTER_LABEL,
+            facts.virtual_cluster.is_empty(),
+        ),
+    ] {
+        if empty {
+            let message = format!("Job {}: label {label} is missing", facts.job);
+            return deny(facts, response, message);
+        }
+    }
+    let Some(plugin) = state
+        .plugins
+        .get(&ObjectRef::new(&facts.plugin).within(&namespace))
+    else {
+        let message = format!(
+            "Job {}: VirtualClusterPlugin {namespace}/{} (label {}) not found",
+            facts.job,
+            facts.plugin,
+            contract::PLUGIN_LABEL
+        );
+        return deny(facts, response, message);
+    };
+    let Some(virtual_cluster) = state
+        .virtual_clusters
+        .get(&ObjectRef::new(&facts.virtual_cluster).within(&namespace))
+    else {
+        let message = format!(
+            "Job {}: VirtualCluster {namespace}/{} (label {}) not found",
+            facts.job,
+            facts.virtual_cluster,
+            contract::VIRTUAL_CLUSTER_LABEL
+        );
+        return deny(facts, response, message);
+    };
+    match mutate(&job, &plugin, &virtual_cluster, &state.settings) {
+        Ok(mutation) if mutation.patch.0.is_empty() => {
+            facts.message = format!("already injected ({})", mutation.mark);
+            (Decision::Unchanged, response)
+        }
+        Ok(mutation) => {
+            facts.patch_ops = mutation.patch.0.len();
+            facts.message = format!("{} injected ({})", mutation.action, mutation.mark);
+            match response.clone().with_patch(mutation.patch) {
+                Ok(response) => (Decision::Mutated, response),
+                Err(e) => {
+                    let message = format!("Job {}: cannot serialize the patch: {e}", facts.job);
+                    deny(facts, response, message)
+                }
+            }
+        }
+        Err(denial) => deny(facts, response, denial.0),
+    }
+}
+
+#[cfg(test)]
+mod tests;

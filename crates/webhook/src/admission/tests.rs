@@ -1,0 +1,177 @@
+#![allow(clippy::unwrap_used)]
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use kube::runtime::reflector;
+use kube::runtime::watcher;
+use serde_json::Value;
+use tower::ServiceExt;
+
+use super::*;
+
+pub(crate) const OPERATOR: &str = "system:serviceaccount:kosmos-system:virtual-cluster-operator";
+
+fn seed_plugin() -> VirtualClusterPlugin {
+    let path = format!(
+        "{}/../api/testdata/valid/apiserver-network-proxy.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut p: VirtualClusterPlugin =
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    p.metadata.namespace = Some("tenants".into());
+    p
+}
+
+pub(crate) fn state(synced: bool) -> Arc<AdmissionState> {
+    let (plugins, mut plugin_writer) = reflector::store();
+    let (virtual_clusters, mut vc_writer) = reflector::store();
+    plugin_writer.apply_watcher_event(&watcher::Event::Apply(seed_plugin()));
+    let mut vc = VirtualCluster::new("tenant1-cluster", Default::default());
+    vc.metadata.namespace = Some("tenants".into());
+    vc_writer.apply_watcher_event(&watcher::Event::Apply(vc));
+    Arc::new(AdmissionState {
+        plugins,
+        virtual_clusters,
+        settings: Settings::default(),
+        operator_user: OPERATOR.into(),
+        metrics: Arc::new(Metrics::default()),
+        synced: AtomicBool::new(synced),
+    })
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = format!("{}/testdata/reviews/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(path).unwrap();
+    text.replace("@SPEC_HASH@", &contract::spec_hash(&seed_plugin().spec))
+        .into_bytes()
+}
+
+async fn post(state: Arc<AdmissionState>, body: Vec<u8>) -> Value {
+    let response = router(state)
+        .oneshot(
+            Request::post("/mutate")
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let review: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(review["kind"], "AdmissionReview");
+    assert_eq!(review["apiVersion"], "admission.k8s.io/v1");
+    review["response"].clone()
+}
+
+/// kube writes the patch bytes as a JSON array of numbers, which the apiserver (Go's []byte)
+/// reads as well as base64; accept both.
+fn decoded_patch(response: &Value) -> json_patch::Patch {
+    use base64::Engine as _;
+    let bytes: Vec<u8> = match &response["patch"] {
+        Value::String(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap(),
+        other => serde_json::from_value(other.clone()).unwrap(),
+    };
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[tokio::test]
+async fn operator_job_is_mutated_and_the_patch_applies() {
+    let state = state(true);
+    let body = fixture("executor-job-by-operator.json");
+    let response = post(state.clone(), body.clone()).await;
+    assert_eq!(response["uid"], "7d3f0a52-0c6b-4d5e-9b0e-3f1e6c2b9a10");
+    assert_eq!(response["allowed"], true, "{response}");
+    assert_eq!(response["patchType"], "JSONPatch");
+    let patch = decoded_patch(&response);
+    let review: Value = serde_json::from_slice(&body).unwrap();
+    let mut job = review["request"]["object"].clone();
+    json_patch::patch(&mut job, &patch).unwrap();
+    let container = &job["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["command"][2], crate::mutation::EXECUTOR_SCRIPT);
+    assert!(
+        job["metadata"]["annotations"][contract::INJECTED_ANNOTATION].is_string(),
+        "{job}"
+    );
+    assert!(state.metrics.encode().contains("decision=\"mutated\"} 1"));
+}
+
+#[tokio::test]
+async fn dry_run_gets_the_same_answer_without_side_effects() {
+    let wet = post(state(true), fixture("executor-job-by-operator.json")).await;
+    let dry = post(state(true), fixture("executor-job-dry-run.json")).await;
+    assert_eq!(dry["allowed"], true);
+    assert_eq!(dry["uid"], "8e4a1b63-1d7c-4e6f-8c1f-4a2f7d3c0b21");
+    assert_eq!(dry["patch"], wet["patch"]);
+}
+
+#[tokio::test]
+async fn another_user_is_denied_with_the_reason() {
+    let response = post(state(true), fixture("executor-job-by-another-user.json")).await;
+    assert_eq!(response["allowed"], false);
+    let message = response["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("only system:serviceaccount:kosmos-system:virtual-cluster-operator")
+            && message.contains("not mallory")
+            && message.contains(contract::EXECUTOR_LABEL),
+        "{message}"
+    );
+    assert!(response.get("patch").is_none_or(Value::is_null));
+}
+
+#[tokio::test]
+async fn a_job_without_the_label_is_allowed_untouched() {
+    let response = post(state(false), fixture("plain-job.json")).await;
+    assert_eq!(response["allowed"], true);
+    assert!(response.get("patch").is_none_or(Value::is_null));
+}
+
+#[tokio::test]
+async fn an_unknown_plugin_is_denied_naming_it() {
+    let response = post(state(true), fixture("executor-job-unknown-plugin.json")).await;
+    assert_eq!(response["allowed"], false);
+    let message = response["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("VirtualClusterPlugin tenants/missing-plugin")
+            && message.contains("not found"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn before_the_caches_sync_executor_jobs_are_refused_not_misjudged() {
+    let response = post(state(false), fixture("executor-job-by-operator.json")).await;
+    assert_eq!(response["allowed"], false);
+    let message = response["status"]["message"].as_str().unwrap();
+    assert!(message.contains("retry shortly"), "{message}");
+}
+
+#[tokio::test]
+async fn malformed_reviews_get_an_invalid_answer() {
+    for name in ["malformed.json", "no-request.json"] {
+        let state = state(true);
+        let response = post(state.clone(), fixture(name)).await;
+        assert_eq!(response["allowed"], false, "{name}");
+        assert_eq!(response["status"]["reason"], "InvalidRequest", "{name}");
+        assert!(state.metrics.encode().contains("decision=\"invalid\"} 1"));
+    }
+    let response = post(state(true), b"\xff\xfe not json".to_vec()).await;
+    assert_eq!(response["allowed"], false);
+}
+
+#[tokio::test]
+async fn a_second_review_of_the_mutated_job_is_unchanged() {
+    let state = state(true);
+    let body = fixture("executor-job-by-operator.json");
+    let response = post(state.clone(), body.clone()).await;
+    let mut review: Value = serde_json::from_slice(&body).unwrap();
+    json_patch::patch(&mut review["request"]["object"], &decoded_patch(&response)).unwrap();
+    let again = post(state.clone(), serde_json::to_vec(&review).unwrap()).await;
+    assert_eq!(again["allowed"], true);
+    assert!(again.get("patch").is_none_or(Value::is_null), "{again}");
+    assert!(state.metrics.encode().contains("decision=\"unchanged\"} 1"));
+}
