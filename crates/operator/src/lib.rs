@@ -6,4 +6,8 @@
 //! - [`jobs`]: bare executor Jobs and what the operator reads back from Jobs and Pods;
 //! - [`controller`]: the reconciler that observes, plans and carries the plan out.
 
+pub mod admin;
+pub mod controller;
+pub mod jobs;
+pub mod metrics;
 pub mod plan;

@@ -563,14 +563,16 @@ impl<'a, 'o> Planner<'a, 'o> {
                     self.entries.push(entry);
                     return;
                 }
-                if let Some(at) = old.as_ref().and_then(|e| e.next_retry_at.clone()) {
-                    if at.0 > now {
-                        entry.message = old.as_ref().and_then(|e| e.message.clone());
-                        entry.next_retry_at = Some(at.clone());
-                        self.wake_at(at.0);
-                        self.entries.push(entry);
-                        return;
-                    }
+                if let Some(at) = old
+                    .as_ref()
+                    .and_then(|e| e.next_retry_at.clone())
+                    .filter(|at| at.0 > now)
+                {
+                    entry.message = old.as_ref().and_then(|e| e.message.clone());
+                    entry.next_retry_at = Some(at.clone());
+                    self.wake_at(at.0);
+                    self.entries.push(entry);
+                    return;
                 }
                 if latest.is_some_and(|j| j.deleting) {
                     entry.message = Some("waiting for the previous job to be deleted".into());

@@ -1,0 +1,721 @@
+//! The reconciler: observes one VirtualCluster (fresh from the API, so a restart or a stale
+//! cache never leads to a second Job), asks [`plan`](crate::plan) what to do, does it, and
+//! writes the status by server-side apply.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Node, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
+use kosmos_api::contract;
+use kosmos_api::{VirtualCluster, VirtualClusterPlugin, VirtualClusterStatus, phase};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::jobs;
+use crate::metrics::Metrics;
+use crate::plan::{self, Deletion, JobView, Kubeconfig, NoteKind, Observed, Plan, Readiness, Step};
+
+/// How the operator learns that a VirtualCluster is ready for plugins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReadinessMode {
+    /// Another controller (Kosmos) sets `AllNodeReady`.
+    External,
+    /// The operator checks the virtual cluster itself and sets `AllNodeReady`.
+    Builtin,
+}
+
+/// Settings of the reconciler.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Decision settings.
+    pub plan: plan::Settings,
+    /// Executor image for plugins that name none.
+    pub executor_image: String,
+    /// How `AllNodeReady` is reached.
+    pub readiness: ReadinessMode,
+    /// Uninstall plugins when a VirtualCluster is deleted (the annotation overrides it).
+    pub uninstall_on_delete: bool,
+    /// Bound on waiting for uninstall Jobs when a VirtualCluster is deleted.
+    pub uninstall_timeout: Duration,
+    /// Watch only this namespace (all when None).
+    pub namespace: Option<String>,
+}
+
+/// What every reconciliation shares.
+pub struct Context {
+    /// Client of the host cluster.
+    pub client: Client,
+    /// Publishes events on VirtualClusters.
+    pub recorder: Recorder,
+    /// Metrics for the admin port.
+    pub metrics: Arc<Metrics>,
+    /// Settings.
+    pub config: Config,
+}
+
+/// Why a reconciliation failed; `reason` labels the error metric.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("{what}: {source}")]
+    Kube {
+        /// What was attempted, naming the object.
+        what: String,
+        /// The client's error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The object was changed by someone else between read and write; read again.
+    #[error("{0} changed while being reconciled; retrying")]
+    Conflict(String),
+}
+
+impl Error {
+    /// Label for the error metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Kube { .. } => "kube_api",
+            Self::Conflict(_) => "conflict",
+        }
+    }
+}
+
+fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let what = what.into();
+    move |source| match &source {
+        kube::Error::Api(s) if s.code == 409 => Error::Conflict(what),
+        _ => Error::Kube { what, source },
+    }
+}
+
+fn is_status(err: &kube::Error, code: u16) -> bool {
+    matches!(err, kube::Error::Api(s) if s.code == code)
+}
+
+/// Look again this often even when nothing happens (missed watch events, readiness polling).
+const RESYNC: Duration = Duration::from_secs(300);
+/// Poll interval while waiting for readiness or a kubeconfig, which no watch announces.
+const POLL: Duration = Duration::from_secs(10);
+
+/// Runs the controller until `shutdown` resolves. `ready` turns true once it watches.
+pub async fn run(
+    ctx: Arc<Context>,
+    ready: Arc<AtomicBool>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let (vcs, plugins, jobs): (Api<VirtualCluster>, Api<VirtualClusterPlugin>, Api<Job>) =
+        match &ctx.config.namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
+        };
+    let controller = Controller::new(vcs, watcher::Config::default());
+    let store = controller.store();
+    let executor_jobs =
+        watcher::Config::default().labels(&format!("{}=true", contract::EXECUTOR_LABEL));
+    ready.store(true, Ordering::SeqCst);
+    controller
+        .owns(jobs, executor_jobs)
+        // A plugin change may concern any VirtualCluster of its namespace (defaults included).
+        .watches(
+            plugins,
+            watcher::Config::default(),
+            move |plugin: VirtualClusterPlugin| {
+                let ns = plugin.namespace();
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|vc| vc.namespace() == ns)
+                    .map(|vc| ObjectRef::from_obj(&*vc))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                debug!(%error, "reconcile did not finish");
+            }
+        })
+        .await;
+}
+
+fn error_policy(vc: Arc<VirtualCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failed(error.reason());
+    warn!(
+        virtualcluster = %format!("{}/{}", vc.namespace().unwrap_or_default(), vc.name_any()),
+        reason = error.reason(),
+        %error,
+        "reconcile failed"
+    );
+    match error {
+        Error::Conflict(_) => Action::requeue(Duration::from_secs(1)),
+        Error::Kube { .. } => Action::requeue(Duration::from_secs(10)),
+    }
+}
+
+async fn reconcile(vc: Arc<VirtualCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = vc.namespace().unwrap_or_default();
+    let name = vc.name_any();
+    let span = info_span!("reconcile", virtualcluster = %format!("{ns}/{name}"));
+    ctx.metrics.reconciled();
+    reconcile_one(&ns, &name, &ctx).instrument(span).await
+}
+
+/// Seconds resolution, as the API stores times: a status computed twice from the same state
+/// compares equal to what was written.
+fn now() -> Timestamp {
+    Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now())
+}
+
+async fn reconcile_one(ns: &str, name: &str, ctx: &Context) -> Result<Action, Error> {
+    let client = ctx.client.clone();
+    let vcs: Api<VirtualCluster> = Api::namespaced(client.clone(), ns);
+    // Fresh, not from the cache: decisions about Jobs must not rest on stale state.
+    let Some(vc) = vcs
+        .get_opt(name)
+        .await
+        .map_err(kube_err(format!("reading virtualcluster {ns}/{name}")))?
+    else {
+        ctx.metrics.jobs_running(&format!("{ns}/{name}"), 0);
+        return Ok(Action::await_change());
+    };
+    let has_finalizer = vc.finalizers().iter().any(|f| f == contract::FINALIZER);
+    let deletion = match &vc.metadata.deletion_timestamp {
+        Some(since) => {
+            if !has_finalizer {
+                return Ok(Action::await_change());
+            }
+            let annotation = vc
+                .annotations()
+                .get(contract::UNINSTALL_ON_DELETE_ANNOTATION)
+                .map(|v| v == "true");
+            let timeout = i64::try_from(ctx.config.uninstall_timeout.as_secs()).unwrap_or(i64::MAX);
+            Some(Deletion {
+                uninstall: annotation.unwrap_or(ctx.config.uninstall_on_delete),
+                deadline_passed: now().as_second() >= since.0.as_second().saturating_add(timeout),
+            })
+        }
+        None => {
+            if !has_finalizer {
+                add_finalizer(&vcs, &vc).await?;
+                // The patch wakes us again with the finalizer in place.
+                return Ok(Action::await_change());
+            }
+            None
+        }
+    };
+
+    let (kubeconfig, kubeconfig_text) = ensure_kubeconfig(ctx, &vc).await?;
+    let readiness = match (ctx.config.readiness, &deletion) {
+        (ReadinessMode::External, _) | (_, Some(_)) => Readiness::External,
+        (ReadinessMode::Builtin, None) => check_readiness(&vc, kubeconfig_text.as_deref()).await,
+    };
+    let plugins: Vec<VirtualClusterPlugin> =
+        Api::<VirtualClusterPlugin>::namespaced(client.clone(), ns)
+            .list(&ListParams::default())
+            .await
+            .map_err(kube_err(format!("listing virtualclusterplugins in {ns}")))?
+            .items;
+    let jobs_api: Api<Job> = Api::namespaced(client.clone(), ns);
+    let mut views = observe_jobs(ctx, ns, name, &vc).await?;
+
+    // Plan, act, fold what the API answered into the observation, plan again: a created Job
+    // that lacks the webhook's mark is deleted in the same pass, and the status written
+    // reflects what exists.
+    let mut notes = Vec::new();
+    let mut installed = Vec::new();
+    let mut last: Option<Plan> = None;
+    for _ in 0..4 {
+        let obs = Observed {
+            vc: &vc,
+            plugins: &plugins,
+            jobs: &views,
+            kubeconfig: kubeconfig.clone(),
+            readiness: readiness.clone(),
+            deletion: deletion.clone(),
+            now: now(),
+        };
+        let plan = plan::plan(&obs, &ctx.config.plan);
+        for note in &plan.notes {
+            if !notes.contains(note) {
+                notes.push(note.clone());
+            }
+        }
+        installed.extend(plan.installed.iter().cloned());
+        let steps = plan.steps.clone();
+        last = Some(plan);
+        if steps.is_empty() {
+            break;
+        }
+        for step in steps {
+            match step {
+                Step::CreateJob(new) => {
+                    let job = jobs::bare_job(&vc, &new, &ctx.config.executor_image);
+                    let stored = create_job(&jobs_api, &job, &new.name).await?;
+                    info!(plugin = %new.plugin, job = %new.name, action = %new.action, attempt = new.attempt,
+                        injected = stored.annotations().contains_key(contract::INJECTED_ANNOTATION),
+                        "executor job created");
+                    if let Some(view) = jobs::job_view(&stored, None) {
+                        views.retain(|v| v.name != view.name);
+                        views.push(view);
+                    }
+                }
+                Step::DeleteJob { name: job, why } => {
+                    info!(job = %job, why = %why, "deleting executor job");
+                    match jobs_api
+                        .delete(
+                            &job,
+                            &DeleteParams {
+                                propagation_policy: Some(PropagationPolicy::Background),
+                                ..DeleteParams::default()
+                            },
+                        )
+                        .await
+                    {
+                        Ok(_) => {}
+                        Err(e) if is_status(&e, 404) => {}
+                        Err(e) => return Err(kube_err(format!("deleting job {ns}/{job}"))(e)),
+                    }
+                    for v in views.iter_mut().filter(|v| v.name == job) {
+                        v.deleting = true;
+                    }
+                }
+            }
+        }
+    }
+    let Some(plan) = last else {
+        return Ok(Action::requeue(RESYNC));
+    };
+
+    let running = views
+        .iter()
+        .filter(|v| !v.deleting && v.outcome == plan::JobOutcome::Running)
+        .count();
+    ctx.metrics
+        .jobs_running(&format!("{ns}/{name}"), i64::try_from(running).unwrap_or(0));
+    for (_, took) in &installed {
+        ctx.metrics.installed(*took);
+    }
+
+    write_status(&vcs, &vc, &plan.status).await?;
+    publish(ctx, &vc, &notes).await;
+
+    if deletion.is_some() {
+        if plan.cleanup_done {
+            remove_finalizer(&vcs, &vc).await?;
+            info!("cleanup finished; finalizer removed");
+            return Ok(Action::await_change());
+        }
+        return Ok(Action::requeue(
+            plan.requeue_after
+                .unwrap_or(POLL)
+                .min(Duration::from_secs(5)),
+        ));
+    }
+    let waiting_outside =
+        kubeconfig != Kubeconfig::Available || matches!(readiness, Readiness::NotReady(_));
+    let mut after = plan.requeue_after.unwrap_or(RESYNC);
+    if waiting_outside {
+        after = after.min(POLL);
+    }
+    Ok(Action::requeue(after))
+}
+
+/// Creates a Job; AlreadyExists means an earlier pass (or replica) created it: read that one.
+async fn create_job(api: &Api<Job>, job: &Job, name: &str) -> Result<Job, Error> {
+    let params = PostParams {
+        field_manager: Some(contract::OPERATOR_FIELD_MANAGER.to_owned()),
+        ..PostParams::default()
+    };
+    match api.create(&params, job).await {
+        Ok(job) => Ok(job),
+        Err(e) if is_status(&e, 409) => api
+            .get(name)
+            .await
+            .map_err(kube_err(format!("reading existing job {name}"))),
+        Err(e) => Err(Error::Kube {
+            what: format!("creating job {name}"),
+            source: e,
+        }),
+    }
+}
+
+/// The executor Jobs of the VirtualCluster, fresh from the API, with the termination message of
+/// failed ones. Jobs of an older VirtualCluster of the same name (another uid) are not ours.
+async fn observe_jobs(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    vc: &VirtualCluster,
+) -> Result<Vec<JobView>, Error> {
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let list = jobs_api
+        .list(&ListParams::default().labels(&jobs::selector(name)))
+        .await
+        .map_err(kube_err(format!("listing executor jobs in {ns}")))?;
+    let uid = vc.uid();
+    let mut views = Vec::new();
+    for job in list.items {
+        let owned = job
+            .owner_references()
+            .iter()
+            .any(|o| Some(&o.uid) == uid.as_ref());
+        if !owned {
+            continue;
+        }
+        let message = if jobs::has_failed(&job) {
+            let pods = pods_api
+                .list(
+                    &ListParams::default()
+                        .labels(&format!("batch.kubernetes.io/job-name={}", job.name_any())),
+                )
+                .await
+                .map_err(kube_err(format!(
+                    "listing pods of job {ns}/{}",
+                    job.name_any()
+                )))?;
+            jobs::termination_message(&pods.items)
+        } else {
+            None
+        };
+        if let Some(view) = jobs::job_view(&job, message) {
+            views.push(view);
+        }
+    }
+    Ok(views)
+}
+
+/// Finds the virtual cluster's kubeconfig and keeps it in the operator's Secret for executor
+/// Jobs. Never logs it.
+async fn ensure_kubeconfig(
+    ctx: &Context,
+    vc: &VirtualCluster,
+) -> Result<(Kubeconfig, Option<String>), Error> {
+    let ns = vc.namespace().unwrap_or_default();
+    let name = vc.name_any();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let admin = contract::kosmos_admin_secret_name(&name);
+    let found: Result<Vec<u8>, String> = match vc.spec.kubeconfig.as_deref().map(str::trim) {
+        Some(text) if !text.is_empty() => base64::engine::general_purpose::STANDARD
+            .decode(text.replace(['\n', '\r', ' '], ""))
+            .map_err(|_| {
+                "spec.kubeconfig is not valid base64 (Kosmos writes it base64-encoded)".to_owned()
+            }),
+        _ => {
+            let secret = secrets
+                .get_opt(&admin)
+                .await
+                .map_err(kube_err(format!("reading secret {ns}/{admin}")))?;
+            secret
+                .and_then(|s| s.data)
+                .and_then(|d| d.get(contract::KUBECONFIG_SECRET_KEY).cloned())
+                .map(|b| b.0)
+                .ok_or_else(|| {
+                    format!(
+                        "neither spec.kubeconfig nor secret {ns}/{admin} (key {}) holds the virtual cluster's kubeconfig",
+                        contract::KUBECONFIG_SECRET_KEY
+                    )
+                })
+        }
+    };
+    let bytes = match found {
+        Ok(b) if !b.is_empty() => b,
+        Ok(_) => return Ok((Kubeconfig::Missing("the kubeconfig is empty".into()), None)),
+        Err(why) => return Ok((Kubeconfig::Missing(why), None)),
+    };
+    let target = contract::kubeconfig_secret_name(&name);
+    let current = secrets
+        .get_opt(&target)
+        .await
+        .map_err(kube_err(format!("reading secret {ns}/{target}")))?;
+    let up_to_date = current
+        .as_ref()
+        .and_then(|s| s.data.as_ref())
+        .and_then(|d| d.get(contract::KUBECONFIG_SECRET_KEY))
+        .is_some_and(|b| b.0 == bytes);
+    if !up_to_date {
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(target.clone()),
+                namespace: Some(ns.clone()),
+                labels: Some(BTreeMap::from([(
+                    contract::VIRTUAL_CLUSTER_LABEL.to_owned(),
+                    name.clone(),
+                )])),
+                owner_references: jobs::owner_reference(vc).map(|o| vec![o]),
+                ..ObjectMeta::default()
+            },
+            data: Some(BTreeMap::from([(
+                contract::KUBECONFIG_SECRET_KEY.to_owned(),
+                ByteString(bytes.clone()),
+            )])),
+            type_: Some("Opaque".into()),
+            ..Secret::default()
+        };
+        let mut body = serde_json::to_value(&secret).unwrap_or_default();
+        body["apiVersion"] = json!("v1");
+        body["kind"] = json!("Secret");
+        secrets
+            .patch(
+                &target,
+                &PatchParams::apply(contract::OPERATOR_FIELD_MANAGER).force(),
+                &Patch::Apply(body),
+            )
+            .await
+            .map_err(kube_err(format!("applying secret {ns}/{target}")))?;
+        info!(secret = %target, "kubeconfig secret for executor jobs updated");
+    }
+    Ok((Kubeconfig::Available, String::from_utf8(bytes).ok()))
+}
+
+/// `builtin` readiness: the virtual API answers and every promoted node is Ready.
+async fn check_readiness(vc: &VirtualCluster, kubeconfig: Option<&str>) -> Readiness {
+    let current = vc.phase();
+    if current == phase::ALL_NODE_READY || current == phase::COMPLETED {
+        return Readiness::Ready;
+    }
+    if !["", phase::PREPARING, phase::INITIALIZED, phase::PENDING].contains(&current) {
+        return Readiness::NotReady(format!("phase {current} is not one the operator advances"));
+    }
+    let Some(text) = kubeconfig else {
+        return Readiness::NotReady("no kubeconfig for the virtual cluster yet".into());
+    };
+    let nodes = vc
+        .spec
+        .promote_resources
+        .as_ref()
+        .map(|p| p.node_names())
+        .unwrap_or_default();
+    match probe(text, &nodes).await {
+        Ok(()) => Readiness::Ready,
+        Err(why) => Readiness::NotReady(why),
+    }
+}
+
+async fn probe(kubeconfig: &str, nodes: &[String]) -> Result<(), String> {
+    let parsed = kube::config::Kubeconfig::from_yaml(kubeconfig)
+        .map_err(|e| format!("the kubeconfig does not parse: {e}"))?;
+    let mut config =
+        kube::Config::from_custom_kubeconfig(parsed, &kube::config::KubeConfigOptions::default())
+            .await
+            .map_err(|e| format!("the kubeconfig is not usable: {e}"))?;
+    // Bounded: a virtual API that is gone must not hold the reconciler.
+    config.connect_timeout = Some(Duration::from_secs(5));
+    config.read_timeout = Some(Duration::from_secs(10));
+    let client =
+        Client::try_from(config).map_err(|e| format!("no client for the virtual cluster: {e}"))?;
+    let probe = async {
+        client
+            .apiserver_version()
+            .await
+            .map_err(|e| format!("the virtual API does not answer: {e}"))?;
+        let api: Api<Node> = Api::all(client.clone());
+        let mut not_ready = Vec::new();
+        for node in nodes {
+            let ready = api
+                .get_opt(node)
+                .await
+                .map_err(|e| format!("reading node {node} in the virtual cluster: {e}"))?
+                .and_then(|n| n.status)
+                .and_then(|s| s.conditions)
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            if !ready {
+                not_ready.push(node.clone());
+            }
+        }
+        if not_ready.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "promoted nodes not Ready: {}",
+                not_ready.join(", ")
+            ))
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), probe)
+        .await
+        .map_err(|_| "the virtual API did not answer within 20s".to_owned())?
+}
+
+async fn add_finalizer(api: &Api<VirtualCluster>, vc: &VirtualCluster) -> Result<(), Error> {
+    let name = vc.name_any();
+    // JSON patch with a test: fails (and we retry) if someone changed the list meanwhile.
+    let patch = if vc.finalizers().is_empty() {
+        json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": [contract::FINALIZER]},
+        ])
+    } else {
+        json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": vc.finalizers()},
+            {"op": "add", "path": "/metadata/finalizers/-", "value": contract::FINALIZER},
+        ])
+    };
+    patch_json(api, &name, patch, "adding the finalizer to").await
+}
+
+async fn remove_finalizer(api: &Api<VirtualCluster>, vc: &VirtualCluster) -> Result<(), Error> {
+    let name = vc.name_any();
+    let Some(index) = vc
+        .finalizers()
+        .iter()
+        .position(|f| f == contract::FINALIZER)
+    else {
+        return Ok(());
+    };
+    let path = format!("/metadata/finalizers/{index}");
+    let patch = json!([
+        {"op": "test", "path": path, "value": contract::FINALIZER},
+        {"op": "remove", "path": path},
+    ]);
+    patch_json(api, &name, patch, "removing the finalizer from").await
+}
+
+async fn patch_json(
+    api: &Api<VirtualCluster>,
+    name: &str,
+    patch: serde_json::Value,
+    what: &str,
+) -> Result<(), Error> {
+    let patch: json_patch::Patch = serde_json::from_value(patch)
+        .map_err(|e| Error::Conflict(format!("{what} {name}: {e}")))?;
+    match api
+        .patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if is_status(&e, 404) => Ok(()),
+        // A failed test op answers 422 (Invalid) or 409: the list changed, read again.
+        Err(e) if is_status(&e, 422) || is_status(&e, 409) => {
+            Err(Error::Conflict(format!("virtualcluster {name}")))
+        }
+        Err(e) => Err(Error::Kube {
+            what: format!("{what} virtualcluster {name}"),
+            source: e,
+        }),
+    }
+}
+
+/// The status fields this operator owns, for comparison.
+fn owned_view(status: &VirtualClusterStatus, types: &[&str]) -> serde_json::Value {
+    let mut conditions: Vec<_> = status
+        .conditions
+        .iter()
+        .filter(|c| types.contains(&c.type_.as_str()))
+        .map(|c| serde_json::to_value(c).unwrap_or_default())
+        .collect();
+    conditions.sort_by_key(|c| c["type"].as_str().unwrap_or_default().to_owned());
+    json!({
+        "phase": status.phase,
+        "reason": status.reason,
+        "updateTime": status.update_time,
+        "pluginProgress": status.plugin_progress,
+        "conditions": conditions,
+        "plugins": status.plugins,
+    })
+}
+
+/// Writes the status by server-side apply on the main resource (the CRD has no status
+/// subresource, as Kosmos's), only when it changed, and only if the object is still the
+/// version the decision was made on.
+async fn write_status(
+    api: &Api<VirtualCluster>,
+    vc: &VirtualCluster,
+    status: &VirtualClusterStatus,
+) -> Result<(), Error> {
+    let name = vc.name_any();
+    let current = vc.status.clone().unwrap_or_default();
+    let types: Vec<&str> = status.conditions.iter().map(|c| c.type_.as_str()).collect();
+    let all_types = [
+        kosmos_api::condition::PLUGINS_RESOLVED,
+        kosmos_api::condition::KUBECONFIG_AVAILABLE,
+        kosmos_api::condition::WEBHOOK_MUTATING,
+        kosmos_api::condition::PLUGINS_INSTALLED,
+        kosmos_api::condition::VIRTUAL_CLUSTER_READY,
+    ];
+    let unchanged = owned_view(&current, &all_types) == owned_view(status, &all_types)
+        && types.len() == status.conditions.len();
+    if unchanged {
+        return Ok(());
+    }
+    let body = json!({
+        "apiVersion": "kosmos.io/v1alpha1",
+        "kind": "VirtualCluster",
+        "metadata": {
+            "name": name,
+            "namespace": vc.namespace(),
+            // Optimistic concurrency: the phase may have been changed by Kosmos meanwhile.
+            "resourceVersion": vc.resource_version(),
+        },
+        "status": status,
+    });
+    api.patch(
+        &name,
+        &PatchParams::apply(contract::OPERATOR_FIELD_MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await
+    .map_err(kube_err(format!(
+        "writing the status of virtualcluster {name}"
+    )))?;
+    debug!(phase = ?status.phase, progress = ?status.plugin_progress, "status written");
+    Ok(())
+}
+
+async fn publish(ctx: &Context, vc: &VirtualCluster, notes: &[plan::Note]) {
+    let reference = vc.object_ref(&());
+    for note in notes {
+        match note.kind {
+            NoteKind::Normal => info!(reason = note.reason, "{}", note.message),
+            NoteKind::Warning => warn!(reason = note.reason, "{}", note.message),
+        }
+        let event = Event {
+            type_: match note.kind {
+                NoteKind::Normal => EventType::Normal,
+                NoteKind::Warning => EventType::Warning,
+            },
+            reason: note.reason.to_owned(),
+            note: Some(note.message.clone()),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        if let Err(error) = ctx.recorder.publish(&event, &reference).await {
+            warn!(%error, reason = note.reason, "could not publish event");
+        }
+    }
+}
+
+/// A recorder that names this operator as the reporter.
+pub fn recorder(client: Client) -> Recorder {
+    Recorder::new(
+        client,
+        Reporter {
+            controller: contract::OPERATOR_FIELD_MANAGER.to_owned(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    )
+}

@@ -1,0 +1,417 @@
+//! Bare executor Jobs (what the operator creates for the webhook to mutate) and what it reads
+//! back from Jobs and their Pods. Pure: the controller does the API calls.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kosmos_api::VirtualCluster;
+use kosmos_api::contract::{self, Action};
+use kube::Resource;
+
+use crate::plan::{JobOutcome, JobView, NewJob};
+
+/// Seconds added to a plugin's time limit for the Job's `activeDeadlineSeconds`: the executor
+/// applies the limit to the install and success wait itself; this margin covers pulling the image
+/// and fetching sources, so the executor's own (clearer) timeout message usually wins.
+pub const DEADLINE_MARGIN_SECONDS: i64 = 120;
+
+/// Longest failure message kept in status and events (events cap their note at 1 kB).
+const MAX_MESSAGE: usize = 800;
+
+/// Labels that select every executor Job of one VirtualCluster.
+pub fn selector(virtual_cluster: &str) -> String {
+    format!(
+        "{}=true,{}={virtual_cluster}",
+        contract::EXECUTOR_LABEL,
+        contract::VIRTUAL_CLUSTER_LABEL
+    )
+}
+
+/// An owner reference that makes the VirtualCluster own (and garbage-collect) an object.
+pub fn owner_reference(vc: &VirtualCluster) -> Option<OwnerReference> {
+    let mut owner = vc.controller_owner_ref(&())?;
+    // Deleting the VirtualCluster must not wait on its Jobs (foreground deletion would block on
+    // Jobs whose pods never finish when the virtual cluster is gone).
+    owner.block_owner_deletion = Some(false);
+    Some(owner)
+}
+
+/// The bare executor Job for `new`: contract labels and annotations, one container that fails
+/// on purpose until the webhook replaces its command, bounded in time and retries.
+pub fn bare_job(vc: &VirtualCluster, new: &NewJob, default_image: &str) -> Job {
+    let vc_name = vc.metadata.name.clone().unwrap_or_default();
+    let labels: BTreeMap<String, String> = [
+        (contract::EXECUTOR_LABEL, "true".to_owned()),
+        (contract::VIRTUAL_CLUSTER_LABEL, vc_name.clone()),
+        (contract::PLUGIN_LABEL, new.plugin.clone()),
+        (contract::ACTION_LABEL, new.action.as_str().to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let annotations: BTreeMap<String, String> = [
+        (contract::SPEC_HASH_ANNOTATION, new.spec_hash.clone()),
+        (contract::ATTEMPT_ANNOTATION, new.attempt.to_string()),
+        (
+            contract::KUBECONFIG_SECRET_ANNOTATION,
+            contract::kubeconfig_secret_name(&vc_name),
+        ),
+        (contract::RETRY_ANNOTATION, new.retry.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let image = new
+        .executor_image
+        .clone()
+        .unwrap_or_else(|| default_image.to_owned());
+    Job {
+        metadata: ObjectMeta {
+            name: Some(new.name.clone()),
+            namespace: vc.metadata.namespace.clone(),
+            labels: Some(labels.clone()),
+            annotations: Some(annotations),
+            owner_references: owner_reference(vc).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(JobSpec {
+            // One pod per Job: the operator retries with a new Job after its own backoff, so
+            // every attempt has its own name, status entry and pod log.
+            backoff_limit: Some(0),
+            active_deadline_seconds: Some(new.timeout_seconds + DEADLINE_MARGIN_SECONDS),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".into()),
+                    automount_service_account_token: Some(false),
+                    containers: vec![Container {
+                        name: contract::EXECUTOR_CONTAINER.into(),
+                        image: Some(image),
+                        command: Some(
+                            contract::UNMUTATED_COMMAND
+                                .iter()
+                                .map(|s| (*s).to_owned())
+                                .collect(),
+                        ),
+                        termination_message_policy: Some("FallbackToLogsOnError".into()),
+                        ..Container::default()
+                    }],
+                    ..PodSpec::default()
+                }),
+            },
+            ..JobSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// True when the Job has condition `type_` with status True.
+fn has_condition(job: &Job, type_: &str) -> bool {
+    job.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == type_ && c.status == "True"))
+}
+
+/// Whether the Job has failed (so its pod's termination message is worth reading).
+pub fn has_failed(job: &Job) -> bool {
+    has_condition(job, "Failed")
+}
+
+/// What the operator needs of an executor Job, or None when it is not one (labels missing or
+/// garbled: such a Job is ignored, never counted). `pod_message` is the executor pod's
+/// termination message, read by the caller for failed Jobs.
+pub fn job_view(job: &Job, pod_message: Option<String>) -> Option<JobView> {
+    let labels = job.metadata.labels.as_ref()?;
+    let annotations = job.metadata.annotations.clone().unwrap_or_default();
+    let status = job.status.clone().unwrap_or_default();
+    let outcome = if has_condition(job, "Complete") {
+        JobOutcome::Succeeded
+    } else if has_failed(job) {
+        let condition = status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "Failed" && c.status == "True");
+        let from_job = condition.map(|c| {
+            format!(
+                "job failed: {} {}",
+                c.reason.as_deref().unwrap_or_default(),
+                c.message.as_deref().unwrap_or_default()
+            )
+            .trim()
+            .to_owned()
+        });
+        JobOutcome::Failed {
+            message: cut(&pod_message
+                .or(from_job)
+                .unwrap_or_else(|| "job failed".to_owned())),
+        }
+    } else {
+        JobOutcome::Running
+    };
+    let finished_at = status.completion_time.map(|t| t.0).or_else(|| {
+        status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "Failed" && c.status == "True")
+            .and_then(|c| c.last_transition_time.clone())
+            .map(|t| t.0)
+    });
+    Some(JobView {
+        name: job.metadata.name.clone()?,
+        plugin: labels.get(contract::PLUGIN_LABEL)?.clone(),
+        action: Action::parse(labels.get(contract::ACTION_LABEL)?)?,
+        spec_hash: annotations
+            .get(contract::SPEC_HASH_ANNOTATION)
+            .cloned()
+            .unwrap_or_default(),
+        attempt: annotations
+            .get(contract::ATTEMPT_ANNOTATION)?
+            .parse()
+            .ok()?,
+        retry: annotations
+            .get(contract::RETRY_ANNOTATION)
+            .cloned()
+            .unwrap_or_default(),
+        injected: annotations.contains_key(contract::INJECTED_ANNOTATION),
+        deleting: job.metadata.deletion_timestamp.is_some(),
+        outcome,
+        started_at: job.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        finished_at: finished_at.filter(|_| job.status.is_some()),
+    })
+}
+
+/// The failure reason from the newest failed executor pod: its termination message (what the
+/// executor wrote to /dev/termination-log, or its log tail), exit code and reason.
+pub fn termination_message(pods: &[Pod]) -> Option<String> {
+    let mut failed: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed"))
+        .collect();
+    failed.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
+    let pod = failed.last()?;
+    let status = pod.status.as_ref()?;
+    let container = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .find(|c| c.name == contract::EXECUTOR_CONTAINER)
+        .or_else(|| status.container_statuses.as_ref()?.last());
+    let Some(terminated) = container
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.terminated.as_ref())
+    else {
+        // Evicted, deadline exceeded, …: the pod's own reason says it.
+        let reason = status.reason.clone().unwrap_or_default();
+        let message = status.message.clone().unwrap_or_default();
+        let text = format!("{reason} {message}").trim().to_owned();
+        return (!text.is_empty()).then(|| cut(&text));
+    };
+    let detail = format!(
+        "exit code {}{}",
+        terminated.exit_code,
+        terminated
+            .reason
+            .as_deref()
+            .map(|r| format!(", {r}"))
+            .unwrap_or_default()
+    );
+    let message = terminated.message.as_deref().map(str::trim).unwrap_or("");
+    Some(cut(&if message.is_empty() {
+        format!("executor failed ({detail})")
+    } else {
+        format!("{message} ({detail})")
+    }))
+}
+
+/// At most [`MAX_MESSAGE`] characters, cut at a character boundary.
+fn cut(text: &str) -> String {
+    if text.chars().count() <= MAX_MESSAGE {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(MAX_MESSAGE).collect();
+    out.push('…');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use kosmos_api::VirtualClusterSpec;
+    use serde_json::json;
+
+    use super::*;
+
+    fn vc() -> VirtualCluster {
+        let mut vc = VirtualCluster::new("tenant1-cluster", VirtualClusterSpec::default());
+        vc.metadata.namespace = Some("ns".into());
+        vc.metadata.uid = Some("uid-1".into());
+        vc
+    }
+
+    fn new_job(image: Option<&str>) -> NewJob {
+        NewJob {
+            name: "tenant1-cluster-dns-install-abc".into(),
+            plugin: "dns".into(),
+            action: Action::Install,
+            spec_hash: "h1".into(),
+            attempt: 2,
+            retry: "r".into(),
+            timeout_seconds: 600,
+            executor_image: image.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn bare_job_follows_the_contract() {
+        let job = bare_job(&vc(), &new_job(None), "docker.io/alpine/k8s:1.34.1");
+        let labels = job.metadata.labels.clone().unwrap();
+        assert_eq!(labels[contract::EXECUTOR_LABEL], "true");
+        assert_eq!(labels[contract::VIRTUAL_CLUSTER_LABEL], "tenant1-cluster");
+        assert_eq!(labels[contract::PLUGIN_LABEL], "dns");
+        assert_eq!(labels[contract::ACTION_LABEL], "install");
+        let annotations = job.metadata.annotations.clone().unwrap();
+        assert_eq!(annotations[contract::SPEC_HASH_ANNOTATION], "h1");
+        assert_eq!(annotations[contract::ATTEMPT_ANNOTATION], "2");
+        assert_eq!(
+            annotations[contract::KUBECONFIG_SECRET_ANNOTATION],
+            contract::kubeconfig_secret_name("tenant1-cluster")
+        );
+        assert!(!annotations.contains_key(contract::INJECTED_ANNOTATION));
+        let owner = &job.metadata.owner_references.clone().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str()),
+            ("VirtualCluster", "uid-1")
+        );
+        assert_eq!(owner.controller, Some(true));
+        let spec = job.spec.clone().unwrap();
+        assert_eq!(spec.backoff_limit, Some(0));
+        assert_eq!(spec.active_deadline_seconds, Some(720));
+        let pod = spec.template.spec.unwrap();
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let c = &pod.containers[0];
+        assert_eq!(c.name, contract::EXECUTOR_CONTAINER);
+        assert_eq!(c.image.as_deref(), Some("docker.io/alpine/k8s:1.34.1"));
+        assert_eq!(c.command.clone().unwrap(), contract::UNMUTATED_COMMAND);
+    }
+
+    #[test]
+    fn plugin_image_wins_over_the_default() {
+        let job = bare_job(&vc(), &new_job(Some("registry.local/exec:1")), "default");
+        let image = job.spec.unwrap().template.spec.unwrap().containers[0]
+            .image
+            .clone();
+        assert_eq!(image.as_deref(), Some("registry.local/exec:1"));
+    }
+
+    fn with_status(status: serde_json::Value, injected: bool) -> Job {
+        let mut job = bare_job(&vc(), &new_job(None), "img");
+        if injected {
+            job.metadata
+                .annotations
+                .as_mut()
+                .unwrap()
+                .insert(contract::INJECTED_ANNOTATION.into(), "x".into());
+        }
+        job.status = Some(serde_json::from_value(status).unwrap());
+        job
+    }
+
+    #[test]
+    fn job_view_reads_labels_annotations_and_outcome() {
+        let running = job_view(&with_status(json!({}), true), None).unwrap();
+        assert_eq!(running.plugin, "dns");
+        assert_eq!(running.action, Action::Install);
+        assert_eq!(running.attempt, 2);
+        assert_eq!(running.retry, "r");
+        assert!(running.injected);
+        assert_eq!(running.outcome, JobOutcome::Running);
+
+        let done = with_status(
+            json!({"completionTime": "2026-01-01T00:00:00Z",
+                   "conditions": [{"type": "Complete", "status": "True"}]}),
+            false,
+        );
+        let done = job_view(&done, None).unwrap();
+        assert_eq!(done.outcome, JobOutcome::Succeeded);
+        assert!(!done.injected);
+        assert!(done.finished_at.is_some());
+
+        let failed = with_status(
+            json!({"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+                   "message": "Job was active longer than specified deadline",
+                   "lastTransitionTime": "2026-01-01T00:00:00Z"}]}),
+            true,
+        );
+        let view = job_view(&failed, None).unwrap();
+        assert_eq!(
+            view.outcome,
+            JobOutcome::Failed {
+                message:
+                    "job failed: DeadlineExceeded Job was active longer than specified deadline"
+                        .into()
+            }
+        );
+        let view = job_view(&failed, Some("helm: boom (exit code 1, Error)".into())).unwrap();
+        assert_eq!(
+            view.outcome,
+            JobOutcome::Failed {
+                message: "helm: boom (exit code 1, Error)".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_job_without_contract_labels_is_not_ours() {
+        let mut job = with_status(json!({}), true);
+        job.metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .remove(contract::PLUGIN_LABEL);
+        assert!(job_view(&job, None).is_none());
+    }
+
+    #[test]
+    fn termination_message_of_the_newest_failed_pod() {
+        let pod = |name: &str, created: &str, phase: &str, message: &str| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "creationTimestamp": created},
+                "status": {"phase": phase, "containerStatuses": [{
+                    "name": contract::EXECUTOR_CONTAINER, "image": "i", "imageID": "", "ready": false,
+                    "restartCount": 0,
+                    "state": {"terminated": {"exitCode": 3, "reason": "Error", "message": message}}
+                }]}
+            }))
+            .unwrap()
+        };
+        let pods = [
+            pod("a", "2026-01-01T00:00:00Z", "Failed", "old"),
+            pod("b", "2026-01-01T00:01:00Z", "Failed", "  chart not found\n"),
+            pod("c", "2026-01-01T00:02:00Z", "Running", "none"),
+        ];
+        assert_eq!(
+            termination_message(&pods).as_deref(),
+            Some("chart not found (exit code 3, Error)")
+        );
+        assert_eq!(termination_message(&pods[2..]), None);
+        let empty = [pod("d", "2026-01-01T00:00:00Z", "Failed", "")];
+        assert_eq!(
+            termination_message(&empty).as_deref(),
+            Some("executor failed (exit code 3, Error)")
+        );
+    }
+
+    #[test]
+    fn long_messages_are_cut() {
+        let long = "é".repeat(2000);
+        assert_eq!(cut(&long).chars().count(), MAX_MESSAGE + 1);
+    }
+}
