@@ -16,6 +16,7 @@
 mod crds;
 mod kubelet;
 mod namespace;
+pub mod runner;
 mod wait;
 
 use std::path::PathBuf;
