@@ -1,0 +1,419 @@
+//! Support for the operator's end-to-end tests: the operator binary scoped to a test namespace,
+//! a stand-in for the plugin webhook (registered in the real apiserver, it only adds the mark),
+//! and small helpers around VirtualClusters, plugins and executor Jobs.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use axum::Json;
+use axum::routing::post;
+use base64::Engine as _;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::batch::v1::Job;
+use kosmos_api::contract;
+use kosmos_api::{PluginPhase, PluginStatus, VirtualCluster, VirtualClusterPlugin};
+use kosmos_e2e::{Cluster, DEFAULT_TIMEOUT, PodOutcome, wait_for, wait_for_job_pod_and_finish};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+/// Bound on one step of a test: the job controller and the operator on a busy 2-core machine.
+pub const STEP: Duration = DEFAULT_TIMEOUT;
+
+/// The operator binary, run against the host cluster and scoped to one namespace.
+pub struct Operator {
+    child: Child,
+    /// Where its log goes.
+    pub log: PathBuf,
+}
+
+impl Operator {
+    /// Starts the operator for `namespace` with fast retries; `extra` adds or overrides flags.
+    pub async fn start(namespace: &str, extra: &[&str]) -> Result<Self> {
+        let kubeconfig = kosmos_e2e::kubeconfig_path(Cluster::Host).await?;
+        let log = std::env::temp_dir().join(format!(
+            "virtual-cluster-operator-{namespace}-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0)
+        ));
+        let file = std::fs::File::create(&log)?;
+        let mut args: Vec<String> = [
+            "--namespace",
+            namespace,
+            "--lease-namespace",
+            namespace,
+            "--lease-name",
+            "virtual-cluster-operator",
+            "--lease-duration-seconds",
+            "3",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--backoff-seconds",
+            "1",
+            "--max-backoff-seconds",
+            "2",
+            "--uninstall-timeout-seconds",
+            "5",
+            "--executor-image",
+            "registry.invalid/kosmos/executor:e2e",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        eprintln!("operator log: {}", log.display());
+        let child = Command::new(env!("CARGO_BIN_EXE_virtual-cluster-operator"))
+            .args(&args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info,kosmos_operator=debug")
+            .env_remove("POD_NAME")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting virtual-cluster-operator")?;
+        Ok(Self { child, log })
+    }
+
+    /// Kills the process at once (SIGKILL): no cleanup, no lease release.
+    pub async fn kill(mut self) -> Result<()> {
+        self.child.start_kill()?;
+        self.child.wait().await?;
+        Ok(())
+    }
+
+    /// The log so far, for failure messages.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A stand-in for the plugin webhook: HTTPS on 127.0.0.1 with a fresh CA, registered for
+/// executor Jobs of one namespace; it only adds [`contract::INJECTED_ANNOTATION`].
+pub struct MarkingWebhook {
+    name: String,
+    client: Client,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl MarkingWebhook {
+    /// Serves and registers the stand-in for `namespace`, and waits until the apiserver calls it.
+    pub async fn start(client: &Client, namespace: &str) -> Result<Self> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca_key = rcgen::KeyPair::generate()?;
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "e2e operator test CA");
+        let ca_cert = ca_params.self_signed(&ca_key)?;
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate()?;
+        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])?;
+        let cert = params.signed_by(&key, &issuer)?;
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr: SocketAddr = listener.local_addr()?;
+        let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
+            cert.pem().into_bytes(),
+            key.serialize_pem().into_bytes(),
+        )
+        .await?;
+        let app = axum::Router::new().route("/mutate", post(mutate));
+        let server = tokio::spawn(async move {
+            if let Ok(server) = axum_server::from_tcp_rustls(listener, tls) {
+                let _ = server.serve(app.into_make_service()).await;
+            }
+        });
+
+        let name = format!("e2e-mark-{namespace}");
+        let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": { "name": name },
+            "webhooks": [{
+                "name": "mark.e2e.kosmos.io",
+                "clientConfig": {
+                    "url": format!("https://{addr}/mutate"),
+                    "caBundle": base64::engine::general_purpose::STANDARD.encode(ca_cert.pem()),
+                },
+                "rules": [{
+                    "apiGroups": ["batch"], "apiVersions": ["v1"],
+                    "operations": ["CREATE"], "resources": ["jobs"],
+                }],
+                "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": namespace } },
+                "objectSelector": { "matchLabels": { contract::EXECUTOR_LABEL: "true" } },
+                "failurePolicy": "Fail",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 10,
+            }],
+        }))?;
+        let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+        api.create(&PostParams::default(), &config).await?;
+        let this = Self {
+            name,
+            client: client.clone(),
+            server,
+        };
+        // The apiserver picks up new webhook configurations a moment later: probe with a
+        // dry-run Job until it comes back marked.
+        let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
+        let probe: Job = serde_json::from_value(json!({
+            "metadata": {
+                "name": "webhook-probe",
+                "labels": { contract::EXECUTOR_LABEL: "true" },
+                "annotations": { "probe": "true" },
+            },
+            "spec": { "template": { "spec": {
+                "restartPolicy": "Never",
+                "containers": [{ "name": "x", "image": "registry.invalid/x" }],
+            }}},
+        }))?;
+        wait_for("the stand-in webhook to mark jobs", STEP, || async {
+            let params = PostParams {
+                dry_run: true,
+                ..PostParams::default()
+            };
+            Ok(match jobs.create(&params, &probe).await {
+                Ok(job) => job
+                    .annotations()
+                    .contains_key(contract::INJECTED_ANNOTATION)
+                    .then_some(()),
+                Err(_) => None,
+            })
+        })
+        .await?;
+        Ok(this)
+    }
+
+    /// Unregisters and stops the stand-in.
+    pub async fn stop(self) -> Result<()> {
+        let api: Api<MutatingWebhookConfiguration> = Api::all(self.client.clone());
+        let _ = api.delete(&self.name, &DeleteParams::default()).await;
+        self.server.abort();
+        Ok(())
+    }
+}
+
+async fn mutate(Json(review): Json<Value>) -> Json<Value> {
+    let uid = review["request"]["uid"].clone();
+    let has_annotations = review["request"]["object"]["metadata"]["annotations"].is_object();
+    let key = contract::INJECTED_ANNOTATION
+        .replace('~', "~0")
+        .replace('/', "~1");
+    let patch = if has_annotations {
+        json!([{ "op": "add", "path": format!("/metadata/annotations/{key}"), "value": "e2e" }])
+    } else {
+        json!([{ "op": "add", "path": "/metadata/annotations",
+                 "value": { contract::INJECTED_ANNOTATION: "e2e" } }])
+    };
+    Json(json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "response": {
+            "uid": uid,
+            "allowed": true,
+            "patchType": "JSONPatch",
+            "patch": base64::engine::general_purpose::STANDARD.encode(patch.to_string()),
+        },
+    }))
+}
+
+/// Creates (or replaces the spec of) plugin `name` from a JSON spec.
+pub async fn apply_plugin(client: &Client, ns: &str, name: &str, spec: Value) -> Result<()> {
+    let api: Api<VirtualClusterPlugin> = Api::namespaced(client.clone(), ns);
+    let body = json!({
+        "apiVersion": "kosmos.io/v1alpha1",
+        "kind": "VirtualClusterPlugin",
+        "metadata": { "name": name },
+        "spec": spec,
+    });
+    api.patch(
+        name,
+        &PatchParams::apply(kosmos_e2e::FIELD_MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await
+    .with_context(|| format!("applying plugin {name}"))?;
+    Ok(())
+}
+
+/// A plugin spec that installs manifests from a URL; `extra` is merged in.
+pub fn yaml_plugin(extra: Value) -> Value {
+    let mut spec = json!({
+        "pluginSources": { "yaml": { "path": { "uri": "https://example.com/plugin.yaml" } } },
+    });
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            s.insert(k.clone(), v.clone());
+        }
+    }
+    spec
+}
+
+/// Creates VirtualCluster `name` in phase `phase` with `spec` (kubeconfig of the virtual
+/// cluster added unless the spec sets one).
+pub async fn create_vc(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    phase: &str,
+    spec: Value,
+) -> Result<()> {
+    let mut spec = spec;
+    if spec.get("kubeconfig").is_none() {
+        let text = kosmos_e2e::kubeconfig_yaml(Cluster::Virtual).await?;
+        spec["kubeconfig"] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+    }
+    let mut body = json!({
+        "apiVersion": "kosmos.io/v1alpha1",
+        "kind": "VirtualCluster",
+        "metadata": { "name": name },
+        "spec": spec,
+    });
+    if !phase.is_empty() {
+        // No status subresource (as in Kosmos): the status is written with the object.
+        body["status"] = json!({ "phase": phase });
+    }
+    let vc: VirtualCluster = serde_json::from_value(body)?;
+    Api::<VirtualCluster>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &vc)
+        .await
+        .with_context(|| format!("creating virtualcluster {name}"))?;
+    Ok(())
+}
+
+/// Reads a VirtualCluster.
+pub async fn get_vc(client: &Client, ns: &str, name: &str) -> Result<VirtualCluster> {
+    Ok(Api::<VirtualCluster>::namespaced(client.clone(), ns)
+        .get(name)
+        .await?)
+}
+
+/// Waits until `check` holds for the VirtualCluster, and returns it.
+pub async fn wait_vc(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    what: &str,
+    check: impl Fn(&VirtualCluster) -> bool,
+) -> Result<VirtualCluster> {
+    let api: Api<VirtualCluster> = Api::namespaced(client.clone(), ns);
+    let result = wait_for(what, STEP, || async {
+        let vc = api.get(name).await?;
+        Ok(check(&vc).then_some(vc))
+    })
+    .await;
+    match result {
+        Ok(vc) => Ok(vc),
+        Err(e) => {
+            let vc = api.get_opt(name).await.ok().flatten();
+            let status = vc
+                .and_then(|v| v.status)
+                .map(|s| serde_json::to_string_pretty(&s).unwrap_or_default());
+            bail!("{e:#}\nlast status: {}", status.unwrap_or_default())
+        }
+    }
+}
+
+/// The status entry of `plugin`.
+pub fn entry<'v>(vc: &'v VirtualCluster, plugin: &str) -> Option<&'v PluginStatus> {
+    vc.status
+        .as_ref()?
+        .plugins
+        .iter()
+        .find(|e| e.name == plugin)
+}
+
+/// The phase of `plugin`'s status entry.
+pub fn plugin_phase(vc: &VirtualCluster, plugin: &str) -> Option<PluginPhase> {
+    entry(vc, plugin).map(|e| e.phase)
+}
+
+/// A condition's (status, reason, message).
+pub fn condition(vc: &VirtualCluster, type_: &str) -> Option<(String, String, String)> {
+    vc.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// Executor Jobs of `plugin` in the namespace (any action), not being deleted.
+pub async fn plugin_jobs(client: &Client, ns: &str, plugin: &str) -> Result<Vec<Job>> {
+    let api: Api<Job> = Api::namespaced(client.clone(), ns);
+    let list = api
+        .list(&ListParams::default().labels(&format!(
+            "{}=true,{}={plugin}",
+            contract::EXECUTOR_LABEL,
+            contract::PLUGIN_LABEL
+        )))
+        .await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|j| j.metadata.deletion_timestamp.is_none())
+        .collect())
+}
+
+/// Waits for the Job `plugin`'s status entry names (with `action`), and returns its name once
+/// the Job exists.
+pub async fn wait_job(
+    client: &Client,
+    ns: &str,
+    plugin: &str,
+    action: &str,
+    attempt: u32,
+) -> Result<String> {
+    wait_for(
+        &format!("{action} job attempt {attempt} of plugin {plugin}"),
+        STEP,
+        || async {
+            let jobs = plugin_jobs(client, ns, plugin).await?;
+            Ok(jobs
+                .into_iter()
+                .find(|j| {
+                    j.labels().get(contract::ACTION_LABEL).map(String::as_str) == Some(action)
+                        && j.annotations()
+                            .get(contract::ATTEMPT_ANNOTATION)
+                            .map(String::as_str)
+                            == Some(attempt.to_string().as_str())
+                })
+                .map(|j| j.name_any()))
+        },
+    )
+    .await
+}
+
+/// Finishes the (next) pod of `job` with `outcome`, as a kubelet would.
+pub async fn finish(client: &Client, ns: &str, job: &str, outcome: PodOutcome) -> Result<()> {
+    wait_for_job_pod_and_finish(client, ns, job, &outcome, STEP).await?;
+    Ok(())
+}
+
+/// A pod that succeeded.
+pub fn ok() -> PodOutcome {
+    PodOutcome::Succeeded {
+        message: "installed".into(),
+    }
+}
+
+/// A pod that failed with `message` as its termination message.
+pub fn fail(message: &str) -> PodOutcome {
+    PodOutcome::Failed {
+        exit_code: 1,
+        message: message.into(),
+    }
+}
