@@ -128,17 +128,23 @@ async fn failure_is_reported_then_retry_succeeds() -> Result<()> {
     .await?;
     let second = wait_job(&client, n, "flaky", "install", 2).await?;
     ensure!(second != first);
-    let events: Vec<k8s_openapi::api::core::v1::Event> = kube::Api::namespaced(client.clone(), n)
-        .list(&Default::default())
-        .await?
-        .items;
-    ensure!(
-        events.iter().any(|e| e
-            .message
-            .as_deref()
-            .is_some_and(|m| m.contains("chart apiserver-network-proxy not found"))),
-        "no event with the termination message"
-    );
+    // The event is published right after the status write that follows the Job's creation.
+    let events: kube::Api<k8s_openapi::api::core::v1::Event> =
+        kube::Api::namespaced(client.clone(), n);
+    kosmos_e2e::wait_for("an event with the termination message", STEP, || async {
+        let list = events.list(&Default::default()).await?;
+        Ok(list
+            .items
+            .iter()
+            .any(|e| {
+                e.type_.as_deref() == Some("Warning")
+                    && e.message
+                        .as_deref()
+                        .is_some_and(|m| m.contains("chart apiserver-network-proxy not found"))
+            })
+            .then_some(()))
+    })
+    .await?;
     finish(&client, n, &second, ok()).await?;
     let vc = wait_vc(&client, n, "vc", "phase Completed", |vc| {
         vc.phase() == phase::COMPLETED

@@ -1,0 +1,336 @@
+//! The operator across changes and restarts: killed mid-install, plugin spec changed, plugin
+//! disabled, VirtualCluster deleted while its virtual API is gone, builtin readiness.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use common::*;
+use k8s_openapi::api::core::v1::Node;
+use kosmos_api::contract;
+use kosmos_api::{PluginPhase, VirtualCluster, condition, phase};
+use kosmos_e2e::{Cluster, TestNamespace, host, install_crds, virtual_cluster, wait_for};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+async fn setup(prefix: &str) -> Result<(TestNamespace, kube::Client)> {
+    let client = host().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(Cluster::Host, prefix).await?;
+    Ok((ns, client))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_and_restarted_mid_install_creates_no_duplicate() -> Result<()> {
+    let (ns, client) = setup("op-restart").await?;
+    let n = ns.name();
+    let webhook = MarkingWebhook::start(&client, n).await?;
+    for p in ["a", "b"] {
+        apply_plugin(&client, n, p, yaml_plugin(json!({}))).await?;
+    }
+    let op = Operator::start(n, &[]).await?;
+    create_vc(
+        &client,
+        n,
+        "vc",
+        phase::ALL_NODE_READY,
+        json!({ "pluginSet": { "enabled": [{"name": "a"}, {"name": "b"}] } }),
+    )
+    .await?;
+    let a = wait_job(&client, n, "a", "install", 1).await?;
+    let b = wait_job(&client, n, "b", "install", 1).await?;
+    op.kill().await?;
+    // While it is down, one install finishes.
+    finish(&client, n, &a, ok()).await?;
+    let op = Operator::start(n, &[]).await?;
+    // The new process waits for the dead one's lease to expire (3 s), then takes over.
+    wait_vc(&client, n, "vc", "a Succeeded after the restart", |vc| {
+        plugin_phase(vc, "a") == Some(PluginPhase::Succeeded)
+    })
+    .await?;
+    for p in ["a", "b"] {
+        let jobs = plugin_jobs(&client, n, p).await?;
+        ensure!(
+            jobs.len() == 1,
+            "plugin {p} has {} jobs: {:?}",
+            jobs.len(),
+            jobs.iter().map(|j| j.name_any()).collect::<Vec<_>>()
+        );
+    }
+    finish(&client, n, &b, ok()).await?;
+    let vc = wait_vc(&client, n, "vc", "phase Completed", |vc| {
+        vc.phase() == phase::COMPLETED
+    })
+    .await?;
+    ensure!(entry(&vc, "b").unwrap().job_name.as_deref() == Some(b.as_str()));
+    ensure!(entry(&vc, "b").unwrap().attempts == 1);
+    // Restarted again after Completed: nothing new happens.
+    op.kill().await?;
+    let op = Operator::start(n, &[]).await?;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for p in ["a", "b"] {
+        ensure!(plugin_jobs(&client, n, p).await?.len() == 1);
+    }
+    ensure!(get_vc(&client, n, "vc").await?.phase() == phase::COMPLETED);
+    drop(op);
+    webhook.stop().await?;
+    ns.delete().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_change_reinstalls() -> Result<()> {
+    let (ns, client) = setup("op-respec").await?;
+    let n = ns.name();
+    let webhook = MarkingWebhook::start(&client, n).await?;
+    apply_plugin(&client, n, "dns", yaml_plugin(json!({}))).await?;
+    let op = Operator::start(n, &[]).await?;
+    create_vc(
+        &client,
+        n,
+        "vc",
+        phase::ALL_NODE_READY,
+        json!({ "pluginSet": { "enabled": [{"name": "dns"}] } }),
+    )
+    .await?;
+    let first = wait_job(&client, n, "dns", "install", 1).await?;
+    finish(&client, n, &first, ok()).await?;
+    let vc = wait_vc(&client, n, "vc", "phase Completed", |vc| {
+        vc.phase() == phase::COMPLETED
+    })
+    .await?;
+    let old_hash = entry(&vc, "dns").unwrap().spec_hash.clone();
+
+    apply_plugin(
+        &client,
+        n,
+        "dns",
+        yaml_plugin(json!({"timeoutSeconds": 60})),
+    )
+    .await?;
+    let second = wait_job(&client, n, "dns", "install", 2).await?;
+    let job = plugin_jobs(&client, n, "dns")
+        .await?
+        .into_iter()
+        .find(|j| j.name_any() == second)
+        .unwrap();
+    let new_hash = job
+        .annotations()
+        .get(contract::SPEC_HASH_ANNOTATION)
+        .cloned();
+    ensure!(
+        new_hash != old_hash,
+        "the new job carries the old spec hash"
+    );
+    ensure!(job.spec.as_ref().unwrap().active_deadline_seconds == Some(60 + 120));
+    let vc = wait_vc(
+        &client,
+        n,
+        "vc",
+        "back to AllNodeReady while reinstalling",
+        |vc| vc.phase() == phase::ALL_NODE_READY,
+    )
+    .await?;
+    ensure!(vc.status.as_ref().unwrap().plugin_progress.as_deref() == Some("0/1"));
+    finish(&client, n, &second, ok()).await?;
+    let vc = wait_vc(&client, n, "vc", "phase Completed again", |vc| {
+        vc.phase() == phase::COMPLETED
+    })
+    .await?;
+    ensure!(entry(&vc, "dns").unwrap().spec_hash == new_hash);
+    drop(op);
+    webhook.stop().await?;
+    ns.delete().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_a_plugin_uninstalls_it() -> Result<()> {
+    let (ns, client) = setup("op-disable").await?;
+    let n = ns.name();
+    let webhook = MarkingWebhook::start(&client, n).await?;
+    apply_plugin(
+        &client,
+        n,
+        "dns",
+        yaml_plugin(json!({"enabledByDefault": true})),
+    )
+    .await?;
+    apply_plugin(&client, n, "cni", yaml_plugin(json!({}))).await?;
+    let op = Operator::start(n, &[]).await?;
+    create_vc(
+        &client,
+        n,
+        "vc",
+        phase::ALL_NODE_READY,
+        json!({ "pluginSet": { "enabled": [{"name": "cni"}] } }),
+    )
+    .await?;
+    for p in ["dns", "cni"] {
+        let job = wait_job(&client, n, p, "install", 1).await?;
+        finish(&client, n, &job, ok()).await?;
+    }
+    wait_vc(&client, n, "vc", "phase Completed", |vc| {
+        vc.phase() == phase::COMPLETED
+    })
+    .await?;
+
+    let api: Api<VirtualCluster> = Api::namespaced(client.clone(), n);
+    api.patch(
+        "vc",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"pluginSet": {"enabled": [{"name": "cni"}], "disabled": [{"name": "dns"}]}}})),
+    )
+    .await?;
+    let uninstall = wait_job(&client, n, "dns", "uninstall", 2).await?;
+    let vc = wait_vc(&client, n, "vc", "dns Uninstalling", |vc| {
+        plugin_phase(vc, "dns") == Some(PluginPhase::Uninstalling)
+    })
+    .await?;
+    ensure!(
+        vc.phase() != phase::COMPLETED,
+        "Completed while uninstalling"
+    );
+    finish(&client, n, &uninstall, ok()).await?;
+    let vc = wait_vc(&client, n, "vc", "dns Uninstalled and Completed", |vc| {
+        plugin_phase(vc, "dns") == Some(PluginPhase::Uninstalled) && vc.phase() == phase::COMPLETED
+    })
+    .await?;
+    ensure!(vc.status.as_ref().unwrap().plugin_progress.as_deref() == Some("1/1"));
+    drop(op);
+    webhook.stop().await?;
+    ns.delete().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_cluster_whose_virtual_api_is_gone_finishes() -> Result<()> {
+    let (ns, client) = setup("op-delete").await?;
+    let n = ns.name();
+    let webhook = MarkingWebhook::start(&client, n).await?;
+    apply_plugin(&client, n, "dns", yaml_plugin(json!({}))).await?;
+    let op = Operator::start(n, &[]).await?;
+    // A kubeconfig for an API that does not answer (nothing listens on port 1).
+    let dead = "apiVersion: v1\nkind: Config\nclusters:\n- name: gone\n  cluster:\n    server: https://127.0.0.1:1\ncontexts:\n- name: gone\n  context:\n    cluster: gone\n    user: admin\ncurrent-context: gone\nusers:\n- name: admin\n  user:\n    token: x\n";
+    use base64::Engine as _;
+    create_vc(
+        &client,
+        n,
+        "vc",
+        phase::ALL_NODE_READY,
+        json!({
+            "kubeconfig": base64::engine::general_purpose::STANDARD.encode(dead),
+            "pluginSet": { "enabled": [{"name": "dns"}] },
+        }),
+    )
+    .await?;
+    let job = wait_job(&client, n, "dns", "install", 1).await?;
+    finish(&client, n, &job, ok()).await?;
+    let vc = wait_vc(&client, n, "vc", "phase Completed", |vc| {
+        vc.phase() == phase::COMPLETED
+    })
+    .await?;
+    ensure!(vc.finalizers().iter().any(|f| f == contract::FINALIZER));
+    let api: Api<VirtualCluster> = Api::namespaced(client.clone(), n);
+    api.patch(
+        "vc",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {contract::UNINSTALL_ON_DELETE_ANNOTATION: "true"}}})),
+    )
+    .await?;
+    api.delete("vc", &DeleteParams::default()).await?;
+    // The uninstall Job starts; its pod never finishes (the virtual API is gone), and the
+    // bounded wait (5 s in these tests) lets the VirtualCluster go anyway.
+    wait_job(&client, n, "dns", "uninstall", 2).await?;
+    wait_for("the VirtualCluster to be gone", STEP, || async {
+        Ok(api.get_opt("vc").await?.is_none().then_some(()))
+    })
+    .await?;
+    drop(op);
+    webhook.stop().await?;
+    ns.delete().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_without_uninstall_removes_the_finalizer_at_once() -> Result<()> {
+    let (ns, client) = setup("op-delete-plain").await?;
+    let n = ns.name();
+    let op = Operator::start(n, &[]).await?;
+    create_vc(&client, n, "vc", phase::ALL_NODE_READY, json!({})).await?;
+    wait_vc(&client, n, "vc", "phase Completed", |vc| {
+        vc.phase() == phase::COMPLETED
+    })
+    .await?;
+    let api: Api<VirtualCluster> = Api::namespaced(client.clone(), n);
+    api.delete("vc", &DeleteParams::default()).await?;
+    wait_for(
+        "the VirtualCluster to be gone",
+        Duration::from_secs(20),
+        || async { Ok(api.get_opt("vc").await?.is_none().then_some(())) },
+    )
+    .await?;
+    drop(op);
+    ns.delete().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builtin_readiness_waits_for_promoted_nodes() -> Result<()> {
+    let (ns, client) = setup("op-builtin").await?;
+    let n = ns.name();
+    let webhook = MarkingWebhook::start(&client, n).await?;
+    apply_plugin(&client, n, "dns", yaml_plugin(json!({}))).await?;
+    let op = Operator::start(n, &["--readiness", "builtin"]).await?;
+    // A node in the virtual cluster, named after the test namespace so parallel runs differ.
+    let virt = virtual_cluster().await?;
+    let nodes: Api<Node> = Api::all(virt.clone());
+    let node_name = format!("{n}-node1");
+    let node: Node = serde_json::from_value(json!({"metadata": {"name": node_name}}))?;
+    nodes.create(&PostParams::default(), &node).await?;
+
+    create_vc(
+        &client,
+        n,
+        "vc",
+        phase::INITIALIZED,
+        json!({
+            "promoteResources": { "nodeInfos": [{"nodeName": node_name}] },
+            "pluginSet": { "enabled": [{"name": "dns"}] },
+        }),
+    )
+    .await?;
+    let vc = wait_vc(&client, n, "vc", "VirtualClusterReady=False", |vc| {
+        condition(vc, condition::VIRTUAL_CLUSTER_READY).is_some_and(|(s, _, _)| s == "False")
+    })
+    .await?;
+    let (_, _, message) = condition(&vc, condition::VIRTUAL_CLUSTER_READY).unwrap();
+    ensure!(message.contains(&node_name), "{message}");
+    ensure!(vc.phase() == phase::INITIALIZED);
+    ensure!(plugin_jobs(&client, n, "dns").await?.is_empty());
+
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    nodes
+        .patch_status(
+            &node_name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"conditions": [{
+                "type": "Ready", "status": "True", "reason": "KubeletReady",
+                "message": "e2e", "lastHeartbeatTime": now, "lastTransitionTime": now,
+            }]}})),
+        )
+        .await?;
+    // The operator polls readiness every 10 s.
+    let job = wait_job(&client, n, "dns", "install", 1).await?;
+    let vc = get_vc(&client, n, "vc").await?;
+    ensure!(vc.phase() == phase::ALL_NODE_READY, "phase {}", vc.phase());
+    finish(&client, n, &job, ok()).await?;
+    let vc = wait_vc(&client, n, "vc", "phase Completed", |vc| {
+        vc.phase() == phase::COMPLETED
+    })
+    .await?;
+    ensure!(condition(&vc, condition::VIRTUAL_CLUSTER_READY).unwrap().0 == "True");
+    let _ = nodes.delete(&node_name, &DeleteParams::default()).await;
+    drop(op);
+    webhook.stop().await?;
+    ns.delete().await
+}
