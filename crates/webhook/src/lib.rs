@@ -4,5 +4,7 @@
 pub mod admission;
 pub mod metrics;
 pub mod mutation;
+pub mod server;
+pub mod tls;
 
 pub use mutation::{Denial, Mutation, Settings, mutate};

@@ -1,0 +1,335 @@
+//! Wiring: settings (flags with environment variables), the watch-fed caches, the TLS admission
+//! server and the plain admin server (/healthz, /readyz, /metrics).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow};
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use futures::StreamExt as _;
+use kosmos_api::{VirtualCluster, VirtualClusterPlugin};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Api, Client};
+use tokio::task::JoinHandle;
+
+use crate::admission::{self, AdmissionState};
+use crate::metrics::Metrics;
+use crate::mutation::Settings;
+use crate::tls;
+
+/// The operator's service account, as the chart installs it.
+pub const DEFAULT_OPERATOR_USER: &str =
+    "system:serviceaccount:kosmos-system:virtual-cluster-operator";
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Settings of `plugin-webhook serve`; every flag also reads an environment variable.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address of the HTTPS admission endpoint (POST /mutate).
+    #[arg(long, env = "PLUGIN_WEBHOOK_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// Address of the plain-HTTP admin endpoint (/healthz, /readyz, /metrics).
+    #[arg(
+        long,
+        env = "PLUGIN_WEBHOOK_ADMIN_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub admin_listen: SocketAddr,
+    /// Serving certificate (PEM chain, leaf first); re-read when it changes.
+    #[arg(
+        long,
+        env = "PLUGIN_WEBHOOK_TLS_CERT",
+        default_value = "/etc/plugin-webhook/tls/tls.crt"
+    )]
+    pub tls_cert: PathBuf,
+    /// Private key of the serving certificate (PEM); re-read when it changes.
+    #[arg(
+        long,
+        env = "PLUGIN_WEBHOOK_TLS_KEY",
+        default_value = "/etc/plugin-webhook/tls/tls.key"
+    )]
+    pub tls_key: PathBuf,
+    /// How often to look for a rotated certificate, in seconds.
+    #[arg(long, env = "PLUGIN_WEBHOOK_CERT_POLL_SECONDS", default_value_t = 10)]
+    pub cert_poll_seconds: u64,
+    /// The user whose executor Jobs are mutated; executor Jobs from anyone else are denied.
+    #[arg(long, env = "PLUGIN_WEBHOOK_OPERATOR_USER", default_value = DEFAULT_OPERATOR_USER)]
+    pub operator_user: String,
+    /// Folders hostPath sources must lie under (comma-separated); empty allows any path.
+    #[arg(
+        long,
+        env = "PLUGIN_WEBHOOK_ALLOWED_HOST_PATH_PREFIXES",
+        value_delimiter = ','
+    )]
+    pub allowed_host_path_prefixes: Vec<String>,
+    /// Watch plugins and VirtualClusters in this namespace only; empty watches all.
+    #[arg(long, env = "PLUGIN_WEBHOOK_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// Log format.
+    #[arg(
+        long,
+        env = "PLUGIN_WEBHOOK_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+impl ServeArgs {
+    /// The mutation settings these flags give.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            allowed_host_path_prefixes: self
+                .allowed_host_path_prefixes
+                .iter()
+                .map(|p| p.trim().to_owned())
+                .filter(|p| !p.is_empty())
+                .collect(),
+        }
+    }
+}
+
+/// Watch-fed caches of plugins and VirtualClusters, and the task that feeds them.
+pub fn caches(
+    client: &Client,
+    namespace: Option<&str>,
+) -> (
+    Store<VirtualClusterPlugin>,
+    Store<VirtualCluster>,
+    JoinHandle<()>,
+) {
+    fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let (plugins, plugin_writer) = reflector::store();
+    let (virtual_clusters, vc_writer) = reflector::store();
+    let plugin_stream = reflector::reflector(
+        plugin_writer,
+        watcher(
+            api::<VirtualClusterPlugin>(client, namespace),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff();
+    let vc_stream = reflector::reflector(
+        vc_writer,
+        watcher(
+            api::<VirtualCluster>(client, namespace),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff();
+    let task = tokio::spawn(async move {
+        futures::join!(
+            plugin_stream.for_each(|event| {
+                log_watch_error("VirtualClusterPlugin", event.err());
+                std::future::ready(())
+            }),
+            vc_stream.for_each(|event| {
+                log_watch_error("VirtualCluster", event.err());
+                std::future::ready(())
+            }),
+        );
+    });
+    (plugins, virtual_clusters, task)
+}
+
+fn log_watch_error(kind: &'static str, error: Option<watcher::Error>) {
+    if let Some(e) = error {
+        tracing::warn!(kind, error = %e, "watch failed; retrying with backoff");
+    }
+}
+
+/// A running webhook: where it listens and how to stop it.
+pub struct Running {
+    /// Bound address of the HTTPS admission endpoint.
+    pub addr: SocketAddr,
+    /// Bound address of the admin endpoint.
+    pub admin_addr: SocketAddr,
+    /// Caches, settings and metrics of the admission endpoint.
+    pub state: Arc<AdmissionState>,
+    handle: axum_server::Handle<SocketAddr>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops serving: open connections get `grace` to finish.
+    pub fn shutdown(&self, grace: Duration) {
+        self.handle.graceful_shutdown(Some(grace));
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+
+    /// Waits until a task ends (which only happens on failure or shutdown).
+    pub async fn wait(&mut self) -> Result<()> {
+        let tasks = std::mem::take(&mut self.tasks);
+        let (result, _, rest) = futures::future::select_all(tasks).await;
+        for task in rest {
+            task.abort();
+        }
+        result.map_err(|e| anyhow!("a webhook task ended: {e}"))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Shared by the admin endpoint. It starts only after the TLS endpoint is bound, so being up
+/// implies that; readiness adds the caches.
+struct Admin {
+    admission: Arc<AdmissionState>,
+}
+
+/// Starts the caches, the TLS admission server and the admin server; returns once both servers
+/// listen. The serving certificate must load, or this fails.
+pub async fn start(args: &ServeArgs, client: Client) -> Result<Running> {
+    let metrics = Arc::new(Metrics::default());
+    let loaded = tls::load(&args.tls_cert, &args.tls_key)?;
+    metrics.cert_expiry.set(loaded.not_after);
+    let fingerprint = loaded.fingerprint();
+    let resolver = Arc::new(tls::CertResolver::new(loaded.key));
+    let rustls_config = tls::server_config(resolver.clone())?;
+
+    let (plugins, virtual_clusters, cache_task) = caches(&client, args.watch_namespace.as_deref());
+    let state = Arc::new(AdmissionState {
+        plugins: plugins.clone(),
+        virtual_clusters: virtual_clusters.clone(),
+        settings: args.settings(),
+        operator_user: args.operator_user.clone(),
+        metrics: metrics.clone(),
+        synced: AtomicBool::new(false),
+    });
+    let sync_state = state.clone();
+    let sync_task = tokio::spawn(async move {
+        if plugins.wait_until_ready().await.is_ok()
+            && virtual_clusters.wait_until_ready().await.is_ok()
+        {
+            sync_state.synced.store(true, Ordering::Release);
+            tracing::info!("caches of plugins and VirtualClusters synced");
+        }
+        // Stay alive: `Running::wait` treats the end of any task as the end of the webhook.
+        std::future::pending::<()>().await;
+    });
+
+    let expiry_metrics = metrics.clone();
+    let cert_task = tokio::spawn(tls::watch(
+        resolver,
+        args.tls_cert.clone(),
+        args.tls_key.clone(),
+        fingerprint,
+        Duration::from_secs(args.cert_poll_seconds.max(1)),
+        move |loaded| {
+            expiry_metrics.cert_expiry.set(loaded.not_after);
+        },
+    ));
+
+    let handle = axum_server::Handle::new();
+    let app = admission::router(state.clone());
+    let server = axum_server::bind_rustls(
+        args.listen,
+        axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(rustls_config)),
+    )
+    .handle(handle.clone());
+    let server_task = tokio::spawn(async move {
+        if let Err(e) = server.serve(app.into_make_service()).await {
+            tracing::error!(error = %e, "the admission server stopped");
+        }
+    });
+    let addr = tokio::time::timeout(Duration::from_secs(10), handle.listening())
+        .await
+        .ok()
+        .flatten()
+        .with_context(|| format!("binding the admission endpoint to {}", args.listen))?;
+
+    let admin = Arc::new(Admin {
+        admission: state.clone(),
+    });
+    let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("binding the admin endpoint to {}", args.admin_listen))?;
+    let admin_addr = admin_listener.local_addr()?;
+    let admin_task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(admin_listener, admin_router(admin)).await {
+            tracing::error!(error = %e, "the admin server stopped");
+        }
+    });
+    tracing::info!(%addr, %admin_addr, operator_user = %args.operator_user, "plugin webhook listening");
+    Ok(Running {
+        addr,
+        admin_addr,
+        state,
+        handle,
+        tasks: vec![cache_task, sync_task, cert_task, server_task, admin_task],
+    })
+}
+
+fn admin_router(admin: Arc<Admin>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(admin)
+}
+
+async fn readyz(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
+    if !admin.admission.is_synced() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "caches of plugins and VirtualClusters not synced\n",
+        );
+    }
+    (StatusCode::OK, "ok\n")
+}
+
+async fn metrics(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        admin.admission.metrics.encode(),
+    )
+}
+
+/// Sets up logging: `RUST_LOG` filters (default info, with the HTTP and TLS stacks quiet).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,hyper=warn,h2=warn,rustls=warn,tower=warn")
+    });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // A second initialisation (tests) is harmless; ignore it.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
