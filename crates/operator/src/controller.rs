@@ -264,7 +264,8 @@ async fn reconcile_one(ns: &str, name: &str, ctx: &Context) -> Result<Action, Er
                 notes.push(note.clone());
             }
         }
-        installed.extend(plan.installed.iter().cloned());
+        // Each pass compares against the same old status, so only the last pass counts.
+        installed.clone_from(&plan.installed);
         let steps = plan.steps.clone();
         last = Some(plan);
         if steps.is_empty() {
@@ -275,6 +276,18 @@ async fn reconcile_one(ns: &str, name: &str, ctx: &Context) -> Result<Action, Er
                 Step::CreateJob(new) => {
                     let job = jobs::bare_job(&vc, &new, &ctx.config.executor_image);
                     let stored = create_job(&jobs_api, &job, &new.name).await?;
+                    let ours = stored
+                        .owner_references()
+                        .iter()
+                        .any(|o| Some(&o.uid) == vc.metadata.uid.as_ref());
+                    if !ours {
+                        // Left by an earlier VirtualCluster of the same name; the garbage
+                        // collector removes it, then the name is free.
+                        return Err(Error::Conflict(format!(
+                            "job {ns}/{} of an earlier virtualcluster {name}",
+                            new.name
+                        )));
+                    }
                     info!(plugin = %new.plugin, job = %new.name, action = %new.action, attempt = new.attempt,
                         injected = stored.annotations().contains_key(contract::INJECTED_ANNOTATION),
                         "executor job created");
@@ -649,7 +662,6 @@ async fn write_status(
 ) -> Result<(), Error> {
     let name = vc.name_any();
     let current = vc.status.clone().unwrap_or_default();
-    let types: Vec<&str> = status.conditions.iter().map(|c| c.type_.as_str()).collect();
     let all_types = [
         kosmos_api::condition::PLUGINS_RESOLVED,
         kosmos_api::condition::KUBECONFIG_AVAILABLE,
@@ -657,9 +669,7 @@ async fn write_status(
         kosmos_api::condition::PLUGINS_INSTALLED,
         kosmos_api::condition::VIRTUAL_CLUSTER_READY,
     ];
-    let unchanged = owned_view(&current, &all_types) == owned_view(status, &all_types)
-        && types.len() == status.conditions.len();
-    if unchanged {
+    if owned_view(&current, &all_types) == owned_view(status, &all_types) {
         return Ok(());
     }
     let body = json!({
@@ -690,8 +700,22 @@ async fn publish(ctx: &Context, vc: &VirtualCluster, notes: &[plan::Note]) {
     let reference = vc.object_ref(&());
     for note in notes {
         match note.kind {
-            NoteKind::Normal => info!(reason = note.reason, "{}", note.message),
-            NoteKind::Warning => warn!(reason = note.reason, "{}", note.message),
+            NoteKind::Normal => {
+                info!(
+                    reason = note.reason,
+                    plugin = note.plugin.as_deref(),
+                    "{}",
+                    note.message
+                );
+            }
+            NoteKind::Warning => {
+                warn!(
+                    reason = note.reason,
+                    plugin = note.plugin.as_deref(),
+                    "{}",
+                    note.message
+                );
+            }
         }
         let event = Event {
             type_: match note.kind {

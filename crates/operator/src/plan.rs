@@ -183,6 +183,8 @@ pub struct Note {
     pub reason: &'static str,
     /// What happened, naming the plugin and Job.
     pub message: String,
+    /// The plugin it concerns, for the log's `plugin` field.
+    pub plugin: Option<String>,
 }
 
 /// What to do and what to write.
@@ -453,11 +455,12 @@ impl<'a, 'o> Planner<'a, 'o> {
         self.wake = Some(self.wake.map_or(t, |w| w.min(t)));
     }
 
-    fn note(&mut self, kind: NoteKind, reason: &'static str, message: String) {
+    fn note(&mut self, plugin: &str, kind: NoteKind, reason: &'static str, message: String) {
         self.notes.push(Note {
             kind,
             reason,
             message,
+            plugin: Some(plugin.to_owned()),
         });
     }
 
@@ -652,6 +655,7 @@ impl<'a, 'o> Planner<'a, 'o> {
             executor_image: plugin.spec.executor_image.clone(),
         }));
         self.note(
+            &name.clone(),
             NoteKind::Normal,
             if action == Action::Install {
                 "InstallStarted"
@@ -711,6 +715,7 @@ impl<'a, 'o> Planner<'a, 'o> {
                 entry.message = Some("installed".into());
                 if old.is_none_or(|o| o.phase != PluginPhase::Succeeded) {
                     self.note(
+                        &name.clone(),
                         NoteKind::Normal,
                         "PluginInstalled",
                         format!("plugin {name} installed by job {}", job.name),
@@ -750,6 +755,7 @@ impl<'a, 'o> Planner<'a, 'o> {
                         ));
                         if !was_failed || old.is_some_and(|o| o.phase != PluginPhase::Failed) {
                             self.note(
+                                &name.clone(),
                                 NoteKind::Warning,
                                 "PluginFailed",
                                 format!("plugin {name} failed: {message} (job {})", job.name),
@@ -767,6 +773,7 @@ impl<'a, 'o> Planner<'a, 'o> {
                 };
                 if !was_failed && failures > 0 {
                     self.note(
+                        &name.clone(),
                         NoteKind::Warning,
                         "InstallFailed",
                         format!(
@@ -814,7 +821,12 @@ impl<'a, 'o> Planner<'a, 'o> {
         let at = match known {
             Some(at) => at.0,
             None => {
-                self.note(NoteKind::Warning, "WebhookNotMutating", message.clone());
+                self.note(
+                    &entry.name.clone(),
+                    NoteKind::Warning,
+                    "WebhookNotMutating",
+                    message.clone(),
+                );
                 add(
                     self.obs.now,
                     backoff(
@@ -851,6 +863,7 @@ impl<'a, 'o> Planner<'a, 'o> {
             }
             let Some(plugin) = self.plugin(&e.name) else {
                 self.note(
+                    &e.name.clone(),
                     NoteKind::Warning,
                     "UninstallSkipped",
                     format!(
@@ -914,6 +927,7 @@ impl<'a, 'o> Planner<'a, 'o> {
                         entry.finished_at = job.finished_at.map(Time);
                         entry.message = Some("uninstalled".into());
                         self.note(
+                            &name.clone(),
                             NoteKind::Normal,
                             "PluginUninstalled",
                             format!("plugin {name} uninstalled by job {}", job.name),
@@ -946,6 +960,7 @@ impl<'a, 'o> Planner<'a, 'o> {
                             ));
                             if old.phase != PluginPhase::Failed {
                                 self.note(
+                                    &name.clone(),
                                     NoteKind::Warning,
                                     "UninstallFailed",
                                     format!(
@@ -1085,6 +1100,7 @@ impl<'a, 'o> Planner<'a, 'o> {
                         kind: NoteKind::Warning,
                         reason,
                         message: message.clone(),
+                        plugin: None,
                     });
                 }
                 set(condition::PLUGINS_RESOLVED, false, reason, message);
@@ -1211,6 +1227,7 @@ impl<'a, 'o> Planner<'a, 'o> {
                         kind: NoteKind::Normal,
                         reason: "Completed",
                         message: format!("all {total} plugins installed"),
+                        plugin: None,
                     });
                 }
             } else {
