@@ -1,0 +1,366 @@
+//! The webhook against the real host kube-apiserver of `e2e/cluster.sh` (or your cluster through
+//! `KUBECONFIG`): registered with a URL client config and its caBundle, it mutates an executor
+//! Job created as the operator's service account (and the apiserver's validation accepts the
+//! result), denies the same Job from anyone else, and the Pod the real job controller creates
+//! carries the volumes, mounts, environment and command.
+//!
+//! Each test scopes its MutatingWebhookConfiguration to its own namespace, so tests (and other
+//! engineers' tests creating executor Jobs) never see each other's webhook.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
+};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+use kosmos_api::contract::{self, Action};
+use kosmos_api::{VirtualCluster, VirtualClusterPlugin};
+use kosmos_e2e::{Cluster, Identity, TestNamespace, wait_for};
+use kosmos_webhook::mutation::EXECUTOR_SCRIPT;
+use kosmos_webhook::server::{self, LogFormat, ServeArgs};
+use kosmos_webhook::tls;
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+
+const VC: &str = "tenant1-cluster";
+const OPERATOR_NAMESPACE: &str = "kosmos-system";
+const OPERATOR_ACCOUNT: &str = "virtual-cluster-operator";
+
+fn operator() -> Identity {
+    // system:masters stands in for the operator's RBAC (creating Jobs); the webhook sees the
+    // service account's user name, which is what it checks.
+    Identity::service_account(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT).with_group("system:masters")
+}
+
+/// A webhook running in this process, registered for one namespace; unregistered on drop.
+struct Registered {
+    running: server::Running,
+    name: String,
+    client: Client,
+    _certs: tempfile::TempDir,
+}
+
+impl Registered {
+    async fn start(client: &Client, namespace: &str) -> Self {
+        let certs_dir = tempfile::tempdir().unwrap();
+        let certs = tls::generate(&["localhost".into(), "127.0.0.1".into()], 1).unwrap();
+        tls::write(&certs, certs_dir.path()).unwrap();
+        let args = ServeArgs {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
+            tls_cert: certs_dir.path().join("tls.crt"),
+            tls_key: certs_dir.path().join("tls.key"),
+            cert_poll_seconds: 10,
+            operator_user: operator().user,
+            allowed_host_path_prefixes: vec![],
+            watch_namespace: Some(namespace.to_owned()),
+            log_format: LogFormat::Text,
+        };
+        let running = server::start(&args, client.clone()).await.unwrap();
+        let state = running.state.clone();
+        wait_for(
+            "the webhook's caches to sync",
+            Duration::from_secs(30),
+            || {
+                let synced = state.is_synced();
+                async move { Ok(synced.then_some(())) }
+            },
+        )
+        .await
+        .unwrap();
+
+        let name = format!("plugin-webhook-{namespace}");
+        let config = MutatingWebhookConfiguration {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            webhooks: Some(vec![MutatingWebhook {
+                name: "executor-jobs.plugin.kosmos.io".into(),
+                admission_review_versions: vec!["v1".into()],
+                client_config: WebhookClientConfig {
+                    url: Some(format!("https://{}/mutate", running.addr)),
+                    ca_bundle: Some(ByteString(certs.ca_pem.clone().into_bytes())),
+                    service: None,
+                },
+                rules: Some(vec![RuleWithOperations {
+                    api_groups: Some(vec!["batch".into()]),
+                    api_versions: Some(vec!["v1".into()]),
+                    operations: Some(vec!["CREATE".into()]),
+                    resources: Some(vec!["jobs".into()]),
+                    scope: Some("Namespaced".into()),
+                }]),
+                object_selector: Some(LabelSelector {
+                    match_expressions: Some(vec![LabelSelectorRequirement {
+                        key: contract::EXECUTOR_LABEL.into(),
+                        operator: "Exists".into(),
+                        values: None,
+                    }]),
+                    match_labels: None,
+                }),
+                namespace_selector: Some(LabelSelector {
+                    match_labels: Some(
+                        [(
+                            "kubernetes.io/metadata.name".to_owned(),
+                            namespace.to_owned(),
+                        )]
+                        .into(),
+                    ),
+                    match_expressions: None,
+                }),
+                failure_policy: Some("Fail".into()),
+                side_effects: "None".into(),
+                timeout_seconds: Some(10),
+                reinvocation_policy: Some("IfNeeded".into()),
+                ..Default::default()
+            }]),
+        };
+        Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .create(&PostParams::default(), &config)
+            .await
+            .unwrap();
+        Self {
+            running,
+            name,
+            client: client.clone(),
+            _certs: certs_dir,
+        }
+    }
+
+    async fn unregister(&self) {
+        let _ = Api::<MutatingWebhookConfiguration>::all(self.client.clone())
+            .delete(&self.name, &DeleteParams::default())
+            .await;
+        self.running.shutdown(Duration::from_secs(1));
+    }
+}
+
+async fn setup(namespace: &str, client: &Client) -> VirtualClusterPlugin {
+    kosmos_e2e::install_crds(client).await.unwrap();
+    let plugin = common::plugin_from_yaml(
+        namespace,
+        "metadata:\n  name: apiserver-network-proxy\nspec:\n  successStateCommand: kubectl get ns kube-system\n  pluginSources:\n    yaml:\n      path:\n        pvPath: plugin-store-ubuntu-statefulset-0:/pv\n",
+    );
+    let plugin = Api::<VirtualClusterPlugin>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &plugin)
+        .await
+        .unwrap();
+    let vc = common::virtual_cluster(namespace, VC);
+    Api::<VirtualCluster>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &vc)
+        .await
+        .unwrap();
+    let kubeconfig = kosmos_e2e::kubeconfig_yaml(Cluster::Virtual).await.unwrap();
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(contract::kubeconfig_secret_name(VC)),
+            ..Default::default()
+        },
+        string_data: Some([(contract::KUBECONFIG_SECRET_KEY.to_owned(), kubeconfig)].into()),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    plugin
+}
+
+/// The apiserver picks up a new webhook configuration within a moment; dry-run creates show when
+/// it has (the answer comes back mutated), without leaving anything behind.
+async fn wait_until_webhook_active(client: &Client, namespace: &str, job: &Job) {
+    let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    wait_for(
+        "the apiserver to call the webhook",
+        Duration::from_secs(30),
+        || {
+            let (jobs, dry) = (jobs.clone(), dry.clone());
+            async move {
+                Ok(jobs
+                    .create(&dry, job)
+                    .await
+                    .ok()
+                    .filter(|j| j.annotations().contains_key(contract::INJECTED_ANNOTATION))
+                    .map(|_| ()))
+            }
+        },
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn executor_jobs_are_mutated_for_the_operator_and_denied_for_others() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let admin = kosmos_e2e::host().await.unwrap();
+    let ns = TestNamespace::create(Cluster::Host, "webhook-e2e")
+        .await
+        .unwrap();
+    let plugin = setup(ns.name(), &admin).await;
+    let webhook = Registered::start(&admin, ns.name()).await;
+
+    let as_operator = kosmos_e2e::client_as(Cluster::Host, &operator())
+        .await
+        .unwrap();
+    let job = common::bare_job(ns.name(), VC, &plugin, Action::Install);
+    wait_until_webhook_active(&as_operator, ns.name(), &job).await;
+
+    // Created as the operator: mutated, and accepted by the apiserver's own validation.
+    let jobs: Api<Job> = Api::namespaced(as_operator.clone(), ns.name());
+    let created = jobs.create(&PostParams::default(), &job).await.unwrap();
+    let mark = created.annotations()[contract::INJECTED_ANNOTATION].clone();
+    assert_eq!(mark.len(), 16);
+    let pod_spec = created
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        pod_spec.containers[0].command.as_deref().unwrap(),
+        ["/bin/sh", "-c", EXECUTOR_SCRIPT]
+    );
+
+    // The same Job from someone else (even an admin) is denied, saying why.
+    let mallory = Identity::user("mallory").with_group("system:masters");
+    let as_mallory = kosmos_e2e::client_as(Cluster::Host, &mallory)
+        .await
+        .unwrap();
+    let mut stolen = job.clone();
+    stolen.metadata.name = Some(format!("{}-copy", job.name_any()));
+    let error = Api::<Job>::namespaced(as_mallory.clone(), ns.name())
+        .create(&PostParams::default(), &stolen)
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains("only system:serviceaccount:kosmos-system:virtual-cluster-operator")
+            && message.contains("not mallory"),
+        "{message}"
+    );
+
+    // A Job without the executor label is not the webhook's business.
+    let mut plain = stolen.clone();
+    plain.metadata.name = Some("plain-job".into());
+    plain.metadata.labels = None;
+    plain.metadata.annotations = None;
+    // The apiserver copies template labels to a Job without labels: drop them there too.
+    plain.spec.as_mut().unwrap().template.metadata = None;
+    let plain = Api::<Job>::namespaced(as_mallory, ns.name())
+        .create(&PostParams::default(), &plain)
+        .await
+        .unwrap();
+    assert!(
+        !plain
+            .annotations()
+            .contains_key(contract::INJECTED_ANNOTATION)
+    );
+
+    // The real job controller makes the Pod from the mutated template.
+    let pod = kosmos_e2e::wait_for_job_pod(
+        &admin,
+        ns.name(),
+        &created.name_any(),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let spec = pod.spec.unwrap();
+    let container = &spec.containers[0];
+    assert_eq!(
+        container.command.as_deref().unwrap(),
+        ["/bin/sh", "-c", EXECUTOR_SCRIPT]
+    );
+    let env: std::collections::BTreeMap<_, _> = container
+        .env
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.name, e.value.unwrap_or_default()))
+        .collect();
+    assert_eq!(env["YAML_PATH"], "/pv");
+    assert_eq!(env["KUBECONFIG"], "/kosmos/kubeconfig/kubeconfig");
+    assert_eq!(env["SUCCESS_STATE_COMMAND"], "kubectl get ns kube-system");
+    let volumes = spec.volumes.unwrap();
+    let claim = volumes
+        .iter()
+        .find_map(|v| v.persistent_volume_claim.as_ref())
+        .unwrap();
+    assert_eq!(claim.claim_name, "plugin-store-ubuntu-statefulset-0");
+    assert_eq!(claim.read_only, Some(true));
+    let secret = volumes.iter().find_map(|v| v.secret.as_ref()).unwrap();
+    assert_eq!(
+        secret.secret_name.as_deref(),
+        Some(contract::kubeconfig_secret_name(VC).as_str())
+    );
+    let mounts = container.volume_mounts.clone().unwrap();
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m.mount_path == "/pv" && m.read_only == Some(true))
+    );
+    assert!(mounts.iter().any(|m| m.mount_path == "/kosmos/kubeconfig"));
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    assert_eq!(
+        pod.metadata.annotations.unwrap()[contract::INJECTED_ANNOTATION],
+        mark
+    );
+    assert!(
+        webhook
+            .running
+            .state
+            .metrics
+            .encode()
+            .contains("decision=\"denied\"")
+    );
+
+    webhook.unregister().await;
+    ns.delete().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_job_for_a_changed_plugin_spec_is_denied_naming_the_annotation() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let admin = kosmos_e2e::host().await.unwrap();
+    let ns = TestNamespace::create(Cluster::Host, "webhook-e2e-stale")
+        .await
+        .unwrap();
+    let plugin = setup(ns.name(), &admin).await;
+    let webhook = Registered::start(&admin, ns.name()).await;
+    let as_operator = kosmos_e2e::client_as(Cluster::Host, &operator())
+        .await
+        .unwrap();
+    wait_until_webhook_active(
+        &as_operator,
+        ns.name(),
+        &common::bare_job(ns.name(), VC, &plugin, Action::Install),
+    )
+    .await;
+
+    let mut old = plugin.clone();
+    old.spec.success_state_command = Some("true".into());
+    let job = common::bare_job(ns.name(), VC, &old, Action::Install);
+    let error = Api::<Job>::namespaced(as_operator, ns.name())
+        .create(&PostParams::default(), &job)
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains(contract::SPEC_HASH_ANNOTATION) && message.contains("older spec"),
+        "{message}"
+    );
+    webhook.unregister().await;
+    ns.delete().await.unwrap();
+}
