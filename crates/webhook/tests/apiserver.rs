@@ -141,12 +141,15 @@ impl Registered {
     }
 }
 
+const SEED_PLUGIN: &str = "metadata:\n  name: apiserver-network-proxy\nspec:\n  successStateCommand: kubectl get ns kube-system\n  pluginSources:\n    yaml:\n      path:\n        pvPath: plugin-store-ubuntu-statefulset-0:/pv\n";
+
 async fn setup(namespace: &str, client: &Client) -> VirtualClusterPlugin {
+    setup_with(namespace, client, SEED_PLUGIN).await
+}
+
+async fn setup_with(namespace: &str, client: &Client, plugin_yaml: &str) -> VirtualClusterPlugin {
     kosmos_e2e::install_crds(client).await.unwrap();
-    let plugin = common::plugin_from_yaml(
-        namespace,
-        "metadata:\n  name: apiserver-network-proxy\nspec:\n  successStateCommand: kubectl get ns kube-system\n  pluginSources:\n    yaml:\n      path:\n        pvPath: plugin-store-ubuntu-statefulset-0:/pv\n",
-    );
+    let plugin = common::plugin_from_yaml(namespace, plugin_yaml);
     let plugin = Api::<VirtualClusterPlugin>::namespaced(client.clone(), namespace)
         .create(&PostParams::default(), &plugin)
         .await
@@ -362,5 +365,91 @@ async fn a_job_for_a_changed_plugin_spec_is_denied_naming_the_annotation() {
         "{message}"
     );
     webhook.unregister().await;
+    ns.delete().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_mutated_job_really_installs_into_the_virtual_cluster() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let admin = kosmos_e2e::host().await.unwrap();
+    let ns = TestNamespace::create(Cluster::Host, "webhook-e2e-install")
+        .await
+        .unwrap();
+    let target = TestNamespace::create(Cluster::Virtual, "webhook-e2e-target")
+        .await
+        .unwrap();
+    let plugin_yaml = format!(
+        "metadata:\n  name: apiserver-network-proxy\nspec:\n  timeoutSeconds: 60\n  successStateCommand: kubectl get configmap proxy-settings -n {t}\n  pluginSources:\n    yaml:\n      namespace: {t}\n      path:\n        pvPath: plugin-store-ubuntu-statefulset-0:/pv\n",
+        t = target.name()
+    );
+    let plugin = setup_with(ns.name(), &admin, &plugin_yaml).await;
+    let webhook = Registered::start(&admin, ns.name()).await;
+    let as_operator = kosmos_e2e::client_as(Cluster::Host, &operator())
+        .await
+        .unwrap();
+    let job = common::bare_job(ns.name(), VC, &plugin, Action::Install);
+    wait_until_webhook_active(&as_operator, ns.name(), &job).await;
+
+    // The files the seed's walk-through copies into the claim with `kubectl cp`.
+    let scratch = tempfile::tempdir().unwrap();
+    let claim = scratch
+        .path()
+        .join("claims")
+        .join(ns.name())
+        .join("plugin-store-ubuntu-statefulset-0");
+    std::fs::create_dir_all(&claim).unwrap();
+    std::fs::write(
+        claim.join("test.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: proxy-settings\ndata:\n  mode: grpc\n",
+    )
+    .unwrap();
+
+    let created = Api::<Job>::namespaced(as_operator, ns.name())
+        .create(&PostParams::default(), &job)
+        .await
+        .unwrap();
+    let pod = kosmos_e2e::wait_for_job_pod(
+        &admin,
+        ns.name(),
+        &created.name_any(),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let config = kosmos_e2e::runner::RunnerConfig {
+        work_dir: scratch.path().join("pods"),
+        claims_dir: scratch.path().join("claims"),
+        tool_dirs: common::tool_dirs(),
+        namespace: Some(ns.name().to_owned()),
+        max_run: Duration::from_secs(120),
+    };
+    let outcome = kosmos_e2e::runner::run_pod(&admin, &config, &pod)
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        kosmos_e2e::PodOutcome::Succeeded {
+            message: "plugin apiserver-network-proxy installed".into()
+        }
+    );
+    kosmos_e2e::wait_for_job_condition(
+        &admin,
+        ns.name(),
+        &created.name_any(),
+        "Complete",
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let virtual_client = kosmos_e2e::virtual_cluster().await.unwrap();
+    let cm =
+        Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(virtual_client, target.name())
+            .get("proxy-settings")
+            .await
+            .unwrap();
+    assert_eq!(cm.data.unwrap()["mode"], "grpc");
+
+    webhook.unregister().await;
+    target.delete().await.unwrap();
     ns.delete().await.unwrap();
 }
