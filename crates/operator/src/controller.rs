@@ -248,6 +248,7 @@ async fn reconcile_one(ns: &str, name: &str, ctx: &Context) -> Result<Action, Er
     let mut notes = Vec::new();
     let mut installed = Vec::new();
     let mut last: Option<Plan> = None;
+    let mut rejected: Vec<(String, String)> = Vec::new();
     for _ in 0..4 {
         let obs = Observed {
             vc: &vc,
@@ -256,6 +257,7 @@ async fn reconcile_one(ns: &str, name: &str, ctx: &Context) -> Result<Action, Er
             kubeconfig: kubeconfig.clone(),
             readiness: readiness.clone(),
             deletion: deletion.clone(),
+            rejected: &rejected,
             now: now(),
         };
         let plan = plan::plan(&obs, &ctx.config.plan);
@@ -275,7 +277,19 @@ async fn reconcile_one(ns: &str, name: &str, ctx: &Context) -> Result<Action, Er
             match step {
                 Step::CreateJob(new) => {
                     let job = jobs::bare_job(&vc, &new, &ctx.config.executor_image);
-                    let stored = create_job(&jobs_api, &job, &new.name).await?;
+                    let stored = match create_job(&jobs_api, &job, &new.name).await {
+                        Ok(stored) => stored,
+                        Err(Error::Kube {
+                            source: kube::Error::Api(status),
+                            ..
+                        }) if (400..500).contains(&status.code) && status.code != 409 => {
+                            warn!(plugin = %new.plugin, job = %new.name, code = status.code,
+                                message = %status.message, "the API server refused the executor job");
+                            rejected.push((new.plugin.clone(), status.message.clone()));
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
                     let ours = stored
                         .owner_references()
                         .iter()

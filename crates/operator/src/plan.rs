@@ -126,6 +126,9 @@ pub struct Observed<'a> {
     pub readiness: Readiness,
     /// Set while the VirtualCluster is being deleted.
     pub deletion: Option<Deletion>,
+    /// Plugins whose Job the API server refused in this reconciliation (an admission webhook
+    /// denied it, or it was invalid), with the server's message.
+    pub rejected: &'a [(String, String)],
     /// The time of the decision.
     pub now: Timestamp,
 }
@@ -627,6 +630,27 @@ impl<'a, 'o> Planner<'a, 'o> {
             if action == Action::Uninstall {
                 entry.phase = PluginPhase::Uninstalling;
             }
+            self.entries.push(entry);
+            return;
+        }
+        if let Some((_, why)) = self.obs.rejected.iter().find(|(p, _)| *p == name) {
+            // Not a plugin failure the executor could report: the Job never existed. Try again
+            // after backoff; the message tells what the API server (often the webhook) said.
+            let attempts = u32::try_from(entry.attempts.max(1)).unwrap_or(1);
+            let at = add(self.obs.now, backoff(self.settings, attempts));
+            let message = format!("the API server refused the {action} job: {why}");
+            self.note(
+                &name,
+                NoteKind::Warning,
+                "JobRejected",
+                format!("plugin {name}: {message}"),
+            );
+            entry.message = Some(message);
+            entry.next_retry_at = Some(Time(at));
+            if action == Action::Uninstall {
+                entry.phase = PluginPhase::Uninstalling;
+            }
+            self.wake_at(at);
             self.entries.push(entry);
             return;
         }

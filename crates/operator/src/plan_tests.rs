@@ -123,6 +123,7 @@ fn observe<'a>(
         kubeconfig: Kubeconfig::Available,
         readiness: Readiness::External,
         deletion: None,
+        rejected: &[],
         now: at(NOW),
     }
 }
@@ -854,4 +855,32 @@ fn backoff_doubles_and_is_capped() {
     assert_eq!(got, [10, 20, 40, 80, 160, 300, 300]);
     assert_eq!(backoff(&s, 0).as_secs(), 10);
     assert_eq!(backoff(&s, u32::MAX).as_secs(), 300);
+}
+
+#[test]
+fn a_rejected_job_is_reported_and_retried_after_backoff() {
+    let plugins = [plugin("a", false, &[])];
+    let v = vc(phase::ALL_NODE_READY, &["a"], &[]);
+    let rejected = [(
+        "a".to_owned(),
+        "admission webhook denied the request: plugin a: hostPath /etc is not allowed".to_owned(),
+    )];
+    let mut obs = observe(&v, &plugins, &[]);
+    obs.rejected = &rejected;
+    let plan = plan(&obs, &settings());
+    assert!(plan.steps.is_empty());
+    let e = &plan.status.plugins[0];
+    assert_eq!(e.phase, PluginPhase::Pending);
+    assert!(
+        e.message
+            .as_deref()
+            .unwrap()
+            .contains("hostPath /etc is not allowed")
+    );
+    assert_eq!(e.next_retry_at, Some(Time(at(NOW + 10))));
+    assert!(
+        plan.notes
+            .iter()
+            .any(|n| n.reason == "JobRejected" && n.plugin.as_deref() == Some("a"))
+    );
 }

@@ -401,3 +401,49 @@ async fn without_the_webhook_jobs_are_deleted_and_never_completed() -> Result<()
     drop(op);
     ns.delete().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_the_webhook_denies_is_reported_on_the_cluster() -> Result<()> {
+    let (ns, client) = setup("op-denied").await?;
+    let n = ns.name();
+    let webhook = MarkingWebhook::start(&client, n).await?;
+    apply_plugin(&client, n, DENIED_PLUGIN, yaml_plugin(json!({}))).await?;
+    let op = Operator::start(n, &[]).await?;
+    create_vc(
+        &client,
+        n,
+        "vc",
+        phase::ALL_NODE_READY,
+        json!({ "pluginSet": { "enabled": [{"name": DENIED_PLUGIN}] } }),
+    )
+    .await?;
+    let vc = wait_vc(
+        &client,
+        n,
+        "vc",
+        "the denial in the plugin's status",
+        |vc| {
+            entry(vc, DENIED_PLUGIN)
+                .and_then(|e| e.message.as_deref())
+                .is_some_and(|m| m.contains("not under an allowed prefix"))
+        },
+    )
+    .await?;
+    ensure!(plugin_phase(&vc, DENIED_PLUGIN) == Some(PluginPhase::Pending));
+    ensure!(vc.phase() == phase::ALL_NODE_READY);
+    ensure!(plugin_jobs(&client, n, DENIED_PLUGIN).await?.is_empty());
+    let events: kube::Api<k8s_openapi::api::core::v1::Event> =
+        kube::Api::namespaced(client.clone(), n);
+    kosmos_e2e::wait_for("a JobRejected event", STEP, || async {
+        let list = events.list(&Default::default()).await?;
+        Ok(list
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("JobRejected"))
+            .then_some(()))
+    })
+    .await?;
+    drop(op);
+    webhook.stop().await?;
+    ns.delete().await
+}

@@ -206,8 +206,23 @@ impl MarkingWebhook {
     }
 }
 
+/// Plugin name the stand-in denies, as the real webhook denies a plugin it cannot turn into a pod.
+pub const DENIED_PLUGIN: &str = "denied";
+
 async fn mutate(Json(review): Json<Value>) -> Json<Value> {
     let uid = review["request"]["uid"].clone();
+    let plugin = &review["request"]["object"]["metadata"]["labels"][contract::PLUGIN_LABEL];
+    if plugin.as_str() == Some(DENIED_PLUGIN) {
+        return Json(json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "response": {
+                "uid": uid,
+                "allowed": false,
+                "status": { "code": 403, "message": "plugin denied: spec.pluginSources.yaml.path.hostPath.path /etc is not under an allowed prefix" },
+            },
+        }));
+    }
     let has_annotations = review["request"]["object"]["metadata"]["annotations"].is_object();
     let key = contract::INJECTED_ANNOTATION
         .replace('~', "~0")
