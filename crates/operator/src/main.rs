@@ -20,7 +20,7 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs each VirtualCluster's plugins with executor Jobs and sets it Completed.
 #[derive(Debug, Parser)]
-#[command(name = "virtual-cluster-operator", version)]
+#[command(name = "virtual-cluster-operator", version, args_override_self = true)]
 struct Args {
     /// How a VirtualCluster reaches AllNodeReady: `external` (another controller, e.g. Kosmos,
     /// sets it) or `builtin` (the operator checks the virtual API and the promoted nodes).

@@ -334,3 +334,130 @@ async fn builtin_readiness_waits_for_promoted_nodes() -> Result<()> {
     webhook.stop().await?;
     ns.delete().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_port_serves_probes_and_metrics() -> Result<()> {
+    let (ns, client) = setup("op-admin").await?;
+    let n = ns.name();
+    let webhook = MarkingWebhook::start(&client, n).await?;
+    apply_plugin(&client, n, "dns", yaml_plugin(json!({}))).await?;
+    let port = free_port()?;
+    let addr = format!("127.0.0.1:{port}");
+    let op = Operator::start(n, &["--admin-addr", &addr, "--log-format", "json"]).await?;
+    wait_for("the admin port", STEP, || async {
+        Ok(http_get(port, "/healthz")
+            .await
+            .ok()
+            .filter(|(c, _)| *c == 200)
+            .map(|_| ()))
+    })
+    .await?;
+    let (code, _) = http_get(port, "/readyz").await?;
+    ensure!(code == 200, "/readyz answered {code}");
+    create_vc(
+        &client,
+        n,
+        "vc",
+        phase::ALL_NODE_READY,
+        json!({ "pluginSet": { "enabled": [{"name": "dns"}] } }),
+    )
+    .await?;
+    let job = wait_job(&client, n, "dns", "install", 1).await?;
+    wait_for("jobs_in_flight 1", STEP, || async {
+        let (_, body) = http_get(port, "/metrics").await?;
+        Ok(body
+            .contains("virtual_cluster_operator_jobs_in_flight 1")
+            .then_some(()))
+    })
+    .await?;
+    finish(&client, n, &job, ok()).await?;
+    wait_vc(&client, n, "vc", "phase Completed", |vc| {
+        vc.phase() == phase::COMPLETED
+    })
+    .await?;
+    let body = wait_for("the install in the duration histogram", STEP, || async {
+        let (_, body) = http_get(port, "/metrics").await?;
+        Ok(body
+            .contains("virtual_cluster_operator_plugin_install_duration_seconds_count 1")
+            .then_some(body))
+    })
+    .await?;
+    ensure!(
+        body.contains("virtual_cluster_operator_reconciles_total"),
+        "{body}"
+    );
+    ensure!(
+        body.contains("virtual_cluster_operator_jobs_in_flight 0"),
+        "{body}"
+    );
+    // JSON logs carry the virtualcluster and plugin fields.
+    let log = op.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("executor job created"))
+        .unwrap_or_default();
+    let parsed: serde_json::Value = serde_json::from_str(line)?;
+    ensure!(parsed["plugin"] == "dns", "{line}");
+    ensure!(
+        parsed["span"]["virtualcluster"] == format!("{n}/vc").as_str(),
+        "{line}"
+    );
+    ensure!(
+        !log.contains("certificate-authority-data"),
+        "the log leaks the kubeconfig"
+    );
+    drop(op);
+    webhook.stop().await?;
+    ns.delete().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_one_leader_and_the_other_takes_over() -> Result<()> {
+    let (ns, client) = setup("op-replicas").await?;
+    let n = ns.name();
+    let webhook = MarkingWebhook::start(&client, n).await?;
+    apply_plugin(&client, n, "dns", yaml_plugin(json!({}))).await?;
+    let first = Operator::start(n, &[]).await?;
+    let second = Operator::start(n, &[]).await?;
+    create_vc(
+        &client,
+        n,
+        "vc",
+        phase::ALL_NODE_READY,
+        json!({ "pluginSet": { "enabled": [{"name": "dns"}] } }),
+    )
+    .await?;
+    let job = wait_job(&client, n, "dns", "install", 1).await?;
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), n);
+    let holder = leases
+        .get("virtual-cluster-operator")
+        .await?
+        .spec
+        .and_then(|s| s.holder_identity)
+        .unwrap_or_default();
+    let identity = |op: &Operator| format!("virtual-cluster-operator-{}", op.pid().unwrap_or(0));
+    let (leader, standby) = if holder == identity(&first) {
+        (first, second)
+    } else {
+        ensure!(holder == identity(&second), "lease held by {holder:?}");
+        (second, first)
+    };
+    ensure!(
+        !standby.log_text().contains("executor job created"),
+        "the standby acted"
+    );
+    leader.kill().await?;
+    finish(&client, n, &job, ok()).await?;
+    wait_vc(
+        &client,
+        n,
+        "vc",
+        "phase Completed through the standby",
+        |vc| vc.phase() == phase::COMPLETED,
+    )
+    .await?;
+    ensure!(plugin_jobs(&client, n, "dns").await?.len() == 1);
+    drop(standby);
+    webhook.stop().await?;
+    ns.delete().await
+}

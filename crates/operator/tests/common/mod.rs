@@ -91,6 +91,11 @@ impl Operator {
         Ok(())
     }
 
+    /// The process id (part of its lease identity).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// The log so far, for failure messages.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -431,4 +436,31 @@ pub fn fail(message: &str) -> PodOutcome {
         exit_code: 1,
         message: message.into(),
     }
+}
+
+/// A free port on 127.0.0.1 (free a moment ago: good enough for a test's admin port).
+pub fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// GET `path` from 127.0.0.1:`port` over plain HTTP/1.0; (status code, body).
+pub async fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await?;
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut text)).await??;
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no status line")?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((code, body))
 }
