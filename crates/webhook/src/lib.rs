@@ -2,6 +2,7 @@
 //! Jobs into plugin installs. [`mutation`] is the pure core; the rest is the server around it.
 
 pub mod admission;
+pub mod bootstrap;
 pub mod metrics;
 pub mod mutation;
 pub mod server;

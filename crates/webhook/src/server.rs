@@ -21,6 +21,7 @@ use kube::{Api, Client};
 use tokio::task::JoinHandle;
 
 use crate::admission::{self, AdmissionState};
+use crate::bootstrap::{self, BootstrapConfig};
 use crate::metrics::Metrics;
 use crate::mutation::Settings;
 use crate::tls;
@@ -89,9 +90,80 @@ pub struct ServeArgs {
         default_value = "text"
     )]
     pub log_format: LogFormat,
+    /// Bootstrap mode: keep a self-made CA and serving certificate in this Secret (shared by all
+    /// replicas), write them to --tls-cert/--tls-key, renew them, and set the caBundle of
+    /// --webhook-configuration. Unset: serve the files as they are (cert-manager, the chart).
+    #[arg(long, env = "PLUGIN_WEBHOOK_BOOTSTRAP_SECRET")]
+    pub bootstrap_secret: Option<String>,
+    /// The webhook's namespace (bootstrap Secret, Service DNS names).
+    #[arg(
+        long,
+        env = "PLUGIN_WEBHOOK_NAMESPACE",
+        default_value = "kosmos-system"
+    )]
+    pub namespace: String,
+    /// The webhook's Service name (DNS names of a bootstrap certificate).
+    #[arg(long, env = "PLUGIN_WEBHOOK_SERVICE", default_value = "plugin-webhook")]
+    pub service: String,
+    /// MutatingWebhookConfiguration whose caBundle bootstrap mode keeps up to date.
+    #[arg(
+        long,
+        env = "PLUGIN_WEBHOOK_CONFIGURATION",
+        default_value = "plugin-webhook"
+    )]
+    pub webhook_configuration: String,
+    /// Validity of bootstrap certificates, in days.
+    #[arg(
+        long,
+        env = "PLUGIN_WEBHOOK_BOOTSTRAP_CERT_DAYS",
+        default_value_t = 365
+    )]
+    pub bootstrap_cert_days: u32,
+    /// Renew bootstrap certificates when fewer days than this are left.
+    #[arg(
+        long,
+        env = "PLUGIN_WEBHOOK_BOOTSTRAP_RENEW_DAYS",
+        default_value_t = 30
+    )]
+    pub bootstrap_renew_days: u32,
 }
 
 impl ServeArgs {
+    /// Settings for a webhook on loopback ports chosen by the system, serving the given files,
+    /// with every other setting at its default: for tests and local runs.
+    pub fn local(tls_cert: PathBuf, tls_key: PathBuf) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls_cert,
+            tls_key,
+            cert_poll_seconds: 10,
+            operator_user: DEFAULT_OPERATOR_USER.to_owned(),
+            allowed_host_path_prefixes: Vec::new(),
+            watch_namespace: None,
+            log_format: LogFormat::Text,
+            bootstrap_secret: None,
+            namespace: "kosmos-system".to_owned(),
+            service: "plugin-webhook".to_owned(),
+            webhook_configuration: "plugin-webhook".to_owned(),
+            bootstrap_cert_days: 365,
+            bootstrap_renew_days: 30,
+        }
+    }
+
+    /// Bootstrap-mode settings, when --bootstrap-secret is set.
+    pub fn bootstrap(&self) -> Option<BootstrapConfig> {
+        let secret = self.bootstrap_secret.clone().filter(|s| !s.is_empty())?;
+        Some(BootstrapConfig {
+            namespace: self.namespace.clone(),
+            secret,
+            webhook_configuration: self.webhook_configuration.clone(),
+            names: tls::dev_names(&self.service, &self.namespace),
+            days: self.bootstrap_cert_days,
+            renew_before_days: self.bootstrap_renew_days,
+        })
+    }
+
     /// The mutation settings these flags give.
     pub fn settings(&self) -> Settings {
         Settings {
@@ -214,6 +286,24 @@ struct Admin {
 /// listen. The serving certificate must load, or this fails.
 pub async fn start(args: &ServeArgs, client: Client) -> Result<Running> {
     let metrics = Arc::new(Metrics::default());
+    let mut tasks = Vec::new();
+    if let Some(config) = args.bootstrap() {
+        bootstrap::reconcile(&client, &config, &args.tls_cert, &args.tls_key)
+            .await
+            .context("bootstrapping certificates")?;
+        let (client, cert, key) = (client.clone(), args.tls_cert.clone(), args.tls_key.clone());
+        tasks.push(tokio::spawn(async move {
+            // Hourly is far more often than a renewal window of days needs, and cheap.
+            let mut ticker = tokio::time::interval(Duration::from_secs(3600));
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                if let Err(e) = bootstrap::reconcile(&client, &config, &cert, &key).await {
+                    tracing::warn!(error = %format!("{e:#}"), "bootstrap certificate round failed; retrying in an hour");
+                }
+            }
+        }));
+    }
     let loaded = tls::load(&args.tls_cert, &args.tls_key)?;
     metrics.cert_expiry.set(loaded.not_after);
     let fingerprint = loaded.fingerprint();
@@ -289,7 +379,10 @@ pub async fn start(args: &ServeArgs, client: Client) -> Result<Running> {
         admin_addr,
         state,
         handle,
-        tasks: vec![cache_task, sync_task, cert_task, server_task, admin_task],
+        tasks: {
+            tasks.extend([cache_task, sync_task, cert_task, server_task, admin_task]);
+            tasks
+        },
     })
 }
 

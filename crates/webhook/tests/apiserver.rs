@@ -23,7 +23,7 @@ use kosmos_api::contract::{self, Action};
 use kosmos_api::{VirtualCluster, VirtualClusterPlugin};
 use kosmos_e2e::{Cluster, Identity, TestNamespace, wait_for};
 use kosmos_webhook::mutation::EXECUTOR_SCRIPT;
-use kosmos_webhook::server::{self, LogFormat, ServeArgs};
+use kosmos_webhook::server::{self, ServeArgs};
 use kosmos_webhook::tls;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -52,15 +52,12 @@ impl Registered {
         let certs = tls::generate(&["localhost".into(), "127.0.0.1".into()], 1).unwrap();
         tls::write(&certs, certs_dir.path()).unwrap();
         let args = ServeArgs {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            admin_listen: "127.0.0.1:0".parse().unwrap(),
-            tls_cert: certs_dir.path().join("tls.crt"),
-            tls_key: certs_dir.path().join("tls.key"),
-            cert_poll_seconds: 10,
             operator_user: operator().user,
-            allowed_host_path_prefixes: vec![],
             watch_namespace: Some(namespace.to_owned()),
-            log_format: LogFormat::Text,
+            ..ServeArgs::local(
+                certs_dir.path().join("tls.crt"),
+                certs_dir.path().join("tls.key"),
+            )
         };
         let running = server::start(&args, client.clone()).await.unwrap();
         let state = running.state.clone();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use kosmos_webhook::server::{self, LogFormat, ServeArgs};
+use kosmos_webhook::server::{self, ServeArgs};
 use kosmos_webhook::tls;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,15 +38,8 @@ fn write_secret_volume(dir: &Path, version: &str, certs: &tls::DevCerts) {
 
 fn args(dir: &Path) -> ServeArgs {
     ServeArgs {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
-        tls_cert: dir.join("tls.crt"),
-        tls_key: dir.join("tls.key"),
         cert_poll_seconds: 1,
-        operator_user: server::DEFAULT_OPERATOR_USER.into(),
-        allowed_host_path_prefixes: vec![],
-        watch_namespace: None,
-        log_format: LogFormat::Text,
+        ..ServeArgs::local(dir.join("tls.crt"), dir.join("tls.key"))
     }
 }
 

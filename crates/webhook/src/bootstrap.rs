@@ -1,0 +1,232 @@
+//! Bootstrap-mode certificates: the webhook makes its own CA and serving certificate, keeps them
+//! in one Secret shared by every replica (the first replica to create it wins, the others use
+//! its content), renews them before they expire, and puts the CA into the
+//! MutatingWebhookConfiguration's `caBundle` by server-side apply.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result, bail};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::Secret;
+use kosmos_api::contract;
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+use crate::tls;
+
+/// Secret key of the CA certificate(s) to trust: the current CA, then the previous one, so
+/// replicas still serving the old certificate stay trusted during a renewal.
+pub const CA_BUNDLE_KEY: &str = "ca-bundle.crt";
+/// Secret keys of the serving certificate and key (as in a kubernetes.io/tls Secret).
+pub const CERT_KEY: &str = "tls.crt";
+/// See [`CERT_KEY`].
+pub const KEY_KEY: &str = "tls.key";
+/// Secret key of the current CA certificate alone.
+pub const CA_KEY: &str = "ca.crt";
+
+/// What bootstrap mode manages, and for how long certificates live.
+#[derive(Clone, Debug)]
+pub struct BootstrapConfig {
+    /// Namespace of the Secret (the webhook's own).
+    pub namespace: String,
+    /// Name of the shared Secret.
+    pub secret: String,
+    /// MutatingWebhookConfiguration whose webhooks get the `caBundle`.
+    pub webhook_configuration: String,
+    /// DNS names and IPs of the serving certificate.
+    pub names: Vec<String>,
+    /// Validity of new certificates, in days.
+    pub days: u32,
+    /// Renew when fewer than this many days are left.
+    pub renew_before_days: u32,
+}
+
+/// The PEM texts in use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Material {
+    /// Serving certificate.
+    pub cert_pem: String,
+    /// Serving key.
+    pub key_pem: String,
+    /// CAs to trust (current first).
+    pub ca_bundle_pem: String,
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+fn text(secret: &Secret, key: &str) -> Option<String> {
+    let data = secret.data.as_ref()?.get(key)?;
+    String::from_utf8(data.0.clone()).ok()
+}
+
+/// The Secret's material if complete and not due for renewal.
+fn usable(secret: &Secret, config: &BootstrapConfig) -> Option<Material> {
+    let material = Material {
+        cert_pem: text(secret, CERT_KEY)?,
+        key_pem: text(secret, KEY_KEY)?,
+        ca_bundle_pem: text(secret, CA_BUNDLE_KEY)?,
+    };
+    let cert = rustls_pemfile::certs(&mut material.cert_pem.as_bytes())
+        .next()?
+        .ok()?;
+    let not_after = tls::not_after(&cert).ok()?;
+    (not_after - now() > i64::from(config.renew_before_days) * 86400).then_some(material)
+}
+
+fn new_secret_data(
+    config: &BootstrapConfig,
+    previous_ca: Option<String>,
+) -> Result<(std::collections::BTreeMap<String, ByteString>, Material)> {
+    let certs = tls::generate(&config.names, config.days)?;
+    let mut bundle = certs.ca_pem.clone();
+    if let Some(previous) = previous_ca.filter(|p| !p.trim().is_empty()) {
+        bundle.push_str(&previous);
+    }
+    let data = [
+        (CA_KEY, certs.ca_pem.clone()),
+        (CA_BUNDLE_KEY, bundle.clone()),
+        (CERT_KEY, certs.cert_pem.clone()),
+        (KEY_KEY, certs.key_pem.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), ByteString(v.into_bytes())))
+    .collect();
+    Ok((
+        data,
+        Material {
+            cert_pem: certs.cert_pem,
+            key_pem: certs.key_pem,
+            ca_bundle_pem: bundle,
+        },
+    ))
+}
+
+/// Returns the certificate every replica should serve, creating or renewing the shared Secret
+/// if needed. Races between replicas are settled by the apiserver: a create that finds the
+/// Secret, or a replace that finds it changed, re-reads and uses what the winner wrote.
+pub async fn ensure_secret(client: &Client, config: &BootstrapConfig) -> Result<Material> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &config.namespace);
+    let what = format!("Secret {}/{}", config.namespace, config.secret);
+    for _ in 0..5 {
+        let existing = secrets
+            .get_opt(&config.secret)
+            .await
+            .with_context(|| format!("reading {what}"))?;
+        if let Some(material) = existing.as_ref().and_then(|s| usable(s, config)) {
+            return Ok(material);
+        }
+        let previous_ca = existing.as_ref().and_then(|s| text(s, CA_KEY));
+        let (data, material) = new_secret_data(config, previous_ca)?;
+        let result = match existing {
+            None => {
+                let secret = Secret {
+                    metadata: ObjectMeta {
+                        name: Some(config.secret.clone()),
+                        namespace: Some(config.namespace.clone()),
+                        ..ObjectMeta::default()
+                    },
+                    data: Some(data),
+                    ..Secret::default()
+                };
+                secrets.create(&PostParams::default(), &secret).await
+            }
+            Some(mut secret) => {
+                // resourceVersion stays set: a replica that renewed first makes this a conflict.
+                secret.data = Some(data);
+                secrets
+                    .replace(&config.secret, &PostParams::default(), &secret)
+                    .await
+            }
+        };
+        match result {
+            Ok(_) => {
+                tracing::info!(secret = %what, "wrote a new webhook CA and serving certificate");
+                return Ok(material);
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => return Err(e).with_context(|| format!("writing {what}")),
+        }
+    }
+    bail!("{what} kept changing under us; giving up for now")
+}
+
+/// Sets `caBundle` on every webhook of the configuration by server-side apply, as the
+/// webhook's field manager (forced: the CA is ours to manage in bootstrap mode).
+pub async fn apply_ca_bundle(
+    client: &Client,
+    config: &BootstrapConfig,
+    ca_bundle: &str,
+) -> Result<()> {
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let name = &config.webhook_configuration;
+    let current = api
+        .get(name)
+        .await
+        .with_context(|| format!("reading MutatingWebhookConfiguration {name}"))?;
+    let webhooks: Vec<_> = current
+        .webhooks
+        .unwrap_or_default()
+        .iter()
+        .map(|w| {
+            json!({
+                "name": w.name,
+                "clientConfig": {"caBundle": ByteString(ca_bundle.as_bytes().to_vec())},
+            })
+        })
+        .collect();
+    let patch = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": webhooks,
+    });
+    api.patch(
+        name,
+        &PatchParams::apply(contract::WEBHOOK_FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .with_context(|| format!("applying caBundle to MutatingWebhookConfiguration {name}"))?;
+    Ok(())
+}
+
+/// Writes the serving pair where the file-based server reads it, if it changed. The key goes
+/// first and each file is renamed into place, so a reader sees whole files (a mismatched pair
+/// in between is rejected by the loader and retried).
+pub fn write_files(material: &Material, cert: &Path, key: &Path) -> Result<bool> {
+    let same = std::fs::read_to_string(cert).ok().as_deref() == Some(material.cert_pem.as_str())
+        && std::fs::read_to_string(key).ok().as_deref() == Some(material.key_pem.as_str());
+    if same {
+        return Ok(false);
+    }
+    for (path, text) in [(key, &material.key_pem), (cert, &material.cert_pem)] {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(true)
+}
+
+/// One round of bootstrap: the Secret, the files, the caBundle.
+pub async fn reconcile(
+    client: &Client,
+    config: &BootstrapConfig,
+    cert: &Path,
+    key: &Path,
+) -> Result<Material> {
+    let material = ensure_secret(client, config).await?;
+    write_files(&material, cert, key)?;
+    apply_ca_bundle(client, config, &material.ca_bundle_pem).await?;
+    Ok(material)
+}
