@@ -271,6 +271,12 @@ impl Builder {
             let (claim, path) = pv_path
                 .split_once(':')
                 .ok_or_else(|| format!("{field}: must be <claim>:<absolute path>"))?;
+            // "." would make the mount point "/." (the root); say so rather than guess.
+            if path.split('/').any(|part| part == ".") {
+                return Err(format!(
+                    "{field}: {pv_path:?} contains a '.' folder; write the path without it"
+                ));
+            }
             let first = path
                 .split('/')
                 .find(|part| !part.is_empty())
