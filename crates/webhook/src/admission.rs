@@ -99,7 +99,7 @@ pub fn review(state: &AdmissionState, body: &[u8]) -> AdmissionReview<DynamicObj
         decision = decision.as_str(),
         patch_ops = facts.patch_ops,
         latency_ms = latency.as_secs_f64() * 1000.0,
-        message = %facts.message,
+        detail = %facts.message,
         "admission review"
     );
     if let Some(patch) = &response.patch {

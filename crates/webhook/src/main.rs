@@ -116,3 +116,29 @@ async fn shutdown_signal() {
     }
     let _ = tokio::signal::ctrl_c().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn flags_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_is_the_default_and_certs_parses() {
+        let cli = Cli::try_parse_from(["plugin-webhook", "--listen", "127.0.0.1:9443"]);
+        assert!(matches!(cli, Ok(Cli { command: None, .. })));
+        let cli = Cli::try_parse_from(["plugin-webhook", "certs", "--out", "x"]);
+        assert!(matches!(
+            cli,
+            Ok(Cli {
+                command: Some(Command::Certs(_)),
+                ..
+            })
+        ));
+    }
+}
