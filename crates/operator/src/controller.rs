@@ -59,8 +59,8 @@ pub struct Config {
 pub struct Context {
     /// Client of the host cluster.
     pub client: Client,
-    /// Publishes events on VirtualClusters.
-    pub recorder: Recorder,
+    /// Names this operator (and replica) on the events it publishes.
+    pub reporter: Reporter,
     /// Metrics for the admin port.
     pub metrics: Arc<Metrics>,
     /// Settings.
@@ -228,7 +228,13 @@ async fn reconcile_one(ns: &str, name: &str, ctx: &Context) -> Result<Action, Er
         }
     };
 
-    let (kubeconfig, kubeconfig_text) = ensure_kubeconfig(ctx, &vc).await?;
+    let (kubeconfig, kubeconfig_text) = match ensure_kubeconfig(ctx, &vc).await {
+        Ok(found) => found,
+        // Deletion must always finish: a namespace being torn down refuses to (re)create the
+        // kubeconfig Secret, and that must not hold the finalizer forever.
+        Err(e) if deletion.is_some() => (Kubeconfig::Missing(e.to_string()), None),
+        Err(e) => return Err(e),
+    };
     let readiness = match (ctx.config.readiness, &deletion) {
         (ReadinessMode::External, _) | (_, Some(_)) => Readiness::External,
         (ReadinessMode::Builtin, None) => check_readiness(&vc, kubeconfig_text.as_deref()).await,
@@ -741,19 +747,20 @@ async fn publish(ctx: &Context, vc: &VirtualCluster, notes: &[plan::Note]) {
             action: "Reconcile".to_owned(),
             secondary: None,
         };
-        if let Err(error) = ctx.recorder.publish(&event, &reference).await {
+        // A fresh recorder per event: kube's recorder folds events with the same reason into
+        // one series that keeps the *first* message, and ours differ in what matters (plugin,
+        // Job, termination message). Events are only published on transitions, so there are few.
+        let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+        if let Err(error) = recorder.publish(&event, &reference).await {
             warn!(%error, reason = note.reason, "could not publish event");
         }
     }
 }
 
-/// A recorder that names this operator as the reporter.
-pub fn recorder(client: Client) -> Recorder {
-    Recorder::new(
-        client,
-        Reporter {
-            controller: contract::OPERATOR_FIELD_MANAGER.to_owned(),
-            instance: std::env::var("POD_NAME").ok(),
-        },
-    )
+/// The reporter of this operator's events: the controller name and, in a pod, the pod's name.
+pub fn reporter() -> Reporter {
+    Reporter {
+        controller: contract::OPERATOR_FIELD_MANAGER.to_owned(),
+        instance: std::env::var("POD_NAME").ok().filter(|s| !s.is_empty()),
+    }
 }
