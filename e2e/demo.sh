@@ -1,43 +1,195 @@
 #!/usr/bin/env bash
-# `make demo`: starts the local control planes, installs the CRDs from the chart and (once the
-# operator and webhook exist) runs them against it with the seed's example plugins and
-# VirtualCluster, so that you can watch the VirtualCluster progress with kubectl.
-# The control planes keep running afterwards; `make cluster-down` stops them.
+# `make demo`: the whole system on the local control planes.
+#
+#  1. starts the host and virtual control planes (e2e/cluster.sh up) and installs the CRDs;
+#  2. runs the webhook (TLS, development certificates, registered with a URL client config), the
+#     operator (as its own ServiceAccount, `--readiness builtin`) and the executor runner (which
+#     runs executor pods as local processes: there is no container runtime here);
+#  3. plays Kosmos: registers the nodes node1 and node2 in the virtual cluster as Ready;
+#  4. applies the demo plugins (e2e/demo/plugins.yaml: the design's walk-through plugin from a
+#     claim, a default plugin from hostPath, a Helm chart that depends on it) and the design's
+#     VirtualCluster tenant1-cluster, and shows it progressing to Completed;
+#  5. shows what landed in the virtual cluster, then stops the operator, webhook and runner.
+#
+# The control planes keep running so that you can look around; `make cluster-down` stops them.
+# DEMO_TIMEOUT (seconds, default 300) bounds the wait for Completed.
 set -euo pipefail
 # shellcheck source=e2e/lib.sh
 . "$(dirname "$0")/lib.sh"
 
-CRD_DIR="${REPO_DIR}/charts/kosmos-plugins/crds"
+DEMO_DIR="${E2E_DIR}/demo"
+WORK="${STATE_DIR}/demo"
+NAMESPACE=tenants
+OPERATOR_NAMESPACE=kosmos-system
+OPERATOR_SA=virtual-cluster-operator
+WEBHOOK_CONFIGURATION=kosmos-demo-plugin-webhook
+TIMEOUT="${DEMO_TIMEOUT:-300}"
+WEBHOOK_PORT="${DEMO_WEBHOOK_PORT:-36490}"
+WEBHOOK_ADMIN_PORT="${DEMO_WEBHOOK_ADMIN_PORT:-36491}"
+OPERATOR_ADMIN_PORT="${DEMO_OPERATOR_ADMIN_PORT:-36492}"
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 "${E2E_DIR}/cluster.sh" up
 eval "$("${E2E_DIR}/cluster.sh" env)"
+rm -rf "${WORK}"
+mkdir -p "${WORK}" "${LOG_DIR}"
 
-shopt -s nullglob
-crds=("${CRD_DIR}"/*.yaml)
-shopt -u nullglob
-if [[ ${#crds[@]} -eq 0 ]]; then
-  die "no CRDs in ${CRD_DIR#"${REPO_DIR}/"}/: they are generated from crates/api (see README.md);" \
-    "generate them and run make demo again"
+step "building the operator, the webhook and the executor runner"
+(cd "${REPO_DIR}" && cargo build -q --bin virtual-cluster-operator --bin plugin-webhook --bin executor-runner)
+TARGET_DIR="$(cd "${REPO_DIR}" && cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
+BIN="${TARGET_DIR}/debug"
+
+pids=()
+cleanup() {
+  if ((${#pids[@]})); then
+    log "stopping the operator, webhook and executor runner"
+    kill "${pids[@]}" 2> /dev/null || true
+    wait "${pids[@]}" 2> /dev/null || true
+  fi
+  # With the webhook gone, its registration (failurePolicy Fail) would refuse every executor Job.
+  kubectl delete mutatingwebhookconfiguration "${WEBHOOK_CONFIGURATION}" --ignore-not-found > /dev/null 2>&1 || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+for port in "${WEBHOOK_PORT}" "${WEBHOOK_ADMIN_PORT}" "${OPERATOR_ADMIN_PORT}"; do
+  if (exec 3<> "/dev/tcp/127.0.0.1/${port}") 2> /dev/null; then
+    die "port ${port} is taken (is another demo running?); set DEMO_*_PORT to move it"
+  fi
+done
+
+step "installing the CRDs"
+kubectl apply --server-side --field-manager kosmos-demo -f "${REPO_DIR}/charts/kosmos-plugins/crds/"
+kubectl wait --for condition=Established --timeout 60s -f "${REPO_DIR}/charts/kosmos-plugins/crds/" > /dev/null
+
+step "starting the webhook on https://127.0.0.1:${WEBHOOK_PORT}/mutate"
+"${BIN}/plugin-webhook" certs --out "${WORK}/certs" > /dev/null
+"${BIN}/plugin-webhook" serve \
+  --listen "127.0.0.1:${WEBHOOK_PORT}" --admin-listen "127.0.0.1:${WEBHOOK_ADMIN_PORT}" \
+  --tls-cert "${WORK}/certs/tls.crt" --tls-key "${WORK}/certs/tls.key" \
+  --operator-user "system:serviceaccount:${OPERATOR_NAMESPACE}:${OPERATOR_SA}" \
+  > "${LOG_DIR}/demo-webhook.log" 2>&1 &
+pids+=($!)
+ca_bundle="$(base64 -w0 < "${WORK}/certs/ca.crt")"
+kubectl apply --server-side --field-manager kosmos-demo -f - << YAML
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata:
+  name: ${WEBHOOK_CONFIGURATION}
+webhooks:
+  - name: executor-jobs.plugin.kosmos.io
+    admissionReviewVersions: ["v1"]
+    clientConfig:
+      url: https://127.0.0.1:${WEBHOOK_PORT}/mutate
+      caBundle: ${ca_bundle}
+    rules:
+      - apiGroups: ["batch"]
+        apiVersions: ["v1"]
+        operations: ["CREATE"]
+        resources: ["jobs"]
+        scope: Namespaced
+    objectSelector:
+      matchExpressions: [{key: plugin.kosmos.io/executor, operator: Exists}]
+    failurePolicy: Fail
+    sideEffects: None
+    timeoutSeconds: 10
+    reinvocationPolicy: IfNeeded
+YAML
+for _ in $(seq 1 120); do
+  curl -fsS "http://127.0.0.1:${WEBHOOK_ADMIN_PORT}/readyz" > /dev/null 2>&1 && break
+  sleep 0.5
+done
+curl -fsS "http://127.0.0.1:${WEBHOOK_ADMIN_PORT}/readyz" > /dev/null \
+  || die "the webhook did not become ready; see ${LOG_DIR}/demo-webhook.log"
+
+step "starting the operator as ServiceAccount ${OPERATOR_NAMESPACE}/${OPERATOR_SA} (builtin readiness)"
+kubectl create namespace "${OPERATOR_NAMESPACE}" --dry-run=client -o yaml | kubectl apply -f - > /dev/null
+kubectl -n "${OPERATOR_NAMESPACE}" create serviceaccount "${OPERATOR_SA}" --dry-run=client -o yaml | kubectl apply -f - > /dev/null
+# The demo grants cluster-admin for brevity; docs/operator.md lists the rights it really needs.
+kubectl create clusterrolebinding kosmos-demo-operator --clusterrole cluster-admin \
+  --serviceaccount "${OPERATOR_NAMESPACE}:${OPERATOR_SA}" --dry-run=client -o yaml | kubectl apply -f - > /dev/null
+token="$(kubectl -n "${OPERATOR_NAMESPACE}" create token "${OPERATOR_SA}" --duration 24h)"
+cp "${KUBECONFIG}" "${WORK}/operator.kubeconfig"
+kubectl --kubeconfig "${WORK}/operator.kubeconfig" config set-credentials operator --token "${token}" > /dev/null
+kubectl --kubeconfig "${WORK}/operator.kubeconfig" config set-context --current --user operator > /dev/null
+KUBECONFIG="${WORK}/operator.kubeconfig" POD_NAMESPACE="${OPERATOR_NAMESPACE}" "${BIN}/virtual-cluster-operator" \
+  --readiness builtin --admin-addr "127.0.0.1:${OPERATOR_ADMIN_PORT}" \
+  > "${LOG_DIR}/demo-operator.log" 2>&1 &
+pids+=($!)
+
+step "starting the executor runner (executor pods run as local processes)"
+mkdir -p "${WORK}/runner/claims/${NAMESPACE}"
+# What `kubectl cp test.yaml ubuntu-statefulset-0:/pv` does in the design document.
+cp -r "${DEMO_DIR}/claims/." "${WORK}/runner/claims/${NAMESPACE}/"
+"${BIN}/executor-runner" --namespace "${NAMESPACE}" \
+  --work-dir "${WORK}/runner/pods" --claims-dir "${WORK}/runner/claims" \
+  > "${LOG_DIR}/demo-executor-runner.log" 2>&1 &
+pids+=($!)
+
+step "playing Kosmos: nodes node1 and node2 join the virtual cluster"
+for node in node1 node2; do
+  kubectl --kubeconfig "${KOSMOS_E2E_VIRTUAL_KUBECONFIG}" apply -f - > /dev/null << YAML
+apiVersion: v1
+kind: Node
+metadata:
+  name: ${node}
+YAML
+  now="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  kubectl --kubeconfig "${KOSMOS_E2E_VIRTUAL_KUBECONFIG}" patch node "${node}" --subresource status --type merge \
+    -p "{\"status\":{\"conditions\":[{\"type\":\"Ready\",\"status\":\"True\",\"reason\":\"KubeletReady\",\"message\":\"demo\",\"lastHeartbeatTime\":\"${now}\",\"lastTransitionTime\":\"${now}\"}]}}" > /dev/null
+done
+kubectl --kubeconfig "${KOSMOS_E2E_VIRTUAL_KUBECONFIG}" get nodes
+
+step "applying the plugins and the VirtualCluster in namespace ${NAMESPACE}"
+# A previous demo's namespace goes first; the operator, now running, releases its finalizers.
+kubectl delete namespace "${NAMESPACE}" --ignore-not-found --timeout 120s > /dev/null
+kubectl create namespace "${NAMESPACE}" --dry-run=client -o yaml | kubectl apply -f - > /dev/null
+sed "s|HOSTPATH_DIR|${DEMO_DIR}|g" "${DEMO_DIR}/plugins.yaml" | kubectl -n "${NAMESPACE}" apply -f -
+kubectl -n "${NAMESPACE}" get vp
+sed "s|KUBECONFIG_BASE64|$(base64 -w0 < "${KOSMOS_E2E_VIRTUAL_KUBECONFIG}")|" "${DEMO_DIR}/virtual-cluster.yaml" \
+  | kubectl -n "${NAMESPACE}" apply -f -
+
+step "watching tenant1-cluster (kubectl -n ${NAMESPACE} get vc tenant1-cluster)"
+deadline=$((SECONDS + TIMEOUT))
+last=""
+phase=""
+while ((SECONDS < deadline)); do
+  line="$(kubectl -n "${NAMESPACE}" get vc tenant1-cluster --no-headers 2> /dev/null || true)"
+  if [[ "${line}" != "${last}" ]]; then
+    printf '%s\n' "${line}"
+    last="${line}"
+  fi
+  phase="$(kubectl -n "${NAMESPACE}" get vc tenant1-cluster -o jsonpath='{.status.phase}' 2> /dev/null || true)"
+  [[ "${phase}" == Completed ]] && break
+  sleep 1
+done
+
+step "status.plugins"
+kubectl -n "${NAMESPACE}" get vc tenant1-cluster \
+  -o jsonpath='{range .status.plugins[*]}{.name}{"\t"}{.phase}{"\t"}{.jobName}{"\t"}{.message}{"\n"}{end}'
+kubectl -n "${NAMESPACE}" get jobs
+if [[ "${phase}" != Completed ]]; then
+  kubectl -n "${NAMESPACE}" describe vc tenant1-cluster | tail -30
+  die "tenant1-cluster did not reach Completed within ${TIMEOUT}s; logs: ${LOG_DIR}/demo-*.log, executor logs: ${WORK}/runner/pods/*/"
 fi
 
-log "installing ${#crds[@]} CRD file(s) from ${CRD_DIR#"${REPO_DIR}/"}/"
-for f in "${crds[@]}"; do
-  kubectl apply --server-side --field-manager kosmos-demo -f "${f}"
-done
-# Custom resources can be created only once their CRD is Established.
-for f in "${crds[@]}"; do
-  kubectl wait --for condition=Established --timeout 60s -f "${f}" > /dev/null
-done
-kubectl get crd -o custom-columns=NAME:.metadata.name,ESTABLISHED:'.status.conditions[?(@.type=="Established")].status' \
-  | grep -E '^NAME|kosmos\.io'
+step "what the plugins installed in the virtual cluster"
+kubectl --kubeconfig "${KOSMOS_E2E_VIRTUAL_KUBECONFIG}" get namespaces demo konnectivity
+kubectl --kubeconfig "${KOSMOS_E2E_VIRTUAL_KUBECONFIG}" -n konnectivity get configmap apiserver-network-proxy
+kubectl --kubeconfig "${KOSMOS_E2E_VIRTUAL_KUBECONFIG}" -n demo get configmap hello -o jsonpath='{.data.greeting}{"\n"}'
+HELM_KUBECONTEXT="" KUBECONFIG="${KOSMOS_E2E_VIRTUAL_KUBECONFIG}" helm list -n demo
 
 cat << MSG
 
-The control planes are up and the CRDs are installed:
-  eval "\$(e2e/cluster.sh env)"      # KUBECONFIG (host), KOSMOS_E2E_VIRTUAL_KUBECONFIG, PATH
-  kubectl get crd | grep kosmos.io
-
-The operator and the webhook do not exist yet, so the demo stops here. Later versions run them,
-apply the seed's example plugins and a VirtualCluster, and show it progressing to Completed.
-Stop everything with: make cluster-down   (logs: ${LOG_DIR#"${REPO_DIR}/"}/)
+tenant1-cluster is Completed. The operator, webhook and runner stop now (and the webhook's
+registration goes with them); the control planes keep running, so you can look around with
+  eval "\$(e2e/cluster.sh env)"
+  kubectl -n ${NAMESPACE} describe vc tenant1-cluster
+  kubectl -n ${NAMESPACE} get jobs -o yaml     # the mutated executor Jobs
+  kubectl --kubeconfig "\$KOSMOS_E2E_VIRTUAL_KUBECONFIG" get all -A
+Logs: ${LOG_DIR#"${REPO_DIR}/"}/demo-{operator,webhook,executor-runner}.log; executor output in
+${WORK#"${REPO_DIR}/"}/runner/pods/<pod uid>/executor.log.
+Stop the control planes with: make cluster-down
 MSG
