@@ -284,14 +284,21 @@ async fn a_stored_chart_installs_with_values_file_then_inline_values() {
 
 /// Serves `body` for every request on 127.0.0.1; returns the base URL.
 async fn serve(body: Vec<u8>) -> String {
+    serve_paths(BTreeMap::from([(String::new(), body)])).await
+}
+
+/// Serves each body at the URL path that ends with its key (the empty key matches any path);
+/// anything else is a 404. Returns the base URL.
+async fn serve_paths(files: BTreeMap<String, Vec<u8>>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let files = std::sync::Arc::new(files);
     tokio::spawn(async move {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else {
                 return;
             };
-            let body = body.clone();
+            let files = files.clone();
             tokio::spawn(async move {
                 let mut request = Vec::new();
                 let mut buf = [0u8; 1024];
@@ -301,8 +308,25 @@ async fn serve(body: Vec<u8>) -> String {
                         Ok(n) => request.extend_from_slice(&buf[..n]),
                     }
                 }
+                let line = String::from_utf8_lossy(&request).into_owned();
+                let path = line
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or_default()
+                    .split('?')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let found = files
+                    .iter()
+                    .find(|(suffix, _)| path.ends_with(suffix.as_str()))
+                    .map(|(_, body)| body.clone());
+                let (status, body) = match found {
+                    Some(body) => ("200 OK", body),
+                    None => ("404 Not Found", b"not found".to_vec()),
+                };
                 let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                     body.len()
                 );
                 let _ = stream.write_all(head.as_bytes()).await;
@@ -415,5 +439,75 @@ async fn hostile_values_stay_data_when_the_script_runs() {
         !marker.exists(),
         "a value was run as a command: {outcome:#?}"
     );
+    w.ns.delete().await.unwrap();
+}
+
+/// Runs a local tool from the pinned set and returns its stdout.
+fn tool(name: &str, args: &[&str], dir: &Path) -> Vec<u8> {
+    let mut path: Vec<PathBuf> = common::tool_dirs();
+    path.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    let out = std::process::Command::new(name)
+        .args(args)
+        .current_dir(dir)
+        .env("PATH", std::env::join_paths(path).unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{name} {args:?}: {out:?}");
+    out.stdout
+}
+
+#[tokio::test]
+async fn archives_from_uris_a_packaged_chart_and_a_manifest_bundle() {
+    let w = World::new("exec-archives").await;
+    // A packaged chart, as `helm package` makes it.
+    let src = w.tmp.path().join("src");
+    write_chart(&src.join("demo"));
+    tool("helm", &["package", "demo", "--destination", "."], &src);
+    let chart_tgz = std::fs::read(src.join("demo-0.1.0.tgz")).unwrap();
+    // A bundle of manifests in nested folders.
+    std::fs::create_dir_all(src.join("bundle/nested")).unwrap();
+    std::fs::write(src.join("bundle/a.yaml"), configmap_yaml("bundled-a", "1")).unwrap();
+    std::fs::write(
+        src.join("bundle/nested/b.yaml"),
+        configmap_yaml("bundled-b", "2"),
+    )
+    .unwrap();
+    let status = std::process::Command::new("tar")
+        .args(["-czf", "bundle.tar.gz", "-C", "bundle", "."])
+        .current_dir(&src)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let bundle = std::fs::read(src.join("bundle.tar.gz")).unwrap();
+    let chart_sha = sha256_hex(&chart_tgz);
+    let base = serve_paths(BTreeMap::from([
+        ("/demo-0.1.0.tgz".to_owned(), chart_tgz),
+        ("/bundle.tar.gz".to_owned(), bundle),
+        ("/values.yaml".to_owned(), b"color: green\n".to_vec()),
+    ]))
+    .await;
+    let release = format!("arch-{}", &w.ns()[w.ns().len() - 5..]);
+    let plugin = format!(
+        "metadata: {{name: archives}}\nspec:\n  pluginSources:\n    chart:\n      releaseName: {release}\n      namespace: {ns}\n      storage:\n        uri: {base}/charts/demo-0.1.0.tgz\n        sha256: {chart_sha}\n      valuesFile:\n        uri: {base}/values.yaml\n    yaml:\n      namespace: {ns}\n      path:\n        uri: {base}/bundle.tar.gz\n",
+        ns = w.ns()
+    );
+    let outcome = w.run(&plugin, Action::Install).await;
+    assert_ok(&outcome);
+    let cm = w.configmap(&format!("{release}-settings")).await.unwrap();
+    assert_eq!(cm.data.unwrap()["color"], "green");
+    assert!(w.configmap("bundled-a").await.is_some());
+    assert!(w.configmap("bundled-b").await.is_some());
+
+    assert_ok(&w.run(&plugin, Action::Uninstall).await);
+    assert!(w.configmap("bundled-a").await.is_none());
+    assert!(w.configmap(&format!("{release}-settings")).await.is_none());
+
+    // A URL that answers 404 fails the fetch step with the URL in the message.
+    let missing = plugin.replace("bundle.tar.gz", "missing.tar.gz");
+    let outcome = w.run(&missing, Action::Install).await;
+    assert_eq!(outcome.code, Some(3), "{outcome:#?}");
+    assert!(outcome.message.contains("missing.tar.gz"), "{outcome:#?}");
     w.ns.delete().await.unwrap();
 }
