@@ -159,7 +159,7 @@ async fn run(args: Args) -> Result<()> {
     info!(?config, "starting");
     let ctx = Arc::new(Context {
         client: client.clone(),
-        recorder: controller::recorder(client.clone()),
+        reporter: controller::reporter(),
         metrics,
         config,
     });

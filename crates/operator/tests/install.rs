@@ -89,6 +89,22 @@ async fn three_plugins_reach_completed() -> Result<()> {
             .iter()
             .any(|o| o.kind == "VirtualCluster")
     );
+    // One event per plugin, each naming its plugin (not folded into one series).
+    let events: kube::Api<k8s_openapi::api::core::v1::Event> =
+        kube::Api::namespaced(client.clone(), n);
+    kosmos_e2e::wait_for("PluginInstalled events for every plugin", STEP, || async {
+        let list = events.list(&Default::default()).await?;
+        let all = ["dns", "proxy", "cni"].iter().all(|p| {
+            list.items.iter().any(|e| {
+                e.reason.as_deref() == Some("PluginInstalled")
+                    && e.message
+                        .as_deref()
+                        .is_some_and(|m| m.contains(&format!("plugin {p} ")))
+            })
+        });
+        Ok(all.then_some(()))
+    })
+    .await?;
     drop(op);
     webhook.stop().await?;
     ns.delete().await

@@ -210,7 +210,8 @@ async fn deleting_a_cluster_whose_virtual_api_is_gone_finishes() -> Result<()> {
     let n = ns.name();
     let webhook = MarkingWebhook::start(&client, n).await?;
     apply_plugin(&client, n, "dns", yaml_plugin(json!({}))).await?;
-    let op = Operator::start(n, &[]).await?;
+    // Long enough that a slow machine still creates the uninstall Job before the bound passes.
+    let op = Operator::start(n, &["--uninstall-timeout-seconds", "15"]).await?;
     // A kubeconfig for an API that does not answer (nothing listens on port 1).
     let dead = "apiVersion: v1\nkind: Config\nclusters:\n- name: gone\n  cluster:\n    server: https://127.0.0.1:1\ncontexts:\n- name: gone\n  context:\n    cluster: gone\n    user: admin\ncurrent-context: gone\nusers:\n- name: admin\n  user:\n    token: x\n";
     use base64::Engine as _;
@@ -241,7 +242,7 @@ async fn deleting_a_cluster_whose_virtual_api_is_gone_finishes() -> Result<()> {
     .await?;
     api.delete("vc", &DeleteParams::default()).await?;
     // The uninstall Job starts; its pod never finishes (the virtual API is gone), and the
-    // bounded wait (5 s in these tests) lets the VirtualCluster go anyway.
+    // bounded wait (15 s here) lets the VirtualCluster go anyway.
     wait_job(&client, n, "dns", "uninstall", 2).await?;
     wait_for("the VirtualCluster to be gone", STEP, || async {
         Ok(api.get_opt("vc").await?.is_none().then_some(()))

@@ -185,20 +185,36 @@ impl MarkingWebhook {
                 "containers": [{ "name": "x", "image": "registry.invalid/x" }],
             }}},
         }))?;
-        wait_for("the stand-in webhook to mark jobs", STEP, || async {
+        let last = std::sync::Mutex::new(String::new());
+        let marked = wait_for("the stand-in webhook to mark jobs", STEP, || async {
             let params = PostParams {
                 dry_run: true,
                 ..PostParams::default()
             };
             Ok(match jobs.create(&params, &probe).await {
-                Ok(job) => job
-                    .annotations()
-                    .contains_key(contract::INJECTED_ANNOTATION)
-                    .then_some(()),
-                Err(_) => None,
+                Ok(job) => {
+                    let marked = job
+                        .annotations()
+                        .contains_key(contract::INJECTED_ANNOTATION);
+                    if !marked && let Ok(mut l) = last.lock() {
+                        *l = "the dry-run job came back unmarked".to_owned();
+                    }
+                    marked.then_some(())
+                }
+                Err(e) => {
+                    if let Ok(mut l) = last.lock() {
+                        *l = format!("dry-run create failed: {e}");
+                    }
+                    None
+                }
             })
         })
-        .await?;
+        .await;
+        if let Err(e) = marked {
+            let last = last.lock().map(|l| l.clone()).unwrap_or_default();
+            let _ = api.delete(&this.name, &DeleteParams::default()).await;
+            bail!("{e:#}; last: {last}");
+        }
         Ok(this)
     }
 
@@ -208,6 +224,33 @@ impl MarkingWebhook {
         let _ = api.delete(&self.name, &DeleteParams::default()).await;
         self.server.abort();
         Ok(())
+    }
+}
+
+impl Drop for MarkingWebhook {
+    fn drop(&mut self) {
+        // A failed test never reaches stop(): unregister from a thread of its own (the test's
+        // runtime may be shutting down), so no configuration pointing nowhere is left behind.
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                if let Ok(client) = kosmos_e2e::host().await {
+                    let api: Api<MutatingWebhookConfiguration> = Api::all(client);
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        api.delete(&name, &DeleteParams::default()),
+                    )
+                    .await;
+                }
+            });
+        })
+        .join();
     }
 }
 
