@@ -45,5 +45,5 @@ demo: e2e-bins ## the main job: local cluster, CRDs, operator, webhook, the desi
 bench: ## benchmarks (ratios measured side by side in one run)
 	@echo "no benchmarks yet" >&2; exit 1
 
-certs: ## development certificates for the webhook in certs/
-	@echo "the webhook's certs subcommand does not exist yet" >&2; exit 1
+certs: ## development certificates for the webhook in certs/ (ca.crt, tls.crt, tls.key)
+	$(CARGO) run -q -p kosmos-webhook --bin plugin-webhook -- certs --out certs
