@@ -23,7 +23,8 @@ pub const ACTION_LABEL: &str = "plugin.kosmos.io/action";
 /// whose hash no longer matches the plugin it finds, so an old Job never installs a new spec
 /// under an old name.
 pub const SPEC_HASH_ANNOTATION: &str = "plugin.kosmos.io/spec-hash";
-/// Annotation: the attempt number (1, 2, …) of this Job for its spec hash.
+/// Annotation: the Job's number (1, 2, …) in its plugin's sequence of executor Jobs for one
+/// VirtualCluster, over installs, uninstalls and spec hashes: the newest Job has the highest.
 pub const ATTEMPT_ANNOTATION: &str = "plugin.kosmos.io/attempt";
 /// Annotation: name of the Secret (in the Job's namespace) holding the virtual cluster's
 /// kubeconfig under [`KUBECONFIG_SECRET_KEY`].
@@ -33,7 +34,8 @@ pub const KUBECONFIG_SECRET_ANNOTATION: &str = "plugin.kosmos.io/kubeconfig-secr
 /// already there (reinvocation), so the webhook returns an empty patch.
 pub const INJECTED_ANNOTATION: &str = "plugin.kosmos.io/injected";
 
-/// Annotation on a VirtualCluster: setting it to a new value retries every failed plugin.
+/// Annotation on a VirtualCluster: setting it to a new value retries every failed plugin. The
+/// operator copies the value onto each executor Job, so it counts failures per retry request.
 pub const RETRY_ANNOTATION: &str = "plugin.kosmos.io/retry";
 /// Annotation on a VirtualCluster: `"true"` runs uninstall Jobs when it is deleted.
 pub const UNINSTALL_ON_DELETE_ANNOTATION: &str = "plugin.kosmos.io/uninstall-on-delete";
