@@ -32,6 +32,16 @@ const VC: &str = "tenant1-cluster";
 const OPERATOR_NAMESPACE: &str = "kosmos-system";
 const OPERATOR_ACCOUNT: &str = "virtual-cluster-operator";
 
+/// The address at which the apiserver reaches this test process: loopback for the local control
+/// planes; with your own cluster, set `KOSMOS_E2E_WEBHOOK_HOST` to an IP of this machine that
+/// its apiserver can reach (the webhook then listens on every interface).
+fn webhook_host() -> String {
+    std::env::var("KOSMOS_E2E_WEBHOOK_HOST")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "127.0.0.1".to_owned())
+}
+
 fn operator() -> Identity {
     // system:masters stands in for the operator's RBAC (creating Jobs); the webhook sees the
     // service account's user name, which is what it checks.
@@ -50,7 +60,8 @@ struct Registered {
 impl Registered {
     async fn start(client: &Client, namespace: &str) -> Self {
         let certs_dir = tempfile::tempdir().unwrap();
-        let certs = tls::generate(&["localhost".into(), "127.0.0.1".into()], 1).unwrap();
+        let host = webhook_host();
+        let certs = tls::generate(&["localhost".into(), host.clone()], 1).unwrap();
         tls::write(&certs, certs_dir.path()).unwrap();
         let args = ServeArgs {
             operator_user: operator().user,
@@ -59,6 +70,14 @@ impl Registered {
                 certs_dir.path().join("tls.crt"),
                 certs_dir.path().join("tls.key"),
             )
+        };
+        let args = ServeArgs {
+            listen: if host == "127.0.0.1" {
+                args.listen
+            } else {
+                "0.0.0.0:0".parse().unwrap()
+            },
+            ..args
         };
         let running = server::start(&args, client.clone()).await.unwrap();
         let state = running.state.clone();
@@ -83,7 +102,7 @@ impl Registered {
                 name: "executor-jobs.plugin.kosmos.io".into(),
                 admission_review_versions: vec!["v1".into()],
                 client_config: WebhookClientConfig {
-                    url: Some(format!("https://{}/mutate", running.addr)),
+                    url: Some(format!("https://{host}:{}/mutate", running.addr.port())),
                     ca_bundle: Some(ByteString(certs.ca_pem.clone().into_bytes())),
                     service: None,
                 },
