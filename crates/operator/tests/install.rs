@@ -15,16 +15,17 @@ use kosmos_e2e::{Cluster, TestNamespace, host, install_crds};
 use kube::ResourceExt;
 use serde_json::json;
 
-async fn setup(prefix: &str) -> Result<(TestNamespace, kube::Client)> {
+async fn setup(prefix: &str) -> Result<(TestNamespace, kube::Client, FinalizerSweep)> {
     let client = host().await?;
     install_crds(&client).await?;
     let ns = TestNamespace::create(Cluster::Host, prefix).await?;
-    Ok((ns, client))
+    let sweep = FinalizerSweep::new(ns.name());
+    Ok((ns, client, sweep))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_plugins_reach_completed() -> Result<()> {
-    let (ns, client) = setup("op-three").await?;
+    let (ns, client, _sweep) = setup("op-three").await?;
     let ns = ns;
     let n = ns.name();
     let webhook = MarkingWebhook::start(&client, n).await?;
@@ -112,7 +113,7 @@ async fn three_plugins_reach_completed() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failure_is_reported_then_retry_succeeds() -> Result<()> {
-    let (ns, client) = setup("op-retry").await?;
+    let (ns, client, _sweep) = setup("op-retry").await?;
     let n = ns.name();
     let webhook = MarkingWebhook::start(&client, n).await?;
     apply_plugin(&client, n, "flaky", yaml_plugin(json!({}))).await?;
@@ -174,7 +175,7 @@ async fn failure_is_reported_then_retry_succeeds() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gives_up_with_the_reason_after_max_attempts() -> Result<()> {
-    let (ns, client) = setup("op-giveup").await?;
+    let (ns, client, _sweep) = setup("op-giveup").await?;
     let n = ns.name();
     let webhook = MarkingWebhook::start(&client, n).await?;
     apply_plugin(&client, n, "broken", yaml_plugin(json!({}))).await?;
@@ -233,7 +234,7 @@ async fn gives_up_with_the_reason_after_max_attempts() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_plugin_is_reported_and_creating_it_resumes() -> Result<()> {
-    let (ns, client) = setup("op-missing").await?;
+    let (ns, client, _sweep) = setup("op-missing").await?;
     let n = ns.name();
     let webhook = MarkingWebhook::start(&client, n).await?;
     let op = Operator::start(n, &[]).await?;
@@ -270,7 +271,7 @@ async fn missing_plugin_is_reported_and_creating_it_resumes() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn defaults_and_disabled_choose_the_set() -> Result<()> {
-    let (ns, client) = setup("op-defaults").await?;
+    let (ns, client, _sweep) = setup("op-defaults").await?;
     let n = ns.name();
     let webhook = MarkingWebhook::start(&client, n).await?;
     apply_plugin(
@@ -321,7 +322,7 @@ async fn defaults_and_disabled_choose_the_set() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn depends_on_orders_the_installs() -> Result<()> {
-    let (ns, client) = setup("op-deps").await?;
+    let (ns, client, _sweep) = setup("op-deps").await?;
     let n = ns.name();
     let webhook = MarkingWebhook::start(&client, n).await?;
     apply_plugin(&client, n, "cni", yaml_plugin(json!({}))).await?;
@@ -365,7 +366,7 @@ async fn depends_on_orders_the_installs() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_webhook_jobs_are_deleted_and_never_completed() -> Result<()> {
-    let (ns, client) = setup("op-nowebhook").await?;
+    let (ns, client, _sweep) = setup("op-nowebhook").await?;
     let n = ns.name();
     apply_plugin(&client, n, "dns", yaml_plugin(json!({}))).await?;
     let op = Operator::start(n, &[]).await?;
@@ -420,7 +421,7 @@ async fn without_the_webhook_jobs_are_deleted_and_never_completed() -> Result<()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_the_webhook_denies_is_reported_on_the_cluster() -> Result<()> {
-    let (ns, client) = setup("op-denied").await?;
+    let (ns, client, _sweep) = setup("op-denied").await?;
     let n = ns.name();
     let webhook = MarkingWebhook::start(&client, n).await?;
     apply_plugin(&client, n, DENIED_PLUGIN, yaml_plugin(json!({}))).await?;
@@ -459,6 +460,65 @@ async fn a_job_the_webhook_denies_is_reported_on_the_cluster() -> Result<()> {
             .then_some(()))
     })
     .await?;
+    drop(op);
+    webhook.stop().await?;
+    ns.delete().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubeconfig_from_the_kosmos_admin_secret() -> Result<()> {
+    let (ns, client, _sweep) = setup("op-kubeconfig").await?;
+    let n = ns.name();
+    let webhook = MarkingWebhook::start(&client, n).await?;
+    apply_plugin(&client, n, "dns", yaml_plugin(json!({}))).await?;
+    let op = Operator::start(n, &[]).await?;
+    create_vc(
+        &client,
+        n,
+        "vc",
+        phase::ALL_NODE_READY,
+        json!({ "kubeconfig": null, "pluginSet": { "enabled": [{"name": "dns"}] } }),
+    )
+    .await?;
+    let vc = wait_vc(&client, n, "vc", "KubeconfigAvailable=False", |vc| {
+        condition(vc, condition::KUBECONFIG_AVAILABLE).is_some_and(|(s, _, _)| s == "False")
+    })
+    .await?;
+    let (_, _, message) = condition(&vc, condition::KUBECONFIG_AVAILABLE).unwrap();
+    ensure!(
+        message.contains(&contract::kosmos_admin_secret_name("vc")),
+        "{message}"
+    );
+    ensure!(plugin_jobs(&client, n, "dns").await?.is_empty());
+
+    // Kosmos publishes the kubeconfig in <name>-admin-config; the operator polls for it.
+    let text = kosmos_e2e::kubeconfig_yaml(Cluster::Virtual).await?;
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client.clone(), n);
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": { "name": contract::kosmos_admin_secret_name("vc") },
+        "stringData": { contract::KUBECONFIG_SECRET_KEY: text },
+    }))?;
+    secrets.create(&Default::default(), &secret).await?;
+    let job = wait_job(&client, n, "dns", "install", 1).await?;
+    let copy = secrets.get(&contract::kubeconfig_secret_name("vc")).await?;
+    let data = copy.data.unwrap_or_default();
+    ensure!(
+        data.get(contract::KUBECONFIG_SECRET_KEY)
+            .map(|b| b.0.as_slice())
+            == Some(text.as_bytes()),
+        "the operator's kubeconfig Secret differs from Kosmos's"
+    );
+    finish(&client, n, &job, ok()).await?;
+    let vc = wait_vc(&client, n, "vc", "phase Completed", |vc| {
+        vc.phase() == phase::COMPLETED
+    })
+    .await?;
+    ensure!(condition(&vc, condition::KUBECONFIG_AVAILABLE).unwrap().0 == "True");
+    ensure!(
+        !op.log_text().contains("certificate-authority-data"),
+        "the log leaks the kubeconfig"
+    );
     drop(op);
     webhook.stop().await?;
     ns.delete().await

@@ -17,16 +17,17 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-async fn setup(prefix: &str) -> Result<(TestNamespace, kube::Client)> {
+async fn setup(prefix: &str) -> Result<(TestNamespace, kube::Client, FinalizerSweep)> {
     let client = host().await?;
     install_crds(&client).await?;
     let ns = TestNamespace::create(Cluster::Host, prefix).await?;
-    Ok((ns, client))
+    let sweep = FinalizerSweep::new(ns.name());
+    Ok((ns, client, sweep))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_and_restarted_mid_install_creates_no_duplicate() -> Result<()> {
-    let (ns, client) = setup("op-restart").await?;
+    let (ns, client, _sweep) = setup("op-restart").await?;
     let n = ns.name();
     let webhook = MarkingWebhook::start(&client, n).await?;
     for p in ["a", "b"] {
@@ -83,7 +84,7 @@ async fn killed_and_restarted_mid_install_creates_no_duplicate() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spec_change_reinstalls() -> Result<()> {
-    let (ns, client) = setup("op-respec").await?;
+    let (ns, client, _sweep) = setup("op-respec").await?;
     let n = ns.name();
     let webhook = MarkingWebhook::start(&client, n).await?;
     apply_plugin(&client, n, "dns", yaml_plugin(json!({}))).await?;
@@ -148,7 +149,7 @@ async fn spec_change_reinstalls() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabling_a_plugin_uninstalls_it() -> Result<()> {
-    let (ns, client) = setup("op-disable").await?;
+    let (ns, client, _sweep) = setup("op-disable").await?;
     let n = ns.name();
     let webhook = MarkingWebhook::start(&client, n).await?;
     apply_plugin(
@@ -206,7 +207,7 @@ async fn disabling_a_plugin_uninstalls_it() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_cluster_whose_virtual_api_is_gone_finishes() -> Result<()> {
-    let (ns, client) = setup("op-delete").await?;
+    let (ns, client, _sweep) = setup("op-delete").await?;
     let n = ns.name();
     let webhook = MarkingWebhook::start(&client, n).await?;
     apply_plugin(&client, n, "dns", yaml_plugin(json!({}))).await?;
@@ -255,7 +256,7 @@ async fn deleting_a_cluster_whose_virtual_api_is_gone_finishes() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_without_uninstall_removes_the_finalizer_at_once() -> Result<()> {
-    let (ns, client) = setup("op-delete-plain").await?;
+    let (ns, client, _sweep) = setup("op-delete-plain").await?;
     let n = ns.name();
     let op = Operator::start(n, &[]).await?;
     create_vc(&client, n, "vc", phase::ALL_NODE_READY, json!({})).await?;
@@ -277,7 +278,7 @@ async fn deleting_without_uninstall_removes_the_finalizer_at_once() -> Result<()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn builtin_readiness_waits_for_promoted_nodes() -> Result<()> {
-    let (ns, client) = setup("op-builtin").await?;
+    let (ns, client, _sweep) = setup("op-builtin").await?;
     let n = ns.name();
     let webhook = MarkingWebhook::start(&client, n).await?;
     apply_plugin(&client, n, "dns", yaml_plugin(json!({}))).await?;
@@ -322,8 +323,11 @@ async fn builtin_readiness_waits_for_promoted_nodes() -> Result<()> {
         .await?;
     // The operator polls readiness every 10 s.
     let job = wait_job(&client, n, "dns", "install", 1).await?;
-    let vc = get_vc(&client, n, "vc").await?;
-    ensure!(vc.phase() == phase::ALL_NODE_READY, "phase {}", vc.phase());
+    // The status (phase AllNodeReady) is written right after the Jobs are created.
+    wait_vc(&client, n, "vc", "phase AllNodeReady", |vc| {
+        vc.phase() == phase::ALL_NODE_READY
+    })
+    .await?;
     finish(&client, n, &job, ok()).await?;
     let vc = wait_vc(&client, n, "vc", "phase Completed", |vc| {
         vc.phase() == phase::COMPLETED
@@ -338,7 +342,7 @@ async fn builtin_readiness_waits_for_promoted_nodes() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_port_serves_probes_and_metrics() -> Result<()> {
-    let (ns, client) = setup("op-admin").await?;
+    let (ns, client, _sweep) = setup("op-admin").await?;
     let n = ns.name();
     let webhook = MarkingWebhook::start(&client, n).await?;
     apply_plugin(&client, n, "dns", yaml_plugin(json!({}))).await?;
@@ -414,7 +418,7 @@ async fn admin_port_serves_probes_and_metrics() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_one_leader_and_the_other_takes_over() -> Result<()> {
-    let (ns, client) = setup("op-replicas").await?;
+    let (ns, client, _sweep) = setup("op-replicas").await?;
     let n = ns.name();
     let webhook = MarkingWebhook::start(&client, n).await?;
     apply_plugin(&client, n, "dns", yaml_plugin(json!({}))).await?;

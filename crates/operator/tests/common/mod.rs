@@ -507,3 +507,55 @@ pub async fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
         .unwrap_or_default();
     Ok((code, body))
 }
+
+/// Removes the operator's finalizer from every VirtualCluster of a test namespace when dropped,
+/// so that a test that ends (or fails) after its operator stopped never leaves the namespace
+/// stuck in Terminating (and never leaves work for another operator on the same cluster).
+pub struct FinalizerSweep {
+    namespace: String,
+}
+
+impl FinalizerSweep {
+    /// A sweep of `namespace`.
+    pub fn new(namespace: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+        }
+    }
+}
+
+impl Drop for FinalizerSweep {
+    fn drop(&mut self) {
+        let ns = self.namespace.clone();
+        // The test's runtime may be shutting down: use a thread and a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                let sweep = async {
+                    let client = kosmos_e2e::host().await?;
+                    let api: Api<VirtualCluster> = Api::namespaced(client, &ns);
+                    for vc in api.list(&ListParams::default()).await?.items {
+                        if vc.finalizers().iter().any(|f| f == contract::FINALIZER) {
+                            let patch = json!({ "metadata": { "finalizers": null } });
+                            let _ = api
+                                .patch(
+                                    &vc.name_any(),
+                                    &PatchParams::default(),
+                                    &Patch::Merge(patch),
+                                )
+                                .await;
+                        }
+                    }
+                    anyhow::Ok(())
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(15), sweep).await;
+            });
+        })
+        .join();
+    }
+}
