@@ -91,11 +91,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let client = kube::Client::try_default().await?;
         let mut running = server::start(&args, client).await?;
-        tokio::select! {
-            result = running.wait() => result,
-            _ = shutdown_signal() => {
+        let failed = tokio::select! {
+            result = running.wait() => Some(result),
+            _ = shutdown_signal() => None,
+        };
+        match failed {
+            Some(result) => result,
+            None => {
                 tracing::info!("shutting down");
-                running.shutdown(std::time::Duration::from_secs(10));
+                running.stop(std::time::Duration::from_secs(10)).await;
                 Ok(())
             }
         }

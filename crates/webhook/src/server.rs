@@ -244,11 +244,15 @@ pub struct Running {
     /// Caches, settings and metrics of the admission endpoint.
     pub state: Arc<AdmissionState>,
     handle: axum_server::Handle<SocketAddr>,
+    /// The admission server, kept apart so a graceful stop can let it drain.
+    server: JoinHandle<()>,
+    /// Caches, certificate watcher, admin server: aborted on stop.
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Running {
-    /// Stops serving: open connections get `grace` to finish.
+    /// Starts stopping without waiting: no new connections, open ones get `grace`; the
+    /// background tasks end now.
     pub fn shutdown(&self, grace: Duration) {
         self.handle.graceful_shutdown(Some(grace));
         for task in &self.tasks {
@@ -256,20 +260,32 @@ impl Running {
         }
     }
 
-    /// Waits until a task ends (which only happens on failure or shutdown).
+    /// Stops and waits (at most `grace` and a second) for the admission server to drain, so a
+    /// review in flight during a rollout still gets its answer.
+    pub async fn stop(mut self, grace: Duration) {
+        self.shutdown(grace);
+        let _ = tokio::time::timeout(grace + Duration::from_secs(1), &mut self.server).await;
+    }
+
+    /// Returns only if the webhook stopped working: any of its tasks ended, which never happens
+    /// while it is healthy.
     pub async fn wait(&mut self) -> Result<()> {
-        let tasks = std::mem::take(&mut self.tasks);
-        let (result, _, rest) = futures::future::select_all(tasks).await;
-        for task in rest {
-            task.abort();
+        let tasks = self
+            .tasks
+            .iter_mut()
+            .chain(std::iter::once(&mut self.server));
+        let (result, index, _) = futures::future::select_all(tasks).await;
+        match result {
+            Ok(()) => Err(anyhow!("webhook task {index} stopped; see the log above")),
+            Err(e) => Err(anyhow!("webhook task {index} failed: {e}")),
         }
-        result.map_err(|e| anyhow!("a webhook task ended: {e}"))
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         self.handle.shutdown();
+        self.server.abort();
         for task in &self.tasks {
             task.abort();
         }
@@ -379,8 +395,9 @@ pub async fn start(args: &ServeArgs, client: Client) -> Result<Running> {
         admin_addr,
         state,
         handle,
+        server: server_task,
         tasks: {
-            tasks.extend([cache_task, sync_task, cert_task, server_task, admin_task]);
+            tasks.extend([cache_task, sync_task, cert_task, admin_task]);
             tasks
         },
     })
