@@ -668,6 +668,45 @@ fn shell_injection_in_every_string_field_stays_inside_env_values() {
     }
 }
 
+#[test]
+fn shell_injection_in_uris_and_stored_chart_paths_stays_inside_env_values() {
+    for evil in HOSTILE {
+        let compact = evil.replace(' ', "");
+        let p = plugin(
+            "hostile-uri",
+            VirtualClusterPluginSpec {
+                plugin_sources: PluginSources {
+                    chart: Some(ChartSource {
+                        storage: Some(pv(&format!("store:/pv/{compact}"))),
+                        values_file: Some(uri(&format!("https://example.com/{compact}"), None)),
+                        ..Default::default()
+                    }),
+                    yaml: Some(YamlSource {
+                        path: uri(&format!("https://example.com/{compact}.tgz"), None),
+                        namespace: None,
+                    }),
+                },
+                ..Default::default()
+            },
+        );
+        for action in [Action::Install, Action::Uninstall] {
+            let job = mutated(&p, action);
+            let container = &pod(&job).containers[0];
+            assert_eq!(
+                container.command.as_deref().unwrap(),
+                ["/bin/sh", "-c", EXECUTOR_SCRIPT]
+            );
+            let env = env_of(&job);
+            assert!(env["CHART_PATH"].contains("pwned") && env["YAML_URI"].contains("pwned"));
+            // Download targets are fixed names the webhook chose, never taken from the URL.
+            assert!(!env["YAML_DOWNLOAD"].contains("pwned") && !env["YAML_PATH"].contains("pwned"));
+            let mut pod_json = serde_json::to_value(pod(&job)).unwrap();
+            pod_json["containers"][0]["env"] = Value::Null;
+            assert!(!pod_json.to_string().contains("pwned"), "{pod_json}");
+        }
+    }
+}
+
 /// The Pod spec a user gets for a seed example, with the script elided (it is the constant
 /// [`EXECUTOR_SCRIPT`], checked by other tests) so the snapshot shows what is specific.
 fn pod_snapshot(plugin: &VirtualClusterPlugin) -> Value {
