@@ -777,7 +777,7 @@ impl<'a, 'o> Planner<'a, 'o> {
                             job.name,
                             contract::RETRY_ANNOTATION
                         ));
-                        if !was_failed || old.is_some_and(|o| o.phase != PluginPhase::Failed) {
+                        if old.is_none_or(|o| o.phase != PluginPhase::Failed) {
                             self.note(
                                 &name.clone(),
                                 NoteKind::Warning,
@@ -789,11 +789,19 @@ impl<'a, 'o> Planner<'a, 'o> {
                         return;
                     }
                 }
+                // Once written, the retry time stays put (a Job without a finish time would
+                // otherwise push it forward on every pass and never retry).
+                let known = old
+                    .filter(|o| o.job_name.as_deref() == Some(job.name.as_str()))
+                    .and_then(|o| o.next_retry_at.as_ref())
+                    .map(|t| t.0);
                 let at = if failures == 0 {
                     self.obs.now
                 } else {
-                    let from = job.finished_at.unwrap_or(self.obs.now);
-                    add(from, backoff(self.settings, failures))
+                    known.unwrap_or_else(|| {
+                        let from = job.finished_at.unwrap_or(self.obs.now);
+                        add(from, backoff(self.settings, failures))
+                    })
                 };
                 if !was_failed && failures > 0 {
                     self.note(
@@ -996,13 +1004,18 @@ impl<'a, 'o> Planner<'a, 'o> {
                             self.entries.push(entry);
                             return;
                         }
+                        let known = (old.job_name.as_deref() == Some(job.name.as_str()))
+                            .then(|| old.next_retry_at.as_ref().map(|t| t.0))
+                            .flatten();
                         let at = if failures == 0 {
                             self.obs.now
                         } else {
-                            add(
-                                job.finished_at.unwrap_or(self.obs.now),
-                                backoff(self.settings, failures),
-                            )
+                            known.unwrap_or_else(|| {
+                                add(
+                                    job.finished_at.unwrap_or(self.obs.now),
+                                    backoff(self.settings, failures),
+                                )
+                            })
                         };
                         entry.message = Some(format!("uninstall attempt failed: {message}"));
                         if at > self.obs.now {

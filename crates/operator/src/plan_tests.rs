@@ -884,3 +884,33 @@ fn a_rejected_job_is_reported_and_retried_after_backoff() {
             .any(|n| n.reason == "JobRejected" && n.plugin.as_deref() == Some("a"))
     );
 }
+
+#[test]
+fn a_retry_time_once_written_does_not_move() {
+    let p = plugin("a", false, &[]);
+    let v = vc(phase::ALL_NODE_READY, &["a"], &[]);
+    let mut failed_job = job(&p, Action::Install, 1, failed("boom"));
+    failed_job.finished_at = None;
+    let first = run(
+        &v,
+        std::slice::from_ref(&p),
+        std::slice::from_ref(&failed_job),
+    );
+    let retry = first.status.plugins[0].next_retry_at.clone();
+    assert_eq!(retry, Some(Time(at(NOW + 10))));
+    let v2 = with_entries(v.clone(), first.status.plugins.clone());
+    let mut later = observe(
+        &v2,
+        std::slice::from_ref(&p),
+        std::slice::from_ref(&failed_job),
+    );
+    later.now = at(NOW + 5);
+    let second = plan(&later, &settings());
+    assert_eq!(second.status.plugins[0].next_retry_at, retry);
+    assert!(second.notes.is_empty(), "{:?}", second.notes);
+    later.now = at(NOW + 10);
+    assert_eq!(
+        created(&plan(&later, &settings())),
+        [("a".into(), Action::Install, 2)]
+    );
+}
