@@ -113,32 +113,49 @@ kustomization_dir() {
   done
 }
 
-yaml_install() {
+# The kubeconfig kubectl uses for manifests. With YAML_NAMESPACE it is the virtual cluster's
+# kubeconfig plus a first file whose current context has that namespace, so it is the default for
+# manifests that name none, while manifests that name another namespace still go there
+# (`kubectl --namespace` would refuse those).
+yaml_kubeconfig() {
+  if [ -z "${YAML_NAMESPACE:-}" ]; then
+    echo "$KUBECONFIG"
+    return
+  fi
+  overlay="$PLUGIN_WORK_DIR/namespace.kubeconfig"
+  cluster=$(kubectl config view --minify -o jsonpath='{.contexts[0].context.cluster}') || return 1
+  user=$(kubectl config view --minify -o jsonpath='{.contexts[0].context.user}') || return 1
+  rm -f "$overlay"
+  kubectl --kubeconfig "$overlay" config set-context kosmos-plugin --cluster="$cluster" \
+    --user="$user" --namespace="$YAML_NAMESPACE" > /dev/null || return 1
+  kubectl --kubeconfig "$overlay" config use-context kosmos-plugin > /dev/null || return 1
+  echo "$overlay:$KUBECONFIG"
+}
+
+# yaml_kubectl VERB [FLAGS...]: kubectl VERB on YAML_PATH: -k for a kustomization, else -R -f.
+yaml_kubectl() {
+  verb=$1
+  shift
   path=${YAML_PATH:-}
   [ -e "$path" ] || finish 4 "manifests not found at $path"
-  set --
-  if [ -n "${YAML_NAMESPACE:-}" ]; then set -- --namespace "$YAML_NAMESPACE"; fi
+  config=$(yaml_kubeconfig) || finish 4 "cannot set namespace $YAML_NAMESPACE in the kubeconfig"
   if [ -d "$path" ] && [ -n "$(kustomization_dir "$path")" ]; then
-    say "kubectl apply -k $path"
-    bounded kubectl apply "$@" -k "$path" || finish 4 "kubectl apply -k $path failed"
+    say "kubectl $verb -k $path"
+    bounded env KUBECONFIG="$config" kubectl "$verb" "$@" -k "$path" \
+      || finish 4 "kubectl $verb -k $path failed"
   else
-    say "kubectl apply -f $path"
-    bounded kubectl apply "$@" -R -f "$path" || finish 4 "kubectl apply -f $path failed"
+    say "kubectl $verb -f $path"
+    bounded env KUBECONFIG="$config" kubectl "$verb" "$@" -R -f "$path" \
+      || finish 4 "kubectl $verb -f $path failed"
   fi
 }
 
+yaml_install() {
+  yaml_kubectl apply
+}
+
 yaml_uninstall() {
-  path=${YAML_PATH:-}
-  [ -e "$path" ] || finish 4 "manifests not found at $path"
-  set --
-  if [ -n "${YAML_NAMESPACE:-}" ]; then set -- --namespace "$YAML_NAMESPACE"; fi
-  if [ -d "$path" ] && [ -n "$(kustomization_dir "$path")" ]; then
-    bounded kubectl delete "$@" --ignore-not-found -k "$path" \
-      || finish 4 "kubectl delete -k $path failed"
-  else
-    bounded kubectl delete "$@" --ignore-not-found -R -f "$path" \
-      || finish 4 "kubectl delete -f $path failed"
-  fi
+  yaml_kubectl delete --ignore-not-found
 }
 
 chart_install() {

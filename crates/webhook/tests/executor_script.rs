@@ -511,3 +511,47 @@ async fn archives_from_uris_a_packaged_chart_and_a_manifest_bundle() {
     assert!(outcome.message.contains("missing.tar.gz"), "{outcome:#?}");
     w.ns.delete().await.unwrap();
 }
+
+#[tokio::test]
+async fn yaml_namespace_is_a_default_not_a_constraint() {
+    let mut w = World::new("exec-ns-default").await;
+    let other = TestNamespace::create(Cluster::Virtual, "exec-ns-other")
+        .await
+        .unwrap();
+    let claim = w.claim("store");
+    std::fs::write(
+        claim.join("plain.yaml"),
+        configmap_yaml("no-namespace", "1"),
+    )
+    .unwrap();
+    std::fs::write(
+        claim.join("placed.yaml"),
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: placed\n  namespace: {}\n",
+            other.name()
+        ),
+    )
+    .unwrap();
+    let plugin = format!(
+        "metadata: {{name: ns-default}}\nspec:\n  pluginSources:\n    yaml:\n      namespace: {}\n      path:\n        pvPath: store:/pv\n",
+        w.ns()
+    );
+    assert_ok(&w.run(&plugin, Action::Install).await);
+    assert!(w.configmap("no-namespace").await.is_some());
+    let client = kosmos_e2e::virtual_cluster().await.unwrap();
+    let placed = Api::<ConfigMap>::namespaced(client.clone(), other.name())
+        .get_opt("placed")
+        .await
+        .unwrap();
+    assert!(placed.is_some(), "a manifest's own namespace wins");
+
+    assert_ok(&w.run(&plugin, Action::Uninstall).await);
+    assert!(w.configmap("no-namespace").await.is_none());
+    let placed = Api::<ConfigMap>::namespaced(client, other.name())
+        .get_opt("placed")
+        .await
+        .unwrap();
+    assert!(placed.is_none());
+    other.delete().await.unwrap();
+    w.ns.delete().await.unwrap();
+}
