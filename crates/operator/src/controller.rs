@@ -452,13 +452,10 @@ async fn ensure_kubeconfig(
     let name = vc.name_any();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let admin = contract::kosmos_admin_secret_name(&name);
-    let found: Result<Vec<u8>, String> = match vc.spec.kubeconfig.as_deref().map(str::trim) {
-        Some(text) if !text.is_empty() => base64::engine::general_purpose::STANDARD
-            .decode(text.replace(['\n', '\r', ' '], ""))
-            .map_err(|_| {
-                "spec.kubeconfig is not valid base64 (Kosmos writes it base64-encoded)".to_owned()
-            }),
-        _ => {
+    let found: Result<Vec<u8>, String> = match decode_spec_kubeconfig(vc.spec.kubeconfig.as_deref())
+    {
+        Some(decoded) => decoded,
+        None => {
             let secret = secrets
                 .get_opt(&admin)
                 .await
@@ -523,6 +520,19 @@ async fn ensure_kubeconfig(
         info!(secret = %target, "kubeconfig secret for executor jobs updated");
     }
     Ok((Kubeconfig::Available, String::from_utf8(bytes).ok()))
+}
+
+/// The kubeconfig from `spec.kubeconfig` (base64, possibly wrapped over lines), None when the
+/// field is empty, or why it cannot be read. The error never contains the value.
+pub fn decode_spec_kubeconfig(field: Option<&str>) -> Option<Result<Vec<u8>, String>> {
+    let text = field.map(str::trim).filter(|t| !t.is_empty())?;
+    Some(
+        base64::engine::general_purpose::STANDARD
+            .decode(text.replace(['\n', '\r', ' ', '\t'], ""))
+            .map_err(|_| {
+                "spec.kubeconfig is not valid base64 (Kosmos writes it base64-encoded)".to_owned()
+            }),
+    )
 }
 
 /// `builtin` readiness: the virtual API answers and every promoted node is Ready.
@@ -762,5 +772,68 @@ pub fn reporter() -> Reporter {
     Reporter {
         controller: contract::OPERATOR_FIELD_MANAGER.to_owned(),
         instance: std::env::var("POD_NAME").ok().filter(|s| !s.is_empty()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_kubeconfig_is_base64_possibly_wrapped() {
+        assert_eq!(decode_spec_kubeconfig(None), None);
+        assert_eq!(decode_spec_kubeconfig(Some("  ")), None);
+        let wrapped = "YXBpVmVyc2lv\nbjogdjE=\n";
+        assert_eq!(
+            decode_spec_kubeconfig(Some(wrapped)),
+            Some(Ok(b"apiVersion: v1".to_vec()))
+        );
+        let err = decode_spec_kubeconfig(Some("apiVersion: v1"))
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            err.contains("not valid base64") && !err.contains("apiVersion"),
+            "{err}"
+        );
+    }
+
+    fn status(phase: &str, plugins: usize) -> VirtualClusterStatus {
+        VirtualClusterStatus {
+            phase: Some(phase.into()),
+            plugin_progress: Some(format!("0/{plugins}")),
+            port: Some(6443),
+            ..VirtualClusterStatus::default()
+        }
+    }
+
+    #[test]
+    fn owned_view_ignores_fields_of_others() {
+        let types = [kosmos_api::condition::PLUGINS_INSTALLED];
+        let mut theirs = status("AllNodeReady", 1);
+        theirs.port = Some(1234);
+        theirs
+            .conditions
+            .push(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: "KosmosOwn".into(),
+                status: "True".into(),
+                reason: "x".into(),
+                message: String::new(),
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    Timestamp::UNIX_EPOCH,
+                ),
+                observed_generation: None,
+            });
+        assert_eq!(
+            owned_view(&theirs, &types),
+            owned_view(&status("AllNodeReady", 1), &types)
+        );
+        assert_ne!(
+            owned_view(&status("Completed", 1), &types),
+            owned_view(&status("AllNodeReady", 1), &types)
+        );
+        assert_ne!(
+            owned_view(&status("AllNodeReady", 2), &types),
+            owned_view(&status("AllNodeReady", 1), &types)
+        );
     }
 }
