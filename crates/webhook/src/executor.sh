@@ -77,6 +77,7 @@ sha256_of() {
 # Variable names are built from fixed words only; the values stay in variables.
 fetch() {
   source=$1
+  uri='' download='' want='' unpack='' path=''
   eval "uri=\${${source}_URI:-}"
   [ -n "$uri" ] || return 0
   eval "download=\${${source}_DOWNLOAD:-}"

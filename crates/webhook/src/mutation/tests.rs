@@ -747,3 +747,20 @@ fn snapshot_seed_apiserver_network_proxy() {
 fn snapshot_seed_field_list_corrected() {
     insta::assert_yaml_snapshot!(pod_snapshot(&seed_plugin("field-list-corrected.yaml")));
 }
+
+#[test]
+fn executor_script_passes_shellcheck_as_posix_sh() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/src/executor.sh");
+    match std::process::Command::new("shellcheck")
+        .args(["-s", "sh", script])
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        ),
+        // Not every machine has shellcheck; the executor tests still run the script for real.
+        Err(e) => eprintln!("shellcheck not run: {e}"),
+    }
+}
