@@ -92,6 +92,9 @@ webhooks:
         scope: Namespaced
     objectSelector:
       matchExpressions: [{key: plugin.kosmos.io/executor, operator: Exists}]
+    # Only the demo's namespace: tests may run their own webhooks on the same cluster.
+    namespaceSelector:
+      matchLabels: {kubernetes.io/metadata.name: ${NAMESPACE}}
     failurePolicy: Fail
     sideEffects: None
     timeoutSeconds: 10
