@@ -905,7 +905,7 @@ impl<'a, 'o> Planner<'a, 'o> {
                 );
                 continue;
             };
-            self.uninstall(plugin, e, &jobs, may_act);
+            self.uninstall(plugin, e, &jobs, wanted, may_act);
         }
     }
 
@@ -914,6 +914,7 @@ impl<'a, 'o> Planner<'a, 'o> {
         plugin: &'a VirtualClusterPlugin,
         old: PluginStatus,
         jobs: &[&'a JobView],
+        wanted: &BTreeSet<String>,
         may_act: bool,
     ) {
         let name = old.name.clone();
@@ -1056,6 +1057,32 @@ impl<'a, 'o> Planner<'a, 'o> {
                 if let Some(at) = old.next_retry_at.clone().filter(|at| at.0 > self.obs.now) {
                     entry.next_retry_at = Some(at.clone());
                     self.wake_at(at.0);
+                    self.entries.push(entry);
+                    return;
+                }
+                // Plugins that depend on this one and leave too go first, the reverse of the
+                // install order.
+                let dependents: Vec<String> = self
+                    .old
+                    .plugins
+                    .iter()
+                    .filter(|o| {
+                        o.name != name
+                            && !wanted.contains(&o.name)
+                            && o.phase != PluginPhase::Uninstalled
+                            && (o.phase != PluginPhase::Pending
+                                || !self.jobs_of(&o.name).is_empty())
+                            && self
+                                .plugin(&o.name)
+                                .is_some_and(|q| q.spec.depends_on.iter().any(|d| d.name == name))
+                    })
+                    .map(|o| o.name.clone())
+                    .collect();
+                if !dependents.is_empty() {
+                    entry.message = Some(format!(
+                        "waiting for {} to be uninstalled first",
+                        dependents.join(", ")
+                    ));
                     self.entries.push(entry);
                     return;
                 }

@@ -914,3 +914,51 @@ fn a_retry_time_once_written_does_not_move() {
         [("a".into(), Action::Install, 2)]
     );
 }
+
+#[test]
+fn dependents_are_uninstalled_before_their_dependencies() {
+    let cni = plugin("cni", false, &[]);
+    let dns = plugin("dns", false, &["cni"]);
+    let plugins = [cni.clone(), dns.clone()];
+    let v = with_entries(
+        vc(phase::COMPLETED, &[], &[]),
+        vec![
+            entry("cni", PluginPhase::Succeeded, &hash(&cni), Some("c1"), 1),
+            entry("dns", PluginPhase::Succeeded, &hash(&dns), Some("d1"), 1),
+        ],
+    );
+    let jobs = [
+        job(&cni, Action::Install, 1, JobOutcome::Succeeded),
+        job(&dns, Action::Install, 1, JobOutcome::Succeeded),
+    ];
+    let plan = run(&v, &plugins, &jobs);
+    assert_eq!(created(&plan), [("dns".into(), Action::Uninstall, 2)]);
+    let waiting = plan
+        .status
+        .plugins
+        .iter()
+        .find(|e| e.name == "cni")
+        .unwrap();
+    assert_eq!(
+        waiting.message.as_deref(),
+        Some("waiting for dns to be uninstalled first")
+    );
+
+    // dns uninstalled: now cni goes.
+    let mut entries = plan.status.plugins.clone();
+    for e in &mut entries {
+        if e.name == "dns" {
+            e.phase = PluginPhase::Uninstalled;
+        }
+    }
+    let v2 = with_entries(v.clone(), entries);
+    let jobs2 = [
+        jobs[0].clone(),
+        jobs[1].clone(),
+        job(&dns, Action::Uninstall, 2, JobOutcome::Succeeded),
+    ];
+    assert_eq!(
+        created(&run(&v2, &plugins, &jobs2)),
+        [("cni".into(), Action::Uninstall, 2)]
+    );
+}
