@@ -43,6 +43,35 @@ pub struct RunnerConfig {
     pub max_run: Duration,
 }
 
+/// The folders where `e2e/build.sh` caches kubectl, helm and kustomize, at the versions pinned in
+/// `e2e/versions.env` (the same cache and override as the scripts).
+pub fn cached_tool_dirs() -> Vec<PathBuf> {
+    let versions =
+        std::fs::read_to_string(crate::e2e_dir().join("versions.env")).unwrap_or_default();
+    let version = |key: &str| {
+        versions
+            .lines()
+            .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    let cache = std::env::var_os("KOSMOS_E2E_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/kosmos-plugin-e2e")
+        });
+    [
+        ("kubernetes", "KUBERNETES_VERSION"),
+        ("helm", "HELM_VERSION"),
+        ("kustomize", "KUSTOMIZE_VERSION"),
+    ]
+    .iter()
+    .map(|(name, key)| cache.join(format!("{name}-{}", version(key))))
+    .collect()
+}
+
 /// Runs executor pods until the future is dropped.
 pub async fn run(client: Client, config: RunnerConfig) -> Result<()> {
     let started: Arc<Mutex<HashSet<String>>> = Arc::default();

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use kosmos_e2e::runner::{RunnerConfig, run};
+use kosmos_e2e::runner::{RunnerConfig, cached_tool_dirs, run};
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -15,7 +15,7 @@ async fn main() -> Result<()> {
     let mut config = RunnerConfig {
         work_dir: state.join("pods"),
         claims_dir: state.join("claims"),
-        tool_dirs: Vec::new(),
+        tool_dirs: cached_tool_dirs(),
         namespace: None,
         max_run: Duration::from_secs(900),
     };
