@@ -737,6 +737,19 @@ impl<'a, 'o> Planner<'a, 'o> {
                 entry.phase = PluginPhase::Succeeded;
                 entry.finished_at = job.finished_at.map(Time);
                 entry.message = Some("installed".into());
+                // Finished installs of older specs have served their purpose; without this
+                // every spec change would leave a Job behind for the cluster's lifetime.
+                for old_job in jobs.iter().filter(|j| {
+                    j.action == Action::Install
+                        && j.spec_hash != job.spec_hash
+                        && !j.deleting
+                        && j.outcome != JobOutcome::Running
+                }) {
+                    self.steps.push(Step::DeleteJob {
+                        name: old_job.name.clone(),
+                        why: format!("superseded by job {} for the current spec", job.name),
+                    });
+                }
                 if old.is_none_or(|o| o.phase != PluginPhase::Succeeded) {
                     self.note(
                         &name.clone(),

@@ -962,3 +962,36 @@ fn dependents_are_uninstalled_before_their_dependencies() {
         [("cni".into(), Action::Uninstall, 2)]
     );
 }
+
+#[test]
+fn finished_jobs_of_older_specs_go_once_the_new_spec_succeeded() {
+    let old = plugin("a", false, &[]);
+    let mut new = old.clone();
+    new.spec.timeout_seconds = Some(30);
+    let v = vc(phase::ALL_NODE_READY, &["a"], &[]);
+    let old_done = job(&old, Action::Install, 1, JobOutcome::Succeeded);
+    let new_running = job(&new, Action::Install, 2, JobOutcome::Running);
+    // While the new spec installs, the old Job stays (it is the record of what is installed).
+    let plan = run(
+        &v,
+        std::slice::from_ref(&new),
+        &[old_done.clone(), new_running],
+    );
+    assert!(deleted(&plan).is_empty());
+    let new_done = job(&new, Action::Install, 2, JobOutcome::Succeeded);
+    let plan = run(
+        &v,
+        std::slice::from_ref(&new),
+        &[old_done.clone(), new_done.clone()],
+    );
+    assert_eq!(deleted(&plan), [old_done.name.clone()]);
+    assert_eq!(phase_of(&plan, "a"), Some(PluginPhase::Succeeded));
+    // Once it is being deleted, no second delete.
+    let mut going = old_done;
+    going.deleting = true;
+    assert!(
+        run(&v, std::slice::from_ref(&new), &[going, new_done])
+            .steps
+            .is_empty()
+    );
+}

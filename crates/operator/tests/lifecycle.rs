@@ -142,6 +142,12 @@ async fn spec_change_reinstalls() -> Result<()> {
     })
     .await?;
     ensure!(entry(&vc, "dns").unwrap().spec_hash == new_hash);
+    // The finished Job of the old spec is removed once the new one succeeded.
+    wait_for("the old spec's job to go", STEP, || async {
+        let jobs = plugin_jobs(&client, n, "dns").await?;
+        Ok((jobs.len() == 1 && jobs[0].name_any() == second).then_some(()))
+    })
+    .await?;
     drop(op);
     webhook.stop().await?;
     ns.delete().await
