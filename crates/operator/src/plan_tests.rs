@@ -984,7 +984,7 @@ fn finished_jobs_of_older_specs_go_once_the_new_spec_succeeded() {
         std::slice::from_ref(&new),
         &[old_done.clone(), new_done.clone()],
     );
-    assert_eq!(deleted(&plan), [old_done.name.clone()]);
+    assert_eq!(deleted(&plan), std::slice::from_ref(&old_done.name));
     assert_eq!(phase_of(&plan, "a"), Some(PluginPhase::Succeeded));
     // Once it is being deleted, no second delete.
     let mut going = old_done;
