@@ -35,6 +35,11 @@ go_minor="$("${GO}" env GOVERSION | sed -E 's/^go1\.([0-9]+).*/\1/')"
 work_root="${E2E_CACHE}/src"
 mkdir -p "${work_root}"
 
+# Two builds at once (parallel test processes on a fresh machine) would share the work folders;
+# the second waits for the first, then finds everything cached.
+exec 8> "${E2E_CACHE}/.build.lock"
+flock -w 3600 8 || die "waited an hour for ${E2E_CACHE}/.build.lock; is another build stuck?"
+
 # Moves freshly built binaries into their versioned folder only once all of them exist, so an
 # interrupted build never leaves a half-filled folder that a later run would trust.
 install_bins() {

@@ -388,12 +388,17 @@ any_running() {
 }
 
 # Starts whatever is not running and waits until everything is ready. Prints nothing on stdout.
-do_up() {
+# Builds missing binaries before the state lock is taken: a cold build takes 10-20 minutes, and
+# other callers should wait on build.sh's own lock, not time out on ours.
+ensure_binaries() {
   if [[ ! -x "${KUBE_APISERVER}" || ! -x "${KUBE_CONTROLLER_MANAGER}" || ! -x "${KUBECTL}" \
     || ! -x "${ETCD}" ]]; then
     log "binaries missing from ${E2E_CACHE}; building them (e2e/build.sh; cold: see e2e/README.md)"
     "${E2E_DIR}/build.sh" >&2
   fi
+}
+
+do_up() {
   make_pki
   mkdir -p "${LOG_DIR}" "${PIDS}"
   choose_port_base
@@ -486,6 +491,7 @@ take_lock() {
 cmd="${1:-}"
 case "${cmd}" in
   up)
+    ensure_binaries
     take_lock
     do_up
     # Started or reused on purpose: with-cluster.sh must not stop it when its command ends.
@@ -503,6 +509,7 @@ case "${cmd}" in
     ;;
   acquire)
     [[ "${2:-}" =~ ^[0-9]+$ ]] || die "usage: $0 acquire PID"
+    ensure_binaries
     take_lock
     # Only a cluster that acquire itself started may be stopped again by release.
     if ! any_running; then
