@@ -82,6 +82,9 @@ pub enum Error {
     /// The object was changed by someone else between read and write; read again.
     #[error("{0} changed while being reconciled; retrying")]
     Conflict(String),
+    /// The operator built a request it cannot send (a bug: please report it).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl Error {
@@ -90,6 +93,7 @@ impl Error {
         match self {
             Self::Kube { .. } => "kube_api",
             Self::Conflict(_) => "conflict",
+            Self::Internal(_) => "internal",
         }
     }
 }
@@ -172,7 +176,7 @@ fn error_policy(vc: Arc<VirtualCluster>, error: &Error, ctx: Arc<Context>) -> Ac
     );
     match error {
         Error::Conflict(_) => Action::requeue(Duration::from_secs(1)),
-        Error::Kube { .. } => Action::requeue(Duration::from_secs(10)),
+        Error::Kube { .. } | Error::Internal(_) => Action::requeue(Duration::from_secs(10)),
     }
 }
 
@@ -645,7 +649,7 @@ async fn patch_json(
     what: &str,
 ) -> Result<(), Error> {
     let patch: json_patch::Patch = serde_json::from_value(patch)
-        .map_err(|e| Error::Conflict(format!("{what} {name}: {e}")))?;
+        .map_err(|e| Error::Internal(format!("{what} {name}: {e}")))?;
     match api
         .patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
         .await

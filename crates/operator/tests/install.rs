@@ -26,7 +26,6 @@ async fn setup(prefix: &str) -> Result<(TestNamespace, kube::Client, FinalizerSw
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_plugins_reach_completed() -> Result<()> {
     let (ns, client, _sweep) = setup("op-three").await?;
-    let ns = ns;
     let n = ns.name();
     let webhook = MarkingWebhook::start(&client, n).await?;
     for p in ["dns", "proxy", "cni"] {
