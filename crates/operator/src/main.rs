@@ -186,20 +186,37 @@ async fn run(args: Args) -> Result<()> {
     let (mut leader, lease_task) = manager.watch().await;
     // A standby is healthy: ready for the Service and probes, just not acting.
     ready.store(true, std::sync::atomic::Ordering::SeqCst);
-    info!(lease = %args.lease_name, namespace = %args.lease_namespace, %identity, "waiting for leadership");
-    tokio::select! {
-        got = leader.wait_for(|is| *is) => { got.context("leader election stopped")?; }
-        () = shutdown_signal() => return Ok(()),
-    }
-    info!(%identity, "leading");
-    let mut lost = leader.clone();
-    let stop = async move {
+    // One shutdown signal, observed by every round of leadership below.
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stopping_tx.send(true);
+    });
+    loop {
+        info!(lease = %args.lease_name, namespace = %args.lease_namespace, %identity, "waiting for leadership");
+        let mut stop_wait = stopping.clone();
         tokio::select! {
-            _ = lost.wait_for(|is| !*is) => error!("lost the lease; stopping so that another replica takes over"),
-            () = shutdown_signal() => {},
+            got = leader.wait_for(|is| *is) => { got.context("leader election stopped")?; }
+            _ = stop_wait.wait_for(|s| *s) => break,
         }
-    };
-    controller::run(ctx, ready, stop).await;
+        info!(%identity, "leading");
+        let mut lost = leader.clone();
+        let mut stop_run = stopping.clone();
+        let stop = async move {
+            tokio::select! {
+                _ = lost.wait_for(|is| !*is) => {
+                    error!("lost the lease; stopping the controller until leading again");
+                }
+                _ = stop_run.wait_for(|s| *s) => {}
+            }
+        };
+        // In-flight reconciliations finish before run returns; deterministic Job names keep a
+        // short overlap with the next leader harmless.
+        controller::run(ctx.clone(), ready.clone(), stop).await;
+        if *stopping.borrow() {
+            break;
+        }
+    }
     // Dropping the receivers lets the lease task release the Lease for the next replica.
     drop(leader);
     match tokio::time::timeout(Duration::from_secs(5), lease_task).await {

@@ -428,8 +428,11 @@ async fn two_replicas_one_leader_and_the_other_takes_over() -> Result<()> {
     let n = ns.name();
     let webhook = MarkingWebhook::start(&client, n).await?;
     apply_plugin(&client, n, "dns", yaml_plugin(json!({}))).await?;
-    let first = Operator::start(n, &[]).await?;
-    let second = Operator::start(n, &[]).await?;
+    // The default lease (15 s, renewed 5 s before it runs out): a busy machine does not hand it
+    // over by accident, as it can with the 3 s lease the other tests use.
+    let lease = ["--lease-duration-seconds", "15"];
+    let first = Operator::start(n, &lease).await?;
+    let second = Operator::start(n, &lease).await?;
     create_vc(
         &client,
         n,

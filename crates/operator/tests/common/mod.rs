@@ -37,12 +37,16 @@ impl Operator {
     /// Starts the operator for `namespace` with fast retries; `extra` adds or overrides flags.
     pub async fn start(namespace: &str, extra: &[&str]) -> Result<Self> {
         let kubeconfig = kosmos_e2e::kubeconfig_path(Cluster::Host).await?;
+        // Two operators of one test may start in the same millisecond: a counter keeps their
+        // logs apart.
+        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let log = std::env::temp_dir().join(format!(
-            "virtual-cluster-operator-{namespace}-{}.log",
+            "virtual-cluster-operator-{namespace}-{}-{}.log",
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis())
-                .unwrap_or(0)
+                .unwrap_or(0),
+            STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         let file = std::fs::File::create(&log)?;
         let mut args: Vec<String> = [
