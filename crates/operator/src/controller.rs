@@ -783,6 +783,71 @@ pub fn reporter() -> Reporter {
 mod tests {
     use super::*;
 
+    use http::{Method, Request, Response, StatusCode};
+    use kube::client::Body;
+
+    fn bare() -> Job {
+        serde_json::from_value(json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": { "name": "vc-dns-install-1", "namespace": "ns" },
+        }))
+        .unwrap()
+    }
+
+    /// A restarted operator (or a second replica) asks for a Job that exists: AlreadyExists is
+    /// answered by reading that Job, never by a second one.
+    #[tokio::test]
+    async fn already_exists_means_found() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let api: Api<Job> = Api::namespaced(Client::new(service, "ns"), "ns");
+        let server = tokio::spawn(async move {
+            let (request, send) = handle.next_request().await.expect("a create");
+            assert_eq!(request.method(), Method::POST);
+            assert!(
+                request
+                    .uri()
+                    .query()
+                    .unwrap_or_default()
+                    .contains("fieldManager=virtual-cluster-operator")
+            );
+            let conflict = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "reason": "AlreadyExists", "code": 409, "message": "jobs.batch \"vc-dns-install-1\" already exists"});
+            send.send_response(
+                Response::builder()
+                    .status(StatusCode::CONFLICT)
+                    .body(Body::from(serde_json::to_vec(&conflict).unwrap()))
+                    .unwrap(),
+            );
+            let (request, send) = handle.next_request().await.expect("a read");
+            assert_eq!(request.method(), Method::GET);
+            assert!(
+                request
+                    .uri()
+                    .path()
+                    .ends_with("/namespaces/ns/jobs/vc-dns-install-1")
+            );
+            let mut existing = bare();
+            existing.metadata.annotations =
+                Some([(contract::INJECTED_ANNOTATION.to_owned(), "x".to_owned())].into());
+            send.send_response(
+                Response::builder()
+                    .body(Body::from(serde_json::to_vec(&existing).unwrap()))
+                    .unwrap(),
+            );
+            assert!(handle.next_request().await.is_none(), "no further call");
+        });
+        let job = create_job(&api, &bare(), "vc-dns-install-1").await.unwrap();
+        assert!(
+            job.annotations()
+                .contains_key(contract::INJECTED_ANNOTATION)
+        );
+        drop(api);
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
     #[test]
     fn spec_kubeconfig_is_base64_possibly_wrapped() {
         assert_eq!(decode_spec_kubeconfig(None), None);
