@@ -4,7 +4,6 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -126,13 +125,25 @@ impl MarkingWebhook {
             .push(rcgen::DnType::CommonName, "e2e operator test CA");
         let ca_cert = ca_params.self_signed(&ca_key)?;
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        // The address at which the apiserver reaches this process: loopback for the local
+        // control planes; with your own cluster, KOSMOS_E2E_WEBHOOK_HOST names an address of this
+        // machine that its apiserver reaches (as for the webhook's own e2e tests).
+        let host = std::env::var("KOSMOS_E2E_WEBHOOK_HOST")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "127.0.0.1".to_owned());
         let key = rcgen::KeyPair::generate()?;
-        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])?;
+        let params = rcgen::CertificateParams::new(vec![host.clone()])?;
         let cert = params.signed_by(&key, &issuer)?;
 
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let bind = if host == "127.0.0.1" {
+            "127.0.0.1:0"
+        } else {
+            "0.0.0.0:0"
+        };
+        let listener = std::net::TcpListener::bind(bind)?;
         listener.set_nonblocking(true)?;
-        let addr: SocketAddr = listener.local_addr()?;
+        let port = listener.local_addr()?.port();
         let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
             cert.pem().into_bytes(),
             key.serialize_pem().into_bytes(),
@@ -153,7 +164,7 @@ impl MarkingWebhook {
             "webhooks": [{
                 "name": "mark.e2e.kosmos.io",
                 "clientConfig": {
-                    "url": format!("https://{addr}/mutate"),
+                    "url": format!("https://{host}:{port}/mutate"),
                     "caBundle": base64::engine::general_purpose::STANDARD.encode(ca_cert.pem()),
                 },
                 "rules": [{
