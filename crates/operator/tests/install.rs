@@ -522,3 +522,44 @@ async fn kubeconfig_from_the_kosmos_admin_secret() -> Result<()> {
     webhook.stop().await?;
     ns.delete().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_parallel_jobs_bounds_the_jobs_in_flight() -> Result<()> {
+    let (ns, client, _sweep) = setup("op-parallel").await?;
+    let n = ns.name();
+    let webhook = MarkingWebhook::start(&client, n).await?;
+    for p in ["a", "b"] {
+        apply_plugin(&client, n, p, yaml_plugin(json!({}))).await?;
+    }
+    let op = Operator::start(n, &["--max-parallel-jobs", "1"]).await?;
+    create_vc(
+        &client,
+        n,
+        "vc",
+        phase::ALL_NODE_READY,
+        json!({ "pluginSet": { "enabled": [{"name": "a"}, {"name": "b"}] } }),
+    )
+    .await?;
+    let a = wait_job(&client, n, "a", "install", 1).await?;
+    let vc = wait_vc(&client, n, "vc", "b waiting for a free slot", |vc| {
+        entry(vc, "b")
+            .and_then(|e| e.message.as_deref())
+            .is_some_and(|m| m.contains("free slot"))
+    })
+    .await?;
+    ensure!(plugin_phase(&vc, "b") == Some(PluginPhase::Pending));
+    ensure!(
+        plugin_jobs(&client, n, "b").await?.is_empty(),
+        "b started while a ran"
+    );
+    finish(&client, n, &a, ok()).await?;
+    let b = wait_job(&client, n, "b", "install", 1).await?;
+    finish(&client, n, &b, ok()).await?;
+    wait_vc(&client, n, "vc", "phase Completed", |vc| {
+        vc.phase() == phase::COMPLETED
+    })
+    .await?;
+    drop(op);
+    webhook.stop().await?;
+    ns.delete().await
+}
