@@ -563,3 +563,61 @@ async fn max_parallel_jobs_bounds_the_jobs_in_flight() -> Result<()> {
     webhook.stop().await?;
     ns.delete().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_depends_on_cycle_is_reported_and_nothing_starts() -> Result<()> {
+    let (ns, client, _sweep) = setup("op-cycle").await?;
+    let n = ns.name();
+    apply_plugin(
+        &client,
+        n,
+        "a",
+        yaml_plugin(json!({"dependsOn": [{"name": "b"}]})),
+    )
+    .await?;
+    apply_plugin(
+        &client,
+        n,
+        "b",
+        yaml_plugin(json!({"dependsOn": [{"name": "a"}]})),
+    )
+    .await?;
+    let op = Operator::start(n, &[]).await?;
+    create_vc(
+        &client,
+        n,
+        "vc",
+        phase::ALL_NODE_READY,
+        json!({ "pluginSet": { "enabled": [{"name": "a"}, {"name": "b"}] } }),
+    )
+    .await?;
+    let vc = wait_vc(&client, n, "vc", "PluginsResolved=False", |vc| {
+        condition(vc, condition::PLUGINS_RESOLVED).is_some_and(|(s, _, _)| s == "False")
+    })
+    .await?;
+    let (_, reason, message) = condition(&vc, condition::PLUGINS_RESOLVED).unwrap();
+    ensure!(
+        reason == "DependencyCycle" && message.contains("a, b"),
+        "{reason}: {message}"
+    );
+    let events: kube::Api<k8s_openapi::api::core::v1::Event> =
+        kube::Api::namespaced(client.clone(), n);
+    kosmos_e2e::wait_for("a DependencyCycle event", STEP, || async {
+        let list = events.list(&Default::default()).await?;
+        Ok(list
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("DependencyCycle"))
+            .then_some(()))
+    })
+    .await?;
+    for p in ["a", "b"] {
+        ensure!(
+            plugin_jobs(&client, n, p).await?.is_empty(),
+            "{p} started despite the cycle"
+        );
+    }
+    ensure!(vc.phase() == phase::ALL_NODE_READY);
+    drop(op);
+    ns.delete().await
+}
