@@ -82,26 +82,7 @@ pub fn apply_patch(job: &Job, patch: &json_patch::Patch) -> Job {
     serde_json::from_value(value).unwrap()
 }
 
-/// Folders holding kubectl and helm as `e2e/build.sh` caches them (pinned in e2e/versions.env).
+/// Folders holding kubectl, helm and kustomize as `e2e/build.sh` caches them.
 pub fn tool_dirs() -> Vec<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let versions = std::fs::read_to_string(root.join("e2e/versions.env")).unwrap_or_default();
-    let version = |key: &str| {
-        versions
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{key}=")))
-            .unwrap_or_default()
-            .trim()
-            .to_owned()
-    };
-    let cache = std::env::var_os("KOSMOS_E2E_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/kosmos-plugin-e2e")
-        });
-    vec![
-        cache.join(format!("kubernetes-{}", version("KUBERNETES_VERSION"))),
-        cache.join(format!("helm-{}", version("HELM_VERSION"))),
-    ]
+    kosmos_e2e::runner::cached_tool_dirs()
 }
