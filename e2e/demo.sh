@@ -69,7 +69,7 @@ step "starting the webhook on https://127.0.0.1:${WEBHOOK_PORT}/mutate"
 "${BIN}/plugin-webhook" serve \
   --listen "127.0.0.1:${WEBHOOK_PORT}" --admin-listen "127.0.0.1:${WEBHOOK_ADMIN_PORT}" \
   --tls-cert "${WORK}/certs/tls.crt" --tls-key "${WORK}/certs/tls.key" \
-  --operator-user "system:serviceaccount:${OPERATOR_NAMESPACE}:${OPERATOR_SA}" \
+  --operator-user "system:serviceaccount:${OPERATOR_NAMESPACE}:${OPERATOR_SA}" --watch-namespace "${NAMESPACE}" \
   > "${LOG_DIR}/demo-webhook.log" 2>&1 &
 pids+=($!)
 ca_bundle="$(base64 -w0 < "${WORK}/certs/ca.crt")"
@@ -118,7 +118,7 @@ cp "${KUBECONFIG}" "${WORK}/operator.kubeconfig"
 kubectl --kubeconfig "${WORK}/operator.kubeconfig" config set-credentials operator --token "${token}" > /dev/null
 kubectl --kubeconfig "${WORK}/operator.kubeconfig" config set-context --current --user operator > /dev/null
 KUBECONFIG="${WORK}/operator.kubeconfig" POD_NAMESPACE="${OPERATOR_NAMESPACE}" "${BIN}/virtual-cluster-operator" \
-  --readiness builtin --admin-addr "127.0.0.1:${OPERATOR_ADMIN_PORT}" \
+  --readiness builtin --namespace "${NAMESPACE}" --admin-addr "127.0.0.1:${OPERATOR_ADMIN_PORT}" \
   > "${LOG_DIR}/demo-operator.log" 2>&1 &
 pids+=($!)
 

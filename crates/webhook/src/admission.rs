@@ -93,7 +93,7 @@ pub fn review(state: &AdmissionState, body: &[u8]) -> AdmissionReview<DynamicObj
         uid = %facts.uid,
         job = %facts.job,
         plugin = %facts.plugin,
-        virtual_cluster = %facts.virtual_cluster,
+        virtualcluster = %facts.virtual_cluster,
         user = %facts.user,
         dry_run = facts.dry_run,
         decision = decision.as_str(),
