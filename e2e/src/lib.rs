@@ -80,9 +80,17 @@ fn env_path(name: &str) -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
-/// True when the tests run against clusters the user named, not the local control planes.
+/// True when the tests run against clusters the user named, not the local control planes
+/// (`e2e/with-cluster.sh` exports `KUBECONFIG` too, pointing at the local host kubeconfig).
 pub fn uses_own_cluster() -> bool {
-    env_path("KUBECONFIG").is_some()
+    let Some(paths) = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) else {
+        return false;
+    };
+    let local = state_dir().join("host.kubeconfig");
+    let canonical = |p: &std::path::Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    std::env::split_paths(&paths)
+        .next()
+        .is_some_and(|first| canonical(&first) != canonical(&local))
 }
 
 /// The kubeconfig file of `cluster`, starting the local control planes first if they are used.
