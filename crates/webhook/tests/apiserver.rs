@@ -419,6 +419,12 @@ async fn a_job_for_a_changed_plugin_spec_is_denied_naming_the_annotation() {
 
 #[tokio::test]
 async fn a_mutated_job_really_installs_into_the_virtual_cluster() {
+    if kosmos_e2e::uses_own_cluster() {
+        // The executor runner plays a kubelet that the local control planes lack; on a cluster
+        // with kubelets both would run the same pod.
+        eprintln!("skipped: needs the local control planes (KUBECONFIG is set)");
+        return;
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let admin = kosmos_e2e::host().await.unwrap();
     let ns = TestNamespace::create(Cluster::Host, "webhook-e2e-install")
