@@ -1,0 +1,311 @@
+//! The operator's decisions, apart from any API call: from what it observed of one VirtualCluster
+//! (the cluster, the plugins of its namespace, the executor Jobs it owns, the time) this module
+//! decides which plugins make up the set, in which order they install, what to do next for each
+//! (create a Job, wait, delete an unmarked Job, retry after backoff, give up, uninstall), and the
+//! status to write. The reconciler only observes, calls [`plan`], and carries the result out.
+
+mod resolve;
+mod status;
+mod steps;
+
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+#[cfg(doc)]
+use kosmos_api::contract;
+use kosmos_api::contract::Action;
+use kosmos_api::{PluginStatus, VirtualCluster, VirtualClusterPlugin, VirtualClusterStatus};
+
+pub use resolve::resolve;
+pub use steps::backoff;
+
+/// Settings that shape the decisions (flags of the binary).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    /// Failed attempts of one plugin (per spec hash and retry request) before it stays Failed.
+    pub max_attempts: u32,
+    /// Executor Jobs running at once for one VirtualCluster.
+    pub max_parallel_jobs: usize,
+    /// Delay before the first retry; it doubles with each further failure.
+    pub backoff_base: Duration,
+    /// Upper bound of the retry delay.
+    pub backoff_max: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            max_parallel_jobs: 4,
+            backoff_base: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// How an observed executor Job ended, if it did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// Neither Complete nor Failed yet.
+    Running,
+    /// The Job completed.
+    Succeeded,
+    /// The Job failed; `message` says why (the executor pod's termination message when there is
+    /// one, else the Job's condition).
+    Failed {
+        /// Why, in a few words.
+        message: String,
+    },
+}
+
+/// What the operator observed of one executor Job it owns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobView {
+    /// The Job's name.
+    pub name: String,
+    /// Value of [`contract::PLUGIN_LABEL`].
+    pub plugin: String,
+    /// Value of [`contract::ACTION_LABEL`].
+    pub action: Action,
+    /// Value of [`contract::SPEC_HASH_ANNOTATION`].
+    pub spec_hash: String,
+    /// Value of [`contract::ATTEMPT_ANNOTATION`]: the Job's place in the plugin's sequence.
+    pub attempt: u32,
+    /// Value of [`contract::RETRY_ANNOTATION`] on the Job: the VirtualCluster's retry request
+    /// the Job was created under.
+    pub retry: String,
+    /// Whether the Job carries the webhook's [`contract::INJECTED_ANNOTATION`].
+    pub injected: bool,
+    /// Whether the Job is being deleted.
+    pub deleting: bool,
+    /// How it ended, if it did.
+    pub outcome: JobOutcome,
+    /// When it was created.
+    pub started_at: Option<Timestamp>,
+    /// When it finished.
+    pub finished_at: Option<Timestamp>,
+}
+
+/// Whether the virtual cluster's kubeconfig is in the operator's Secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kubeconfig {
+    /// The Secret holds it.
+    Available,
+    /// It could not be found or read; the message says where the operator looked.
+    Missing(String),
+}
+
+/// Result of the `builtin` readiness check (none with `external` readiness).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    /// Another controller sets `AllNodeReady`.
+    External,
+    /// The virtual API answers and every promoted node is Ready.
+    Ready,
+    /// Not yet; the message says what is missing.
+    NotReady(String),
+}
+
+/// The VirtualCluster is being deleted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deletion {
+    /// Uninstall the plugins before letting go (flag or annotation).
+    pub uninstall: bool,
+    /// The bounded wait for uninstall Jobs is over.
+    pub deadline_passed: bool,
+}
+
+/// Everything the decisions depend on.
+#[derive(Clone, Debug)]
+pub struct Observed<'a> {
+    /// The VirtualCluster, as just read.
+    pub vc: &'a VirtualCluster,
+    /// Every VirtualClusterPlugin of its namespace.
+    pub plugins: &'a [VirtualClusterPlugin],
+    /// Every executor Job it owns.
+    pub jobs: &'a [JobView],
+    /// Whether executor Jobs can get the kubeconfig.
+    pub kubeconfig: Kubeconfig,
+    /// The readiness check's result.
+    pub readiness: Readiness,
+    /// Set while the VirtualCluster is being deleted.
+    pub deletion: Option<Deletion>,
+    /// Plugins whose Job the API server refused in this reconciliation (an admission webhook
+    /// denied it, or it was invalid), with the server's message.
+    pub rejected: &'a [(String, String)],
+    /// The time of the decision.
+    pub now: Timestamp,
+}
+
+/// A bare executor Job to create (the `jobs` module turns it into a Job).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewJob {
+    /// Name from [`contract::job_name`].
+    pub name: String,
+    /// The plugin.
+    pub plugin: String,
+    /// Install or uninstall.
+    pub action: Action,
+    /// The plugin's current spec hash.
+    pub spec_hash: String,
+    /// Place in the plugin's sequence of Jobs.
+    pub attempt: u32,
+    /// The VirtualCluster's retry request at creation.
+    pub retry: String,
+    /// The plugin's time limit for one attempt.
+    pub timeout_seconds: i64,
+    /// The plugin's executor image, if it names one.
+    pub executor_image: Option<String>,
+}
+
+/// One thing to do against the API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Create a bare executor Job (AlreadyExists means it is there already).
+    CreateJob(NewJob),
+    /// Delete a Job (background propagation); `why` goes to the log.
+    DeleteJob {
+        /// The Job.
+        name: String,
+        /// The reason, for the log.
+        why: String,
+    },
+}
+
+/// Kind of an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoteKind {
+    /// Progress.
+    Normal,
+    /// Something to look at.
+    Warning,
+}
+
+/// An event to publish on the VirtualCluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    /// Normal or Warning.
+    pub kind: NoteKind,
+    /// CamelCase reason.
+    pub reason: &'static str,
+    /// What happened, naming the plugin and Job.
+    pub message: String,
+    /// The plugin it concerns, for the log's `plugin` field.
+    pub plugin: Option<String>,
+}
+
+/// What to do and what to write.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// API calls to make, in order.
+    pub steps: Vec<Step>,
+    /// The status fields the operator owns, complete (server-side apply drops what is omitted).
+    pub status: VirtualClusterStatus,
+    /// Events to publish.
+    pub notes: Vec<Note>,
+    /// Look again after this long even if nothing changes (retry timers).
+    pub requeue_after: Option<Duration>,
+    /// While deleting: nothing is left to wait for, the finalizer may go.
+    pub cleanup_done: bool,
+    /// Plugins that succeeded in this decision, with the install's duration (for the metric).
+    pub installed: Vec<(String, Duration)>,
+}
+
+/// Why the plugin set cannot be resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// A plugin is named in both `enabled` and `disabled`.
+    EnabledAndDisabled(String),
+    /// `enabled` names a plugin that does not exist in the namespace.
+    NotFound(String),
+    /// A plugin depends on one that does not exist.
+    DependencyNotFound {
+        /// The dependent plugin.
+        plugin: String,
+        /// The missing dependency.
+        dependency: String,
+    },
+    /// A plugin depends on one that is not in this VirtualCluster's set.
+    DependencyNotInSet {
+        /// The dependent plugin.
+        plugin: String,
+        /// The dependency outside the set.
+        dependency: String,
+    },
+    /// `dependsOn` forms a cycle among these plugins.
+    Cycle(Vec<String>),
+    /// A plugin's spec is invalid.
+    Invalid(String),
+}
+
+impl Problem {
+    /// The condition reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::EnabledAndDisabled(_) => "EnabledAndDisabled",
+            Self::NotFound(_) => "PluginNotFound",
+            Self::DependencyNotFound { .. } => "DependencyNotFound",
+            Self::DependencyNotInSet { .. } => "DependencyNotInSet",
+            Self::Cycle(_) => "DependencyCycle",
+            Self::Invalid(_) => "InvalidPlugin",
+        }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::EnabledAndDisabled(name) => write!(
+                f,
+                "plugin {name} is in both spec.pluginSet.enabled and spec.pluginSet.disabled"
+            ),
+            Self::NotFound(name) => write!(
+                f,
+                "plugin {name} (spec.pluginSet.enabled) does not exist in this namespace: create the VirtualClusterPlugin"
+            ),
+            Self::DependencyNotFound { plugin, dependency } => write!(
+                f,
+                "plugin {plugin} depends on {dependency}, which does not exist in this namespace"
+            ),
+            Self::DependencyNotInSet { plugin, dependency } => write!(
+                f,
+                "plugin {plugin} depends on {dependency}, which this virtual cluster does not install: enable it"
+            ),
+            Self::Cycle(names) => write!(f, "dependsOn forms a cycle among {}", names.join(", ")),
+            Self::Invalid(message) => f.write_str(message),
+        }
+    }
+}
+
+fn add(t: Timestamp, d: Duration) -> Timestamp {
+    let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2);
+    Timestamp::from_second(t.as_second().saturating_add(secs)).unwrap_or(t)
+}
+
+fn until(now: Timestamp, t: Timestamp) -> Duration {
+    Duration::from_secs(u64::try_from(t.as_second() - now.as_second()).unwrap_or(0))
+}
+
+/// Decides what to do for one VirtualCluster.
+pub fn plan(obs: &Observed<'_>, settings: &Settings) -> Plan {
+    let mut p = Planner::new(obs, settings);
+    p.run();
+    p.finish()
+}
+
+struct Planner<'a, 'o> {
+    obs: &'o Observed<'a>,
+    settings: &'o Settings,
+    old: VirtualClusterStatus,
+    retry: String,
+    slots: usize,
+    steps: Vec<Step>,
+    notes: Vec<Note>,
+    entries: Vec<PluginStatus>,
+    wake: Option<Timestamp>,
+    webhook: Option<(bool, String)>,
+    installed: Vec<(String, Duration)>,
+}
+
+#[cfg(test)]
+mod tests;
