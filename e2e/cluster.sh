@@ -17,19 +17,19 @@
 #        e2e/cluster.sh release PID   unregister PID; down if the cluster was started by acquire
 #                                     and no registered user is still alive
 #
-# Ports (all on 127.0.0.1), a block from a base port, 36400 unless taken:
+# Ports (all on 127.0.0.1), a block from a base port, 26400 unless taken:
 #   base+0  etcd client (plain http, loopback only)     base+1  etcd peer
 #   base+43 host kube-apiserver (https)                 base+44 virtual kube-apiserver (https)
 #   base+57 host kube-controller-manager (https)        base+58 virtual kube-controller-manager
-# When a port of the 36400 block is taken (another checkout's cluster, a CI clone next to a
-# developer's), `up` takes the next free block of 100 (36500, ...) and records it in the state;
+# When a port of the 26400 block is taken (another checkout's cluster, a CI clone next to a
+# developer's), `up` takes the next free block of 100 (26500, ...) and records it in the state;
 # `status` shows the ports. KOSMOS_E2E_PORT_BASE pins the base (and then a taken port is an error).
 # State: e2e/.state/ (KOSMOS_E2E_STATE): kubeconfigs, pki/, pids/, logs/, etcd/.
 set -euo pipefail
 # shellcheck source=e2e/lib.sh
 . "$(dirname "$0")/lib.sh"
 
-DEFAULT_PORT_BASE=36400
+DEFAULT_PORT_BASE=26400
 PORT_BASE_FILE="${STATE_DIR}/port-base"
 
 set_ports() {
