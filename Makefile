@@ -17,9 +17,11 @@ unit: ## the tests that need no control plane (fast)
 	$(CARGO) test --workspace --lib --bins
 	$(CARGO) test -p kosmos-api
 
-lint: ## rustfmt check and clippy with warnings as errors
+lint: ## rustfmt check, clippy with warnings as errors, shellcheck of every script
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	shellcheck -x e2e/*.sh .ci/run
+	shellcheck -s sh crates/webhook/src/executor.sh
 
 fmt: ## format the code
 	$(CARGO) fmt --all
