@@ -20,6 +20,7 @@ unit: ## the tests that need no control plane (fast)
 lint: ## rustfmt check, clippy with warnings as errors, shellcheck of every script
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@command -v shellcheck > /dev/null || { echo "shellcheck is missing: apt-get install shellcheck (.ci/run installs it)" >&2; exit 1; }
 	shellcheck -x e2e/*.sh .ci/run
 	shellcheck -s sh crates/webhook/src/executor.sh
 
