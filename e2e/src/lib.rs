@@ -13,6 +13,7 @@
 
 #![warn(missing_docs)]
 
+mod cleanup;
 mod crds;
 mod kubelet;
 mod namespace;
@@ -31,6 +32,9 @@ use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use tokio::sync::OnceCell;
 
+pub use cleanup::{
+    cleanup_on_drop, delete_webhook_configuration, delete_webhook_configuration_on_drop,
+};
 pub use crds::{apply_yaml, chart_crd_dir, dynamic_api, install_crds, load_crds, parse_yaml};
 pub use kubelet::{
     PodOutcome, finish_pod, job_pods, wait_for_job_condition, wait_for_job_pod,

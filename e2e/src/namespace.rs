@@ -84,31 +84,13 @@ impl Drop for TestNamespace {
         if self.deleted {
             return;
         }
-        // Drop may run while the test's runtime is shutting down (after a panic), and a kube
-        // Client belongs to the runtime that made it: delete from a fresh runtime on its own
-        // thread, with a new client.
         let name = self.name.clone();
         let config = self.config.clone();
-        let deleter = std::thread::spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(error) => return Err(anyhow::Error::from(error)),
-            };
-            runtime.block_on(async {
-                let client = Client::try_from(config)?;
-                tokio::time::timeout(DROP_DELETE_TIMEOUT, delete_namespace(client, &name))
-                    .await
-                    .context("timed out")?
-            })
-        });
-        match deleter.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => eprintln!("could not delete test namespace {}: {error:#}", self.name),
-            Err(_) => eprintln!("deleting test namespace {} panicked", self.name),
-        }
+        crate::cleanup_on_drop(
+            &format!("test namespace {name}"),
+            DROP_DELETE_TIMEOUT,
+            move || async move { delete_namespace(Client::try_from(config)?, &name).await },
+        );
     }
 }
 

@@ -20,7 +20,7 @@ use kosmos_api::{PluginPhase, VirtualCluster, VirtualClusterPlugin, phase};
 use kosmos_e2e::runner::{RunnerConfig, cached_tool_dirs};
 use kosmos_e2e::{Cluster, TestNamespace, wait_for};
 use kosmos_operator::controller::{self, Config, Context, ReadinessMode};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
@@ -80,25 +80,7 @@ struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(async {
-                let client = kosmos_e2e::host().await.ok()?;
-                let api = Api::<MutatingWebhookConfiguration>::all(client);
-                tokio::time::timeout(
-                    Duration::from_secs(15),
-                    api.delete(&name, &DeleteParams::default()),
-                )
-                .await
-                .ok()?
-                .ok()
-            })
-        })
-        .join();
+        kosmos_e2e::delete_webhook_configuration_on_drop(&self.name);
     }
 }
 

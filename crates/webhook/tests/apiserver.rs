@@ -161,32 +161,11 @@ impl Registered {
 }
 
 impl Drop for Registered {
-    /// A failed test still removes its configuration. Drop may run while the test's runtime is
-    /// shutting down, and a client belongs to its runtime: delete from a fresh runtime on its
-    /// own thread, with a new client, bounded.
+    /// A failed test still removes its configuration.
     fn drop(&mut self) {
-        if self.unregistered {
-            return;
+        if !self.unregistered {
+            kosmos_e2e::delete_webhook_configuration_on_drop(&self.name);
         }
-        let name = self.name.clone();
-        let deleter = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(async {
-                let client = kosmos_e2e::host().await.ok()?;
-                let api = Api::<MutatingWebhookConfiguration>::all(client);
-                tokio::time::timeout(
-                    Duration::from_secs(15),
-                    api.delete(&name, &DeleteParams::default()),
-                )
-                .await
-                .ok()?
-                .ok()
-            })
-        });
-        let _ = deleter.join();
     }
 }
 

@@ -244,28 +244,8 @@ impl MarkingWebhook {
 
 impl Drop for MarkingWebhook {
     fn drop(&mut self) {
-        // A failed test never reaches stop(): unregister from a thread of its own (the test's
-        // runtime may be shutting down), so no configuration pointing nowhere is left behind.
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                if let Ok(client) = kosmos_e2e::host().await {
-                    let api: Api<MutatingWebhookConfiguration> = Api::all(client);
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(10),
-                        api.delete(&name, &DeleteParams::default()),
-                    )
-                    .await;
-                }
-            });
-        })
-        .join();
+        // A failed test never reaches stop(): no configuration pointing nowhere is left behind.
+        kosmos_e2e::delete_webhook_configuration_on_drop(&self.name);
     }
 }
 
@@ -542,35 +522,26 @@ impl FinalizerSweep {
 impl Drop for FinalizerSweep {
     fn drop(&mut self) {
         let ns = self.namespace.clone();
-        // The test's runtime may be shutting down: use a thread and a runtime of its own.
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                let sweep = async {
-                    let client = kosmos_e2e::host().await?;
-                    let api: Api<VirtualCluster> = Api::namespaced(client, &ns);
-                    for vc in api.list(&ListParams::default()).await?.items {
-                        if vc.finalizers().iter().any(|f| f == contract::FINALIZER) {
-                            let patch = json!({ "metadata": { "finalizers": null } });
-                            let _ = api
-                                .patch(
-                                    &vc.name_any(),
-                                    &PatchParams::default(),
-                                    &Patch::Merge(patch),
-                                )
-                                .await;
-                        }
+        kosmos_e2e::cleanup_on_drop(
+            &format!("finalizers in {ns}"),
+            Duration::from_secs(15),
+            move || async move {
+                let api: Api<VirtualCluster> = Api::namespaced(kosmos_e2e::host().await?, &ns);
+                for vc in api.list(&ListParams::default()).await?.items {
+                    if vc.finalizers().iter().any(|f| f == contract::FINALIZER) {
+                        let patch = json!({ "metadata": { "finalizers": null } });
+                        // One that is already gone or changed is no reason to stop sweeping.
+                        let _ = api
+                            .patch(
+                                &vc.name_any(),
+                                &PatchParams::default(),
+                                &Patch::Merge(patch),
+                            )
+                            .await;
                     }
-                    anyhow::Ok(())
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(15), sweep).await;
-            });
-        })
-        .join();
+                }
+                Ok(())
+            },
+        );
     }
 }
