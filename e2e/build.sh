@@ -65,8 +65,9 @@ missing_in() {
 }
 
 build_kubernetes() {
-  # The kubelet issue adds kubelet and kube-scheduler here; only missing binaries are built.
-  local bins=(kube-apiserver kube-controller-manager kubectl)
+  # The node components (kubelet, kube-scheduler, kube-proxy) share most packages with the control
+  # plane, so one `go build` of all of them costs little more than the control plane alone.
+  local bins=(kube-apiserver kube-controller-manager kubectl kube-scheduler kubelet kube-proxy)
   local missing
   mapfile -t missing < <(missing_in "${KUBERNETES_BIN_DIR}" "${bins[@]}")
   if [[ ${#missing[@]} -eq 0 ]]; then
