@@ -4,6 +4,7 @@
 
 pub mod contract;
 pub mod crd;
+pub mod kubeconfig;
 pub mod plugin;
 pub mod validation;
 pub mod virtual_cluster;
