@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod bootstrap;
+pub mod limits;
 pub mod metrics;
 pub mod mutation;
 pub mod server;

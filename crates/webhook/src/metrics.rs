@@ -52,6 +52,8 @@ pub struct Metrics {
     latency: Histogram,
     /// Seconds since the epoch when the serving certificate expires.
     pub cert_expiry: Gauge<i64, AtomicI64>,
+    /// Connections closed at once because `--max-connections` were open.
+    pub connections_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -75,11 +77,18 @@ impl Default for Metrics {
             "When the serving certificate expires (seconds since the Unix epoch)",
             cert_expiry.clone(),
         );
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Connections to the admission endpoint closed at once because --max-connections were open",
+            connections_refused.clone(),
+        );
         Self {
             registry,
             reviews,
             latency,
             cert_expiry,
+            connections_refused,
         }
     }
 }

@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 
 use crate::admission::{self, AdmissionState};
 use crate::bootstrap::{self, BootstrapConfig};
+use crate::limits;
 use crate::metrics::Metrics;
 use crate::mutation::Settings;
 use crate::tls;
@@ -69,6 +70,24 @@ pub struct ServeArgs {
     /// How often to look for a rotated certificate, in seconds.
     #[arg(long, env = "PLUGIN_WEBHOOK_CERT_POLL_SECONDS", default_value_t = 10)]
     pub cert_poll_seconds: u64,
+    /// Seconds a client has for the TLS handshake, then for its first request, then for the
+    /// headers of each request (an idle kept-alive HTTP/1 connection included); then it is closed.
+    #[arg(
+        long,
+        env = "PLUGIN_WEBHOOK_HEADER_READ_TIMEOUT_SECONDS",
+        default_value_t = 10
+    )]
+    pub header_read_timeout_seconds: u64,
+    /// Seconds a whole request (its body included) may take to arrive and be answered.
+    #[arg(
+        long,
+        env = "PLUGIN_WEBHOOK_REQUEST_TIMEOUT_SECONDS",
+        default_value_t = 30
+    )]
+    pub request_timeout_seconds: u64,
+    /// Open connections to the admission endpoint at most; more are closed at once.
+    #[arg(long, env = "PLUGIN_WEBHOOK_MAX_CONNECTIONS", default_value_t = 256)]
+    pub max_connections: usize,
     /// The user whose executor Jobs are mutated; executor Jobs from anyone else are denied.
     #[arg(long, env = "PLUGIN_WEBHOOK_OPERATOR_USER", default_value = DEFAULT_OPERATOR_USER)]
     pub operator_user: String,
@@ -138,6 +157,9 @@ impl ServeArgs {
             tls_cert,
             tls_key,
             cert_poll_seconds: 10,
+            header_read_timeout_seconds: 10,
+            request_timeout_seconds: 30,
+            max_connections: 256,
             operator_user: DEFAULT_OPERATOR_USER.to_owned(),
             allowed_host_path_prefixes: Vec::new(),
             watch_namespace: None,
@@ -360,12 +382,37 @@ pub async fn start(args: &ServeArgs, client: Client) -> Result<Running> {
     ));
 
     let handle = axum_server::Handle::new();
-    let app = admission::router(state.clone());
-    let server = axum_server::bind_rustls(
-        args.listen,
+    // Every stage a client controls has a deadline, and the open connections a cap, so idle or
+    // one-byte-a-second clients cannot tie the server up (axum-server turns hyper's header read
+    // timeout off unless asked).
+    let header_timeout = Duration::from_secs(args.header_read_timeout_seconds.max(1));
+    let request_timeout = Duration::from_secs(args.request_timeout_seconds.max(1));
+    let app = admission::router(state.clone()).layer(axum::middleware::from_fn_with_state(
+        request_timeout,
+        limits::request_deadline,
+    ));
+    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(
         axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(rustls_config)),
     )
-    .handle(handle.clone());
+    .handshake_timeout(header_timeout)
+    .acceptor(limits::ConnectionLimit::new(
+        args.max_connections,
+        metrics.connections_refused.clone(),
+    ));
+    let mut server = axum_server::bind(args.listen)
+        .acceptor(acceptor)
+        .first_request_timeout(header_timeout)
+        .handle(handle.clone());
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(Some(header_timeout));
+    // HTTP/2 has no header timeout; pings find dead peers, and the connection cap bounds the rest.
+    server
+        .http_builder()
+        .http2()
+        .keep_alive_interval(Some(header_timeout))
+        .keep_alive_timeout(header_timeout);
     let server_task = tokio::spawn(async move {
         if let Err(e) = server.serve(app.into_make_service()).await {
             tracing::error!(error = %e, "the admission server stopped");
