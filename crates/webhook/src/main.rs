@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the webhook (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Write a development CA (ca.crt) and serving certificate (tls.crt, tls.key).
     Certs(CertsArgs),
 }
@@ -60,7 +60,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Certs(args)) => certs(&args),
-        Some(Command::Serve(args)) => serve(args),
+        Some(Command::Serve(args)) => serve(*args),
         None => serve(cli.serve),
     };
     match result {

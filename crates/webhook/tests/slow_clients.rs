@@ -95,7 +95,11 @@ async fn read_response<S: AsyncRead + Unpin>(stream: &mut S) -> String {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
-        assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "response cut short");
+        assert_eq!(
+            stream.read(&mut byte).await.unwrap(),
+            1,
+            "response cut short"
+        );
         buf.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
@@ -122,7 +126,10 @@ async fn trickle<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         let mut out = Vec::new();
         // EOF or an error (reset) both mean the server closed the connection.
         let _ = reader.read_to_end(&mut out).await;
-        (String::from_utf8_lossy(&out).into_owned(), started.elapsed())
+        (
+            String::from_utf8_lossy(&out).into_owned(),
+            started.elapsed(),
+        )
     });
     for byte in bytes {
         if read.is_finished() || started.elapsed() > CUT_OFF_WITHIN {
