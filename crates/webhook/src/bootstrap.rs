@@ -159,7 +159,8 @@ pub async fn ensure_secret(client: &Client, config: &BootstrapConfig) -> Result<
 }
 
 /// Sets `caBundle` on every webhook of the configuration by server-side apply, as the
-/// webhook's field manager (forced: the CA is ours to manage in bootstrap mode).
+/// webhook's field manager (forced: the CA is ours to manage in bootstrap mode), and checks that
+/// the apiserver's copy of every webhook now trusts the first (current) CA of `ca_bundle`.
 pub async fn apply_ca_bundle(
     client: &Client,
     config: &BootstrapConfig,
@@ -182,43 +183,75 @@ pub async fn apply_ca_bundle(
             })
         })
         .collect();
+    if webhooks.is_empty() {
+        bail!("MutatingWebhookConfiguration {name} has no webhooks to give the CA to");
+    }
     let patch = json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
         "metadata": {"name": name},
         "webhooks": webhooks,
     });
-    api.patch(
-        name,
-        &PatchParams::apply(contract::WEBHOOK_FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .with_context(|| format!("applying caBundle to MutatingWebhookConfiguration {name}"))?;
+    let applied = api
+        .patch(
+            name,
+            &PatchParams::apply(contract::WEBHOOK_FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .with_context(|| format!("applying caBundle to MutatingWebhookConfiguration {name}"))?;
+    let current_ca = first_certificate(ca_bundle)
+        .with_context(|| format!("the CA bundle for {name} holds no certificate"))?;
+    for webhook in applied.webhooks.unwrap_or_default() {
+        let trusted = webhook
+            .client_config
+            .ca_bundle
+            .as_ref()
+            .and_then(|b| std::str::from_utf8(&b.0).ok())
+            .is_some_and(|b| b.contains(current_ca));
+        if !trusted {
+            bail!(
+                "MutatingWebhookConfiguration {name}: webhook {} does not trust the new CA \
+                 after the apply (another field manager may own its caBundle)",
+                webhook.name
+            );
+        }
+    }
     Ok(())
 }
 
+/// The first PEM certificate of a bundle, markers included.
+fn first_certificate(bundle: &str) -> Option<&str> {
+    const END: &str = "-----END CERTIFICATE-----";
+    let start = bundle.find("-----BEGIN CERTIFICATE-----")?;
+    let end = bundle[start..].find(END)? + start + END.len();
+    Some(&bundle[start..end])
+}
+
 /// Writes the serving pair where the file-based server reads it, if it changed. The key goes
-/// first and each file is renamed into place, so a reader sees whole files (a mismatched pair
-/// in between is rejected by the loader and retried).
+/// first and each file is renamed into place (the key created readable by its owner only), so a
+/// reader sees whole files (a mismatched pair in between is rejected by the loader and retried).
 pub fn write_files(material: &Material, cert: &Path, key: &Path) -> Result<bool> {
     let same = std::fs::read_to_string(cert).ok().as_deref() == Some(material.cert_pem.as_str())
         && std::fs::read_to_string(key).ok().as_deref() == Some(material.key_pem.as_str());
     if same {
         return Ok(false);
     }
-    for (path, text) in [(key, &material.key_pem), (cert, &material.cert_pem)] {
+    for (path, text, private) in [
+        (key, &material.key_pem, true),
+        (cert, &material.cert_pem, false),
+    ] {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+        tls::write_file(path, text, private)?;
     }
     Ok(true)
 }
 
-/// One round of bootstrap: the Secret, the files, the caBundle.
+/// One round of bootstrap: the Secret, then the caBundle, then the files. The files come last,
+/// so a certificate is served only once the apiserver's configuration trusts its CA; if the
+/// caBundle cannot be applied, the old certificate stays in use.
 pub async fn reconcile(
     client: &Client,
     config: &BootstrapConfig,
@@ -226,7 +259,7 @@ pub async fn reconcile(
     key: &Path,
 ) -> Result<Material> {
     let material = ensure_secret(client, config).await?;
-    write_files(&material, cert, key)?;
     apply_ca_bundle(client, config, &material.ca_bundle_pem).await?;
+    write_files(&material, cert, key)?;
     Ok(material)
 }

@@ -215,24 +215,54 @@ pub fn generate(names: &[String], days: u32) -> Result<DevCerts> {
 }
 
 /// Writes `ca.crt`, `tls.crt` and `tls.key` (the key names of a kubernetes.io/tls Secret) into
-/// `dir`.
+/// `dir`; the key is readable by its owner only, from the moment it exists.
 pub fn write(certs: &DevCerts, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    for (name, text) in [
-        ("ca.crt", &certs.ca_pem),
-        ("tls.crt", &certs.cert_pem),
-        ("tls.key", &certs.key_pem),
+    for (name, text, private) in [
+        ("ca.crt", &certs.ca_pem, false),
+        ("tls.crt", &certs.cert_pem, false),
+        ("tls.key", &certs.key_pem, true),
     ] {
-        let path = dir.join(name);
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        write_file(&dir.join(name), text, private)?;
     }
+    Ok(())
+}
+
+/// Replaces `path` with `text` atomically: written to a new temporary file next to it, then
+/// renamed over it, so a reader (the certificate poller) sees the old file or the new one. A
+/// `private` file is created with mode 0600, so a private key is never readable by others, not
+/// even between its creation and a chmod.
+pub fn write_file(path: &Path, text: &str, private: bool) -> Result<()> {
+    use std::io::Write as _;
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| anyhow!("{} names no file", path.display()))?;
+    let tmp = dir.join(format!(".{}.tmp", file_name.to_string_lossy()));
+    // A leftover from a crash may have any mode; start from nothing.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing {}", tmp.display()));
+        }
+        _ => {}
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt as _;
-        let path = dir.join("tls.key");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("restricting {}", path.display()))?;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(if private { 0o600 } else { 0o644 });
     }
+    #[cfg(not(unix))]
+    let _ = private;
+    let mut file = options
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    drop(file);
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -359,5 +389,32 @@ mod tests {
             loaded.not_after
         );
         assert!(load(&dir.path().join("ca.crt"), &dir.path().join("tls.key")).is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn private_files_are_never_readable_by_others() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |name: &str| {
+            std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        // A stale temporary file left world-readable by a crash must not lend its mode.
+        let stale = dir.path().join(".tls.key.tmp");
+        std::fs::write(&stale, "old").unwrap();
+        std::fs::set_permissions(&stale, std::fs::Permissions::from_mode(0o666)).unwrap();
+        // An existing world-readable key is replaced by a new file, not rewritten in place.
+        let key = dir.path().join("tls.key");
+        std::fs::write(&key, "old").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let certs = generate(&dev_names("plugin-webhook", "kosmos-system"), 1).unwrap();
+        write(&certs, dir.path()).unwrap();
+        assert_eq!(mode("tls.key"), 0o600);
+        assert_eq!(std::fs::read_to_string(&key).unwrap(), certs.key_pem);
+        assert!(!stale.exists());
     }
 }

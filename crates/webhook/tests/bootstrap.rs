@@ -1,7 +1,9 @@
 //! Bootstrap-mode certificates against the real host apiserver: replicas racing to create the
 //! shared Secret agree on one certificate, the caBundle is applied to the
 //! MutatingWebhookConfiguration, the server serves the bootstrapped certificate, and a
-//! certificate due for renewal is replaced while the previous CA stays trusted.
+//! certificate due for renewal is replaced while the previous CA stays trusted; the key file is
+//! never readable by others, and no certificate is written for serving before the
+//! configuration's caBundle trusts its CA.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -103,6 +105,11 @@ async fn replicas_share_one_bootstrapped_certificate_and_renew_it() {
     );
     let (ma, mb) = (ra.unwrap(), rb.unwrap());
     assert_eq!(ma, mb, "both replicas serve the same certificate");
+    for key in [&a_key, &b_key] {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} is readable by others", key.display());
+    }
     assert_eq!(
         std::fs::read_to_string(b.path().join("tls.crt")).unwrap(),
         ma.cert_pem
@@ -181,6 +188,29 @@ async fn replicas_share_one_bootstrapped_certificate_and_renew_it() {
     .await
     .unwrap();
     assert_eq!(again, renewed);
+
+    // A certificate is served only once the apiserver trusts its CA: with the configuration
+    // gone, a renewal writes the Secret but cannot apply the caBundle, and the files keep the
+    // certificate the apiserver still trusts.
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .delete(&configuration, &DeleteParams::default())
+        .await
+        .unwrap();
+    let failed = bootstrap::reconcile(&client, &renewing, &a_cert, &a_key).await;
+    assert!(failed.is_err(), "the caBundle was applied to nothing");
+    assert_eq!(std::fs::read_to_string(&a_cert).unwrap(), renewed.cert_pem);
+    assert_eq!(std::fs::read_to_string(&a_key).unwrap(), renewed.key_pem);
+    let fresh = tempfile::tempdir().unwrap();
+    let (fresh_cert, fresh_key) = (fresh.path().join("tls.crt"), fresh.path().join("tls.key"));
+    assert!(
+        bootstrap::reconcile(&client, &config, &fresh_cert, &fresh_key)
+            .await
+            .is_err()
+    );
+    assert!(
+        !fresh_cert.exists() && !fresh_key.exists(),
+        "a replica starting now must not serve a certificate nobody trusts"
+    );
 
     let _ = Api::<MutatingWebhookConfiguration>::all(client.clone())
         .delete(&configuration, &DeleteParams::default())
