@@ -2,6 +2,7 @@
 //! Jobs into plugin installs. [`mutation`] is the pure core; the rest is the server around it.
 
 pub mod admission;
+pub mod authoring;
 pub mod bootstrap;
 pub mod limits;
 pub mod metrics;
