@@ -36,7 +36,7 @@ fn operator_role(ns: &str) -> Role {
             {"apiGroups": ["kosmos.io"], "resources": ["virtualclusterplugins"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "delete"]},
             {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
-            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "patch"]},
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "patch", "delete"]},
             {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
         ],
     }))
@@ -210,6 +210,7 @@ async fn the_demo_virtual_cluster_completes_through_operator_webhook_job_control
             uninstall_timeout: Duration::from_secs(5),
             namespace: Some(ns_name.clone()),
         },
+        probes: Arc::default(),
     });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let operator = tokio::spawn(controller::run(

@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kosmos_api::contract;
+use kosmos_api::kubeconfig::SafeKubeconfig;
 use kosmos_api::{VirtualCluster, VirtualClusterPlugin, VirtualClusterStatus, phase};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::Action;
@@ -65,6 +66,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Settings.
     pub config: Config,
+    /// Builtin readiness probes, run beside the reconciler.
+    pub probes: Arc<Probes>,
 }
 
 /// Why a reconciliation failed; `reason` labels the error metric.
@@ -204,6 +207,7 @@ async fn reconcile_one(ns: &str, name: &str, ctx: &Context) -> Result<Action, Er
         .map_err(kube_err(format!("reading virtualcluster {ns}/{name}")))?
     else {
         ctx.metrics.jobs_running(&format!("{ns}/{name}"), 0);
+        ctx.probes.forget(&format!("{ns}/{name}"));
         return Ok(Action::await_change());
     };
     let has_finalizer = vc.finalizers().iter().any(|f| f == contract::FINALIZER);
@@ -232,7 +236,7 @@ async fn reconcile_one(ns: &str, name: &str, ctx: &Context) -> Result<Action, Er
         }
     };
 
-    let (kubeconfig, kubeconfig_text) = match ensure_kubeconfig(ctx, &vc).await {
+    let (kubeconfig, safe_kubeconfig) = match ensure_kubeconfig(ctx, &vc).await {
         Ok(found) => found,
         // Deletion must always finish: a namespace being torn down refuses to (re)create the
         // kubeconfig Secret, and that must not hold the finalizer forever.
@@ -241,7 +245,7 @@ async fn reconcile_one(ns: &str, name: &str, ctx: &Context) -> Result<Action, Er
     };
     let readiness = match (ctx.config.readiness, &deletion) {
         (ReadinessMode::External, _) | (_, Some(_)) => Readiness::External,
-        (ReadinessMode::Builtin, None) => check_readiness(&vc, kubeconfig_text.as_deref()).await,
+        (ReadinessMode::Builtin, None) => check_readiness(ctx, &vc, safe_kubeconfig.as_ref()),
     };
     let plugins: Vec<VirtualClusterPlugin> =
         Api::<VirtualClusterPlugin>::namespaced(client.clone(), ns)
@@ -378,6 +382,10 @@ async fn reconcile_one(ns: &str, name: &str, ctx: &Context) -> Result<Action, Er
     if waiting_outside {
         after = after.min(POLL);
     }
+    if readiness == Readiness::NotReady(PROBING.to_owned()) {
+        // A probe runs beside us; look at its answer soon.
+        after = after.min(PROBE_POLL);
+    }
     Ok(Action::requeue(after))
 }
 
@@ -446,34 +454,44 @@ async fn observe_jobs(
     Ok(views)
 }
 
-/// Finds the virtual cluster's kubeconfig and keeps it in the operator's Secret for executor
-/// Jobs. Never logs it.
+/// Finds the virtual cluster's kubeconfig, checks that it is data and not code
+/// ([`kosmos_api::kubeconfig::check`]), and keeps the checked copy in the operator's Secret for
+/// executor Jobs. A refused kubeconfig removes that Secret, so no Job mounts an older copy.
+/// Never logs it.
 async fn ensure_kubeconfig(
     ctx: &Context,
     vc: &VirtualCluster,
-) -> Result<(Kubeconfig, Option<String>), Error> {
+) -> Result<(Kubeconfig, Option<SafeKubeconfig>), Error> {
     let ns = vc.namespace().unwrap_or_default();
     let name = vc.name_any();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let admin = contract::kosmos_admin_secret_name(&name);
-    let found: Result<Vec<u8>, String> = match decode_spec_kubeconfig(vc.spec.kubeconfig.as_deref())
-    {
-        Some(decoded) => decoded,
+    let (source, found): (String, Result<Vec<u8>, String>) = match decode_spec_kubeconfig(
+        vc.spec.kubeconfig.as_deref(),
+    ) {
+        Some(decoded) => ("spec.kubeconfig".to_owned(), decoded),
         None => {
             let secret = secrets
                 .get_opt(&admin)
                 .await
                 .map_err(kube_err(format!("reading secret {ns}/{admin}")))?;
-            secret
-                .and_then(|s| s.data)
-                .and_then(|d| d.get(contract::KUBECONFIG_SECRET_KEY).cloned())
-                .map(|b| b.0)
-                .ok_or_else(|| {
-                    format!(
-                        "neither spec.kubeconfig nor secret {ns}/{admin} (key {}) holds the virtual cluster's kubeconfig",
-                        contract::KUBECONFIG_SECRET_KEY
-                    )
-                })
+            let found = secret
+                    .and_then(|s| s.data)
+                    .and_then(|d| d.get(contract::KUBECONFIG_SECRET_KEY).cloned())
+                    .map(|b| b.0)
+                    .ok_or_else(|| {
+                        format!(
+                            "neither spec.kubeconfig nor secret {ns}/{admin} (key {}) holds the virtual cluster's kubeconfig",
+                            contract::KUBECONFIG_SECRET_KEY
+                        )
+                    });
+            (
+                format!(
+                    "secret {ns}/{admin} (key {})",
+                    contract::KUBECONFIG_SECRET_KEY
+                ),
+                found,
+            )
         }
     };
     let bytes = match found {
@@ -482,6 +500,26 @@ async fn ensure_kubeconfig(
         Err(why) => return Ok((Kubeconfig::Missing(why), None)),
     };
     let target = contract::kubeconfig_secret_name(&name);
+    let safe = match kosmos_api::kubeconfig::check(&bytes) {
+        Ok(safe) => safe,
+        Err(refused) => {
+            let why = format!("the kubeconfig in {source} is refused: {refused}");
+            // Best effort: without a usable kubeconfig no Job is created anyway, and the
+            // condition says why; a missing `delete` right must not stop that from being said.
+            match secrets.delete(&target, &DeleteParams::default()).await {
+                Ok(_) => {
+                    info!(secret = %target, "kubeconfig secret for executor jobs removed: {why}")
+                }
+                Err(e) if is_status(&e, 404) => {}
+                Err(error) => {
+                    warn!(secret = %target, %error, "could not remove the kubeconfig secret for executor jobs")
+                }
+            }
+            return Ok((Kubeconfig::Refused(why), None));
+        }
+    };
+    // The executor reads what was checked, not what was written: see SafeKubeconfig::to_yaml.
+    let bytes = safe.to_yaml().into_bytes();
     let current = secrets
         .get_opt(&target)
         .await
@@ -505,7 +543,7 @@ async fn ensure_kubeconfig(
             },
             data: Some(BTreeMap::from([(
                 contract::KUBECONFIG_SECRET_KEY.to_owned(),
-                ByteString(bytes.clone()),
+                ByteString(bytes),
             )])),
             type_: Some("Opaque".into()),
             ..Secret::default()
@@ -523,7 +561,7 @@ async fn ensure_kubeconfig(
             .map_err(kube_err(format!("applying secret {ns}/{target}")))?;
         info!(secret = %target, "kubeconfig secret for executor jobs updated");
     }
-    Ok((Kubeconfig::Available, String::from_utf8(bytes).ok()))
+    Ok((Kubeconfig::Available, Some(safe)))
 }
 
 /// The kubeconfig from `spec.kubeconfig` (base64, possibly wrapped over lines), None when the
@@ -539,8 +577,108 @@ pub fn decode_spec_kubeconfig(field: Option<&str>) -> Option<Result<Vec<u8>, Str
     )
 }
 
+/// What [`Readiness::NotReady`] says while the first probe of a kubeconfig runs.
+const PROBING: &str = "probing the virtual API";
+/// Bound on one probe, client construction included: a virtual API that is gone or slow must
+/// not keep a probe (or the operator's memory of it) forever.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How soon the reconciler looks again while a probe runs.
+const PROBE_POLL: Duration = Duration::from_secs(2);
+
+/// Builtin readiness probes, one per VirtualCluster, run as tasks beside the reconciler: a
+/// reconciliation never waits on a virtual API, it reads the last answer and starts the next
+/// probe when that answer is older than [`POLL`].
+pub struct Probes {
+    state: std::sync::Mutex<BTreeMap<String, ProbeState>>,
+    /// Bound on one probe ([`PROBE_TIMEOUT`]).
+    timeout: Duration,
+}
+
+impl Default for Probes {
+    fn default() -> Self {
+        Self {
+            state: std::sync::Mutex::default(),
+            timeout: PROBE_TIMEOUT,
+        }
+    }
+}
+
+struct ProbeState {
+    /// What was probed: the VirtualCluster's uid, the checked kubeconfig and the nodes.
+    key: String,
+    /// The last answer and when it came.
+    answer: Option<(Readiness, std::time::Instant)>,
+    /// A probe task is running.
+    running: bool,
+}
+
+impl Probes {
+    /// The last answer for `id`'s `key`; starts a probe (`run`) when there is none running and
+    /// the answer is missing or older than [`POLL`].
+    fn answer<F>(self: &Arc<Self>, id: String, key: String, run: F) -> Readiness
+    where
+        F: std::future::Future<Output = Result<(), String>> + Send + 'static,
+    {
+        let Ok(mut state) = self.state.lock() else {
+            return Readiness::NotReady("the readiness probe state is poisoned".into());
+        };
+        let entry = state.entry(id.clone()).or_insert_with(|| ProbeState {
+            key: key.clone(),
+            answer: None,
+            running: false,
+        });
+        if entry.key != key {
+            // Another kubeconfig or node list: an earlier answer says nothing about it.
+            entry.key = key.clone();
+            entry.answer = None;
+        }
+        let stale = entry
+            .answer
+            .as_ref()
+            .is_none_or(|(_, at)| at.elapsed() >= POLL);
+        if stale && !entry.running {
+            entry.running = true;
+            let probes = Arc::clone(self);
+            let timeout = self.timeout;
+            tokio::spawn(async move {
+                let readiness = match tokio::time::timeout(timeout, run).await {
+                    Ok(Ok(())) => Readiness::Ready,
+                    Ok(Err(why)) => Readiness::NotReady(why),
+                    Err(_) => Readiness::NotReady(format!(
+                        "the virtual API did not answer within {timeout:?}"
+                    )),
+                };
+                if let Ok(mut state) = probes.state.lock()
+                    && let Some(entry) = state.get_mut(&id)
+                {
+                    entry.running = false;
+                    // An answer for a kubeconfig that changed meanwhile is dropped.
+                    if entry.key == key {
+                        entry.answer = Some((readiness, std::time::Instant::now()));
+                    }
+                }
+            });
+        }
+        entry
+            .answer
+            .as_ref()
+            .map_or_else(|| Readiness::NotReady(PROBING.into()), |(r, _)| r.clone())
+    }
+
+    /// Forgets a VirtualCluster that is gone.
+    fn forget(&self, id: &str) {
+        if let Ok(mut state) = self.state.lock() {
+            state.remove(id);
+        }
+    }
+}
+
 /// `builtin` readiness: the virtual API answers and every promoted node is Ready.
-async fn check_readiness(vc: &VirtualCluster, kubeconfig: Option<&str>) -> Readiness {
+fn check_readiness(
+    ctx: &Context,
+    vc: &VirtualCluster,
+    kubeconfig: Option<&SafeKubeconfig>,
+) -> Readiness {
     let current = vc.phase();
     if current == phase::ALL_NODE_READY || current == phase::COMPLETED {
         return Readiness::Ready;
@@ -548,8 +686,8 @@ async fn check_readiness(vc: &VirtualCluster, kubeconfig: Option<&str>) -> Readi
     if !["", phase::PREPARING, phase::INITIALIZED, phase::PENDING].contains(&current) {
         return Readiness::NotReady(format!("phase {current} is not one the operator advances"));
     }
-    let Some(text) = kubeconfig else {
-        return Readiness::NotReady("no kubeconfig for the virtual cluster yet".into());
+    let Some(kubeconfig) = kubeconfig else {
+        return Readiness::NotReady("no usable kubeconfig for the virtual cluster yet".into());
     };
     let nodes = vc
         .spec
@@ -557,55 +695,58 @@ async fn check_readiness(vc: &VirtualCluster, kubeconfig: Option<&str>) -> Readi
         .as_ref()
         .map(|p| p.node_names())
         .unwrap_or_default();
-    match probe(text, &nodes).await {
-        Ok(()) => Readiness::Ready,
-        Err(why) => Readiness::NotReady(why),
-    }
+    let text = kubeconfig.to_yaml();
+    let key = contract::short_hash(
+        &[
+            vc.uid().unwrap_or_default().as_bytes(),
+            text.as_bytes(),
+            nodes.join(",").as_bytes(),
+        ],
+        32,
+    );
+    let id = format!("{}/{}", vc.namespace().unwrap_or_default(), vc.name_any());
+    ctx.probes.answer(id, key, probe(text, nodes))
 }
 
-async fn probe(kubeconfig: &str, nodes: &[String]) -> Result<(), String> {
-    let parsed = kube::config::Kubeconfig::from_yaml(kubeconfig)
+/// Asks the virtual API for its version and each promoted node's Ready condition, with a client
+/// built from the checked kubeconfig only.
+async fn probe(kubeconfig: String, nodes: Vec<String>) -> Result<(), String> {
+    let parsed = kube::config::Kubeconfig::from_yaml(&kubeconfig)
         .map_err(|e| format!("the kubeconfig does not parse: {e}"))?;
     let mut config =
         kube::Config::from_custom_kubeconfig(parsed, &kube::config::KubeConfigOptions::default())
             .await
             .map_err(|e| format!("the kubeconfig is not usable: {e}"))?;
-    // Bounded: a virtual API that is gone must not hold the reconciler.
     config.connect_timeout = Some(Duration::from_secs(5));
     config.read_timeout = Some(Duration::from_secs(10));
     let client =
         Client::try_from(config).map_err(|e| format!("no client for the virtual cluster: {e}"))?;
-    let probe = async {
-        client
-            .apiserver_version()
-            .await
-            .map_err(|e| format!("the virtual API does not answer: {e}"))?;
-        let api: Api<Node> = Api::all(client.clone());
-        let mut not_ready = Vec::new();
-        for node in nodes {
-            let ready = api
-                .get_opt(node)
-                .await
-                .map_err(|e| format!("reading node {node} in the virtual cluster: {e}"))?
-                .and_then(|n| n.status)
-                .and_then(|s| s.conditions)
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-            if !ready {
-                not_ready.push(node.clone());
-            }
-        }
-        if not_ready.is_empty() {
-            Ok(())
-        } else {
-            Err(format!(
-                "promoted nodes not Ready: {}",
-                not_ready.join(", ")
-            ))
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(20), probe)
+    client
+        .apiserver_version()
         .await
-        .map_err(|_| "the virtual API did not answer within 20s".to_owned())?
+        .map_err(|e| format!("the virtual API does not answer: {e}"))?;
+    let api: Api<Node> = Api::all(client.clone());
+    let mut not_ready = Vec::new();
+    for node in &nodes {
+        let ready = api
+            .get_opt(node)
+            .await
+            .map_err(|e| format!("reading node {node} in the virtual cluster: {e}"))?
+            .and_then(|n| n.status)
+            .and_then(|s| s.conditions)
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        if !ready {
+            not_ready.push(node.clone());
+        }
+    }
+    if not_ready.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "promoted nodes not Ready: {}",
+            not_ready.join(", ")
+        ))
+    }
 }
 
 async fn add_finalizer(api: &Api<VirtualCluster>, vc: &VirtualCluster) -> Result<(), Error> {
@@ -846,6 +987,43 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    /// The reconciler never waits on a probe; a probe that hangs (a virtual API that accepts and
+    /// never answers) ends at its bound; a fresh answer is reused; another kubeconfig is probed
+    /// anew.
+    #[tokio::test]
+    async fn probes_run_beside_the_reconciler_and_are_bounded() {
+        let probes = Arc::new(Probes {
+            timeout: Duration::from_millis(200),
+            ..Probes::default()
+        });
+        let started = std::time::Instant::now();
+        let first = probes.answer("ns/vc".into(), "k1".into(), std::future::pending());
+        assert_eq!(first, Readiness::NotReady(PROBING.into()));
+        assert!(started.elapsed() < Duration::from_millis(100));
+        // Still running: no second probe.
+        let again = probes.answer("ns/vc".into(), "k1".into(), async {
+            panic!("a second probe while one runs")
+        });
+        assert_eq!(again, Readiness::NotReady(PROBING.into()));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let bounded = probes.answer("ns/vc".into(), "k1".into(), async {
+            panic!("a second probe while the answer is fresh")
+        });
+        assert_eq!(
+            bounded,
+            Readiness::NotReady("the virtual API did not answer within 200ms".into())
+        );
+        // Another kubeconfig: the old answer says nothing about it.
+        let other = probes.answer("ns/vc".into(), "k2".into(), async { Ok(()) });
+        assert_eq!(other, Readiness::NotReady(PROBING.into()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let ready = probes.answer("ns/vc".into(), "k2".into(), std::future::pending());
+        assert_eq!(ready, Readiness::Ready);
+        probes.forget("ns/vc");
+        let forgotten = probes.answer("ns/vc".into(), "k2".into(), async { Ok(()) });
+        assert_eq!(forgotten, Readiness::NotReady(PROBING.into()));
     }
 
     #[test]

@@ -162,6 +162,7 @@ async fn run(args: Args) -> Result<()> {
         reporter: controller::reporter(),
         metrics,
         config,
+        probes: Arc::default(),
     });
 
     if !args.leader_election {

@@ -502,10 +502,14 @@ async fn kubeconfig_from_the_kosmos_admin_secret() -> Result<()> {
     let job = wait_job(&client, n, "dns", "install", 1).await?;
     let copy = secrets.get(&contract::kubeconfig_secret_name("vc")).await?;
     let data = copy.data.unwrap_or_default();
+    // What was checked, written out again: the same cluster, user and context.
+    let checked = kosmos_api::kubeconfig::check(text.as_bytes())
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .to_yaml();
     ensure!(
         data.get(contract::KUBECONFIG_SECRET_KEY)
             .map(|b| b.0.as_slice())
-            == Some(text.as_bytes()),
+            == Some(checked.as_bytes()),
         "the operator's kubeconfig Secret differs from Kosmos's"
     );
     finish(&client, n, &job, ok()).await?;

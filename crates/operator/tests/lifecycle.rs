@@ -307,8 +307,10 @@ async fn builtin_readiness_waits_for_promoted_nodes() -> Result<()> {
         }),
     )
     .await?;
+    // The probe runs beside the reconciler: its first answer follows a "probing" status.
     let vc = wait_vc(&client, n, "vc", "VirtualClusterReady=False", |vc| {
-        condition(vc, condition::VIRTUAL_CLUSTER_READY).is_some_and(|(s, _, _)| s == "False")
+        condition(vc, condition::VIRTUAL_CLUSTER_READY)
+            .is_some_and(|(s, _, m)| s == "False" && m.contains(&node_name))
     })
     .await?;
     let (_, _, message) = condition(&vc, condition::VIRTUAL_CLUSTER_READY).unwrap();

@@ -93,6 +93,10 @@ pub enum Kubeconfig {
     Available,
     /// It could not be found or read; the message says where the operator looked.
     Missing(String),
+    /// It was found but asks its client to run, read or send something
+    /// ([`kosmos_api::kubeconfig::check`]): neither the operator nor an executor uses it. The
+    /// message names where it came from and the refused field.
+    Refused(String),
 }
 
 /// Result of the `builtin` readiness check (none with `external` readiness).

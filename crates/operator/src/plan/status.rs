@@ -94,6 +94,26 @@ impl<'a, 'o> Planner<'a, 'o> {
                 "KubeconfigMissing",
                 why.clone(),
             ),
+            Kubeconfig::Refused(why) => {
+                let was = old_conditions
+                    .iter()
+                    .find(|c| c.type_ == condition::KUBECONFIG_AVAILABLE)
+                    .map(|c| c.message.as_str());
+                if was != Some(why.as_str()) {
+                    self.notes.push(Note {
+                        kind: NoteKind::Warning,
+                        reason: "KubeconfigRefused",
+                        message: why.clone(),
+                        plugin: None,
+                    });
+                }
+                set(
+                    condition::KUBECONFIG_AVAILABLE,
+                    false,
+                    "KubeconfigRefused",
+                    why.clone(),
+                );
+            }
         }
         match self.webhook.clone() {
             Some((true, _)) => set(

@@ -242,7 +242,9 @@ impl<'a, 'o> Planner<'a, 'o> {
         }
         if !may_act {
             entry.message = Some(match self.obs.kubeconfig.clone() {
-                Kubeconfig::Missing(why) => format!("waiting for the kubeconfig: {why}"),
+                Kubeconfig::Missing(why) | Kubeconfig::Refused(why) => {
+                    format!("waiting for the kubeconfig: {why}")
+                }
                 Kubeconfig::Available => {
                     "waiting for the virtual cluster to be AllNodeReady".into()
                 }

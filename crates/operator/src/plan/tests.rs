@@ -693,6 +693,43 @@ fn missing_kubeconfig_waits_and_says_so() {
 }
 
 #[test]
+fn refused_kubeconfig_starts_nothing_and_names_the_field_once() {
+    let plugins = [plugin("a", false, &[])];
+    let v = vc(phase::ALL_NODE_READY, &["a"], &[]);
+    let why = "the kubeconfig in spec.kubeconfig is refused: users[0].user.exec: runs a command";
+    let mut obs = observe(&v, &plugins, &[]);
+    obs.kubeconfig = Kubeconfig::Refused(why.into());
+    let first = plan(&obs, &settings());
+    assert!(first.steps.is_empty(), "{:?}", first.steps);
+    let c = cond(&first, condition::KUBECONFIG_AVAILABLE).unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str(), c.message.as_str()),
+        ("False", "KubeconfigRefused", why)
+    );
+    let warned: Vec<_> = first
+        .notes
+        .iter()
+        .filter(|n| n.reason == "KubeconfigRefused")
+        .collect();
+    assert_eq!(warned.len(), 1, "{:?}", first.notes);
+    assert_eq!(warned[0].kind, NoteKind::Warning);
+    assert!(
+        first.status.plugins[0]
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("users[0].user.exec")
+    );
+    // The next pass finds the condition written: no second event.
+    let mut again = v.clone();
+    again.status = Some(first.status.clone());
+    let mut obs = observe(&again, &plugins, &[]);
+    obs.kubeconfig = Kubeconfig::Refused(why.into());
+    let second = plan(&obs, &settings());
+    assert!(second.notes.iter().all(|n| n.reason != "KubeconfigRefused"));
+}
+
+#[test]
 fn transition_time_kept_while_status_holds() {
     let plugins = [plugin("a", false, &[])];
     let v = vc(phase::ALL_NODE_READY, &["a"], &[]);

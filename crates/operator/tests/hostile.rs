@@ -1,0 +1,236 @@
+//! What a tenant who may write a VirtualCluster must not get from the operator: a command run
+//! by it, a file of its host sent away, or an executor that reads its own pod's files.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+use base64::Engine as _;
+use common::*;
+use k8s_openapi::api::core::v1::{Event, Secret};
+use kosmos_api::{VirtualCluster, condition, contract, phase};
+use kosmos_e2e::{Cluster, TestNamespace, host, install_crds, wait_for};
+use kube::Api;
+use serde_json::json;
+
+async fn setup(prefix: &str) -> Result<(TestNamespace, kube::Client, FinalizerSweep)> {
+    let client = host().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(Cluster::Host, prefix).await?;
+    let sweep = FinalizerSweep::new(ns.name());
+    Ok((ns, client, sweep))
+}
+
+/// The virtual cluster's own kubeconfig with its user replaced by `user`.
+async fn kubeconfig_with_user(user: serde_json::Value) -> Result<String> {
+    let text = kosmos_e2e::kubeconfig_yaml(Cluster::Virtual).await?;
+    let mut doc: serde_json::Value = serde_yaml::from_str(&text)?;
+    doc["users"][0]["user"] = user;
+    Ok(serde_yaml::to_string(&doc)?)
+}
+
+/// Waits for KubeconfigAvailable=False with reason KubeconfigRefused, and returns its message.
+async fn refused(client: &kube::Client, ns: &str, vc: &str) -> Result<String> {
+    let vc = wait_vc(
+        client,
+        ns,
+        vc,
+        "KubeconfigAvailable=False (refused)",
+        |vc| {
+            condition(vc, condition::KUBECONFIG_AVAILABLE)
+                .is_some_and(|(s, r, _)| s == "False" && r == "KubeconfigRefused")
+        },
+    )
+    .await?;
+    Ok(condition(&vc, condition::KUBECONFIG_AVAILABLE).unwrap().2)
+}
+
+/// Nothing the refused kubeconfig could have led to exists: no Secret for executors, no Job,
+/// the phase unchanged, and a Warning event that names the field.
+async fn nothing_follows(
+    client: &kube::Client,
+    ns: &str,
+    vc: &str,
+    plugin: &str,
+    field: &str,
+) -> Result<()> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let copy = secrets
+        .get_opt(&contract::kubeconfig_secret_name(vc))
+        .await?;
+    ensure!(
+        copy.is_none(),
+        "the refused kubeconfig was copied for executors"
+    );
+    ensure!(plugin_jobs(client, ns, plugin).await?.is_empty());
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    wait_for(
+        "a KubeconfigRefused event naming the field",
+        STEP,
+        || async {
+            let list = events.list(&Default::default()).await?;
+            Ok(list
+                .items
+                .iter()
+                .any(|e| {
+                    e.reason.as_deref() == Some("KubeconfigRefused")
+                        && e.type_.as_deref() == Some("Warning")
+                        && e.involved_object.name.as_deref() == Some(vc)
+                        && e.message.as_deref().is_some_and(|m| m.contains(field))
+                })
+                .then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_kubeconfig_runs_nothing_and_the_condition_says_why() -> Result<()> {
+    let (ns, client, _sweep) = setup("op-exec-kubeconfig").await?;
+    let n = ns.name();
+    let dir = tempfile::tempdir()?;
+    let marker = dir.path().join("the-operator-ran-a-command");
+    // A valid ExecCredential, so a client that runs it goes on to use it.
+    let script = format!(
+        "touch '{}'; echo '{{\"apiVersion\":\"client.authentication.k8s.io/v1\",\"kind\":\"ExecCredential\",\"status\":{{\"token\":\"x\"}}}}'",
+        marker.display()
+    );
+    let kubeconfig = kubeconfig_with_user(json!({
+        "exec": {
+            "apiVersion": "client.authentication.k8s.io/v1",
+            "command": "/bin/sh",
+            "args": ["-c", script],
+            "interactiveMode": "Never",
+        }
+    }))
+    .await?;
+    apply_plugin(&client, n, "dns", yaml_plugin(json!({}))).await?;
+    let op = Operator::start(n, &["--readiness", "builtin"]).await?;
+    create_vc(
+        &client,
+        n,
+        "vc",
+        phase::INITIALIZED,
+        json!({
+            "kubeconfig": base64::engine::general_purpose::STANDARD.encode(&kubeconfig),
+            "pluginSet": { "enabled": [{"name": "dns"}] },
+        }),
+    )
+    .await?;
+    let message = refused(&client, n, "vc").await?;
+    ensure!(
+        message.contains("spec.kubeconfig") && message.contains("users[0].user.exec"),
+        "{message}"
+    );
+    nothing_follows(&client, n, "vc", "dns", "users[0].user.exec").await?;
+    // Long enough for a probe (every 10 s, first at once) to have run the command.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    ensure!(
+        !marker.exists(),
+        "the operator ran the kubeconfig's exec command"
+    );
+    let vc: VirtualCluster = get_vc(&client, n, "vc").await?;
+    ensure!(vc.phase() == phase::INITIALIZED, "{}", vc.phase());
+    let (ready, _, why) = condition(&vc, condition::VIRTUAL_CLUSTER_READY).unwrap();
+    ensure!(ready == "False" && why.contains("kubeconfig"), "{why}");
+    ensure!(
+        !op.log_text().contains(&script),
+        "the log repeats the kubeconfig"
+    );
+
+    // Fixed by its owner: the same VirtualCluster goes on with an inline kubeconfig.
+    let good = kosmos_e2e::kubeconfig_yaml(Cluster::Virtual).await?;
+    let vcs: Api<VirtualCluster> = Api::namespaced(client.clone(), n);
+    vcs.patch(
+        "vc",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"spec": {
+            "kubeconfig": base64::engine::general_purpose::STANDARD.encode(good),
+        }})),
+    )
+    .await?;
+    wait_vc(&client, n, "vc", "KubeconfigAvailable=True", |vc| {
+        condition(vc, condition::KUBECONFIG_AVAILABLE).is_some_and(|(s, _, _)| s == "True")
+    })
+    .await?;
+    drop(op);
+    ns.delete().await
+}
+
+/// A listener that records whether anything connected to it.
+async fn tripwire() -> Result<(u16, Arc<AtomicBool>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let touched = Arc::new(AtomicBool::new(false));
+    let flag = touched.clone();
+    tokio::spawn(async move {
+        while let Ok((_, _)) = listener.accept().await {
+            flag.store(true, Ordering::SeqCst);
+        }
+    });
+    Ok((port, touched))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_file_kubeconfig_sends_nothing_anywhere() -> Result<()> {
+    let (ns, client, _sweep) = setup("op-tokenfile-kubeconfig").await?;
+    let n = ns.name();
+    // Stands for the operator's own ServiceAccount token: a file of its host.
+    let dir = tempfile::tempdir()?;
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "the-operator-s-own-token")?;
+    let (port, touched) = tripwire().await?;
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\n\
+         clusters:\n- name: elsewhere\n  cluster:\n    server: https://127.0.0.1:{port}\n\
+         users:\n- name: thief\n  user:\n    tokenFile: {}\n\
+         contexts:\n- name: steal\n  context: {{cluster: elsewhere, user: thief}}\n\
+         current-context: steal\n",
+        token_file.display()
+    );
+    // Where Kosmos publishes it, not spec.kubeconfig: the same rule for both.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), n);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": { "name": contract::kosmos_admin_secret_name("vc") },
+        "stringData": { contract::KUBECONFIG_SECRET_KEY: kubeconfig },
+    }))?;
+    secrets
+        .create(&Default::default(), &secret)
+        .await
+        .context("creating the admin secret")?;
+    apply_plugin(&client, n, "dns", yaml_plugin(json!({}))).await?;
+    let op = Operator::start(n, &["--readiness", "builtin"]).await?;
+    create_vc(
+        &client,
+        n,
+        "vc",
+        phase::INITIALIZED,
+        // No spec.kubeconfig: the operator reads the admin Secret.
+        json!({ "kubeconfig": "", "pluginSet": { "enabled": [{"name": "dns"}] } }),
+    )
+    .await?;
+    let message = refused(&client, n, "vc").await?;
+    ensure!(
+        message.contains(&contract::kosmos_admin_secret_name("vc")),
+        "{message}"
+    );
+    ensure!(message.contains("users[0].user.tokenFile"), "{message}");
+    nothing_follows(&client, n, "vc", "dns", "users[0].user.tokenFile").await?;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    ensure!(
+        !touched.load(Ordering::SeqCst),
+        "the operator connected to the kubeconfig's server"
+    );
+    ensure!(
+        !op.log_text().contains("the-operator-s-own-token"),
+        "the log holds the token"
+    );
+    drop(op);
+    ns.delete().await
+}
