@@ -107,16 +107,22 @@ pub struct ChartSource {
     /// `name` is unused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[A-Za-z0-9][A-Za-z0-9._/-]*$')")
+        .message("name must start with a letter or digit and hold only letters, digits and . _ - /"))]
     pub name: Option<String>,
     /// Helm repository URL (http, https or oci).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048))]
     #[x_kube(validation = kube::core::Rule::new("self.matches('^(https?|oci)://[^\\\\s]+$')")
         .message("repo must be an http, https or oci URL"))]
+    #[x_kube(validation = kube::core::Rule::new("!self.matches('[\\\\x00-\\\\x1f\\\\x7f]')")
+        .message("must not contain control characters"))]
     pub repo: Option<String>,
     /// Chart version in `repo`; empty means the latest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 128))]
+    #[x_kube(validation = kube::core::Rule::new("!self.matches('[\\\\x00-\\\\x1f\\\\x7f]')")
+        .message("must not contain control characters"))]
     pub version: Option<String>,
     /// Where the chart (an unpacked folder or a .tgz archive) is stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -181,6 +187,8 @@ pub struct Storage {
         .message("pvPath must be <claim>:<absolute path>, e.g. plugin-store-ubuntu-statefulset-0:/pv"))]
     #[x_kube(validation = kube::core::Rule::new("!self.matches('(^|/)\\\\.\\\\.(/|$)')")
         .message("path must not contain '..'"))]
+    #[x_kube(validation = kube::core::Rule::new("!self.matches('[\\\\x00-\\\\x1f\\\\x7f]')")
+        .message("must not contain control characters"))]
     pub pv_path: Option<String>,
     /// A file or folder on a node of the host cluster, mounted read-only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -191,6 +199,8 @@ pub struct Storage {
     #[schemars(length(min = 8, max = 4096))]
     #[x_kube(validation = kube::core::Rule::new("self.matches('^https?://[^\\\\s]+$')")
         .message("uri must be an http or https URL"))]
+    #[x_kube(validation = kube::core::Rule::new("!self.matches('[\\\\x00-\\\\x1f\\\\x7f]')")
+        .message("must not contain control characters"))]
     pub uri: Option<String>,
     /// Expected SHA-256 of the file fetched from `uri`, 64 hex digits; a mismatch fails the
     /// install.
@@ -211,6 +221,8 @@ pub struct HostPath {
         .message("hostPath.path must be an absolute path"))]
     #[x_kube(validation = kube::core::Rule::new("!self.matches('(^|/)\\\\.\\\\.(/|$)')")
         .message("path must not contain '..'"))]
+    #[x_kube(validation = kube::core::Rule::new("!self.matches('[\\\\x00-\\\\x1f\\\\x7f]')")
+        .message("must not contain control characters"))]
     pub path: String,
     /// The node that holds `path`; the executor pod is pinned to it. Empty means any node,
     /// which only works when every node has the files.

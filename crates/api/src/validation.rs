@@ -49,7 +49,16 @@ fn join(errors: &[FieldError]) -> String {
 /// Checks a plugin; the error lists every problem.
 pub fn validate_plugin(plugin: &VirtualClusterPlugin) -> Result<(), InvalidSpec> {
     let name = plugin.metadata.name.as_deref().unwrap_or_default();
-    let mut errors = plugin_spec_errors(&plugin.spec);
+    let mut errors = Vec::new();
+    // The apiserver enforces this for every object; an object that reached us otherwise (a test,
+    // a fuzzer, a forged review) must not carry a name that labels and messages cannot hold.
+    if !name.is_empty() && !is_dns_subdomain(name) {
+        errors.push(err(
+            "metadata.name",
+            "must be a lower-case DNS subdomain of at most 253 characters",
+        ));
+    }
+    errors.extend(plugin_spec_errors(&plugin.spec));
     if plugin.spec.depends_on.iter().any(|d| d.name == name) {
         errors.push(err(
             "spec.dependsOn",
@@ -105,6 +114,12 @@ pub fn plugin_spec_errors(spec: &VirtualClusterPluginSpec) -> Vec<FieldError> {
                 "spec.successStateCommand",
                 "must be at most 8192 bytes",
             ));
+        } else if cmd.contains('\0') {
+            // It reaches the executor as an environment variable, which cannot hold a NUL.
+            errors.push(err(
+                "spec.successStateCommand",
+                "must not contain a NUL character",
+            ));
         }
     }
     let sources = &spec.plugin_sources;
@@ -132,6 +147,7 @@ pub fn plugin_spec_errors(spec: &VirtualClusterPluginSpec) -> Vec<FieldError> {
     for (i, dep) in spec.depends_on.iter().enumerate() {
         let field = format!("spec.dependsOn[{i}].name");
         not_empty(&dep.name, &field, &mut errors);
+        max_len(&dep.name, 253, &field, &mut errors);
         if !seen.insert(dep.name.as_str()) {
             errors.push(err(field, format!("{} is listed twice", dep.name)));
         }
@@ -145,11 +161,14 @@ pub fn plugin_spec_errors(spec: &VirtualClusterPluginSpec) -> Vec<FieldError> {
         ));
     }
     if let Some(image) = &spec.executor_image
-        && (image.trim().is_empty() || image.contains(char::is_whitespace))
+        && (image.trim().is_empty()
+            || image.contains(|c: char| c.is_whitespace() || c.is_control())
+            || image.len() > 512)
     {
         errors.push(err(
             "spec.executorImage",
-            "must be an image reference without spaces; leave it out for the default",
+            "must be an image reference without spaces or control characters, at most 512 \
+             characters; leave it out for the default",
         ));
     }
     errors
@@ -168,13 +187,23 @@ fn chart_errors(chart: &ChartSource, at: &str, errors: &mut Vec<FieldError>) {
     if chart.version.is_some() && chart.repo.is_none() {
         errors.push(err(at, "version applies only to a chart from repo"));
     }
-    if let Some(repo) = &chart.repo
-        && !is_url(repo, &["http://", "https://", "oci://"])
-    {
-        errors.push(err(
-            format!("{at}.repo"),
-            "repo must be an http, https or oci URL",
-        ));
+    if let Some(name) = &chart.name {
+        max_len(name, 253, &format!("{at}.name"), errors);
+        if !is_chart_name(name) {
+            errors.push(err(format!("{at}.name"), CHART_NAME_MESSAGE));
+        }
+    }
+    if let Some(version) = &chart.version {
+        max_len(version, 128, &format!("{at}.version"), errors);
+        no_control_chars(version, &format!("{at}.version"), errors);
+    }
+    if let Some(repo) = &chart.repo {
+        let field = format!("{at}.repo");
+        max_len(repo, 2048, &field, errors);
+        no_control_chars(repo, &field, errors);
+        if !is_url(repo, &["http://", "https://", "oci://"]) {
+            errors.push(err(field, "repo must be an http, https or oci URL"));
+        }
     }
     if let Some(storage) = &chart.storage {
         storage_errors(storage, &format!("{at}.storage"), errors);
@@ -182,7 +211,11 @@ fn chart_errors(chart: &ChartSource, at: &str, errors: &mut Vec<FieldError>) {
     if let Some(storage) = &chart.values_file {
         storage_errors(storage, &format!("{at}.valuesFile"), errors);
     }
-    if let Some(values) = &chart.values {
+    if let Some(values) = &chart.values
+        && max_len(values, 262_144, &format!("{at}.values"), errors)
+    {
+        // serde_yaml bounds nesting depth and alias expansion, so a YAML bomb is an error here,
+        // not a hang; Helm never sees it.
         match serde_yaml::from_str::<serde_yaml::Value>(values) {
             Ok(serde_yaml::Value::Mapping(_) | serde_yaml::Value::Null) => {}
             Ok(_) => errors.push(err(
@@ -223,6 +256,8 @@ fn storage_errors(storage: &Storage, at: &str, errors: &mut Vec<FieldError>) {
     }
     if let Some(pv_path) = &storage.pv_path {
         let field = format!("{at}.pvPath");
+        max_len(pv_path, 4096, &field, errors);
+        no_control_chars(pv_path, &field, errors);
         match pv_path.split_once(':') {
             Some((claim, path)) if is_dns_subdomain(claim) && path.starts_with('/') => {
                 no_parent_dirs(path, &field, errors);
@@ -235,6 +270,8 @@ fn storage_errors(storage: &Storage, at: &str, errors: &mut Vec<FieldError>) {
     }
     if let Some(host_path) = &storage.host_path {
         let field = format!("{at}.hostPath.path");
+        max_len(&host_path.path, 4096, &field, errors);
+        no_control_chars(&host_path.path, &field, errors);
         if host_path.path.starts_with('/') {
             no_parent_dirs(&host_path.path, &field, errors);
         } else {
@@ -244,10 +281,13 @@ fn storage_errors(storage: &Storage, at: &str, errors: &mut Vec<FieldError>) {
             dns_subdomain(node, &format!("{at}.hostPath.nodeName"), "nodeName", errors);
         }
     }
-    if let Some(uri) = &storage.uri
-        && !is_url(uri, &["http://", "https://"])
-    {
-        errors.push(err(format!("{at}.uri"), "uri must be an http or https URL"));
+    if let Some(uri) = &storage.uri {
+        let field = format!("{at}.uri");
+        max_len(uri, 4096, &field, errors);
+        no_control_chars(uri, &field, errors);
+        if !is_url(uri, &["http://", "https://"]) {
+            errors.push(err(field, "uri must be an http or https URL"));
+        }
     }
     if let Some(sha) = &storage.sha256 {
         if storage.uri.is_none() {
@@ -276,6 +316,7 @@ fn virtual_cluster_spec_errors(spec: &VirtualClusterSpec) -> Vec<FieldError> {
             for (i, r) in refs.iter().enumerate() {
                 let field = format!("spec.pluginSet.{list}[{i}].name");
                 not_empty(&r.name, &field, &mut errors);
+                max_len(&r.name, 253, &field, &mut errors);
                 if !seen.insert(r.name.as_str()) {
                     errors.push(err(field, format!("{} is listed twice", r.name)));
                 }
@@ -304,6 +345,39 @@ fn not_empty(s: &str, field: &str, errors: &mut Vec<FieldError>) {
     if s.is_empty() {
         errors.push(err(field, "name must not be empty"));
     }
+}
+
+/// The message of a control character in a path, URL or name (the CRD's CEL rule says the same).
+pub const CONTROL_CHARS_MESSAGE: &str = "must not contain control characters";
+
+/// The message of a chart name of the wrong form (the CRD's CEL rule says the same).
+pub const CHART_NAME_MESSAGE: &str = "name must start with a letter or digit and hold only \
+     letters, digits and . _ - /";
+
+/// Control characters (newline, NUL, escape, DEL…) have no place in a path, URL or name: they
+/// reach the executor as environment variables (which cannot hold a NUL) and end up in logs.
+fn no_control_chars(s: &str, field: &str, errors: &mut Vec<FieldError>) {
+    if s.contains(char::is_control) {
+        errors.push(err(field, CONTROL_CHARS_MESSAGE));
+    }
+}
+
+/// Adds an error when `s` is longer than `max` characters (the CRD's `maxLength` counts
+/// characters); returns whether it fits.
+fn max_len(s: &str, max: usize, field: &str, errors: &mut Vec<FieldError>) -> bool {
+    let fits = s.chars().count() <= max;
+    if !fits {
+        errors.push(err(field, format!("must be at most {max} characters")));
+    }
+    fits
+}
+
+/// A chart's name as Helm repositories and OCI registries spell it. The first character is never
+/// `-`, so the name can never be taken for a flag of `helm`.
+pub fn is_chart_name(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
 }
 
 fn is_url(s: &str, schemes: &[&str]) -> bool {
