@@ -63,7 +63,7 @@ bounded() {
 
 [ -n "${PLUGIN_WORK_DIR:-}" ] || finish 2 "PLUGIN_WORK_DIR is not set"
 [ -n "${KUBECONFIG:-}" ] || finish 2 "KUBECONFIG is not set"
-mkdir -p "$PLUGIN_WORK_DIR" || finish 2 "cannot create $PLUGIN_WORK_DIR"
+mkdir -p -- "$PLUGIN_WORK_DIR" || finish 2 "cannot create $PLUGIN_WORK_DIR"
 
 sha256_of() {
   if command -v sha256sum > /dev/null 2>&1; then
@@ -85,7 +85,7 @@ fetch() {
   eval "unpack=\${${source}_UNPACK:-}"
   eval "path=\${${source}_PATH:-}"
   [ -n "$download" ] || finish 2 "${source}_DOWNLOAD is not set for ${source}_URI"
-  mkdir -p "$(dirname "$download")"
+  mkdir -p -- "$(dirname -- "$download")"
   say "fetching $uri"
   if command -v curl > /dev/null 2>&1; then
     bounded curl --fail --silent --show-error --location --max-redirs 5 \
@@ -99,7 +99,7 @@ fetch() {
     [ "$got" = "$want" ] || finish 3 "sha256 of $uri is $got, expected $want"
   fi
   if [ "$unpack" = "true" ]; then
-    mkdir -p "$path"
+    mkdir -p -- "$path"
     tar -xzf "$download" -C "$path" || finish 3 "unpacking $uri failed"
   fi
 }
@@ -162,18 +162,22 @@ yaml_uninstall() {
 chart_install() {
   release=${CHART_RELEASE:?CHART_RELEASE is not set}
   namespace=${CHART_NAMESPACE:-default}
-  set -- upgrade --install "$release"
+  # Flags first, then `--`, then the release and the chart: whatever a value holds (a leading
+  # `-` included), helm takes it as the release or the chart, never as a flag.
+  set -- --namespace "$namespace" --create-namespace
   if [ -n "${CHART_PATH:-}" ]; then
     [ -e "$CHART_PATH" ] || finish 5 "chart not found at $CHART_PATH"
-    set -- "$@" "$CHART_PATH"
+    chart=$CHART_PATH
   else
     case "${CHART_REPO:-}" in
-      oci://*) set -- "$@" "${CHART_REPO%/}/${CHART_NAME:-}" ;;
-      *) set -- "$@" "${CHART_NAME:-}" --repo "${CHART_REPO:-}" ;;
+      oci://*) chart="${CHART_REPO%/}/${CHART_NAME:-}" ;;
+      *)
+        chart=${CHART_NAME:-}
+        set -- "$@" --repo "${CHART_REPO:-}"
+        ;;
     esac
     if [ -n "${CHART_VERSION:-}" ]; then set -- "$@" --version "$CHART_VERSION"; fi
   fi
-  set -- "$@" --namespace "$namespace" --create-namespace
   if [ -n "${VALUES_PATH:-}" ]; then
     [ -f "$VALUES_PATH" ] || finish 5 "values file not found at $VALUES_PATH"
     set -- "$@" --values "$VALUES_PATH"
@@ -185,15 +189,16 @@ chart_install() {
   if [ "${CHART_WAIT:-}" = "true" ]; then set -- "$@" --wait; fi
   set -- "$@" --timeout "$(remaining)s"
   say "helm upgrade --install $release (namespace $namespace)"
-  bounded helm "$@" || finish 5 "helm upgrade --install $release failed"
+  bounded helm upgrade --install "$@" -- "$release" "$chart" \
+    || finish 5 "helm upgrade --install $release failed"
 }
 
 chart_uninstall() {
   release=${CHART_RELEASE:?CHART_RELEASE is not set}
   namespace=${CHART_NAMESPACE:-default}
   say "helm uninstall $release (namespace $namespace)"
-  bounded helm uninstall "$release" --namespace "$namespace" --ignore-not-found \
-    --timeout "$(remaining)s" || finish 5 "helm uninstall $release failed"
+  bounded helm uninstall --namespace "$namespace" --ignore-not-found \
+    --timeout "$(remaining)s" -- "$release" || finish 5 "helm uninstall $release failed"
 }
 
 # Retries SUCCESS_STATE_COMMAND until it exits 0; its exit status is the verdict.

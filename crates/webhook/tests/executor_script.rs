@@ -88,6 +88,42 @@ impl World {
         self.execute(&job).await
     }
 
+    /// Runs the executor script itself with `env` (and the virtual cluster's kubeconfig, a work
+    /// folder and the termination log), as the mutated pod would.
+    async fn run_script(&self, env: &[(String, String)]) -> Outcome {
+        let run_dir = tempfile::tempdir_in(self.tmp.path()).unwrap();
+        let termination_log = run_dir.path().join("termination-log");
+        let mut path: Vec<PathBuf> = common::tool_dirs();
+        path.extend(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        ));
+        let kubeconfig = kosmos_e2e::kubeconfig_path(Cluster::Virtual).await.unwrap();
+        let mut cmd = tokio::process::Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(kosmos_webhook::mutation::EXECUTOR_SCRIPT)
+            .env_clear()
+            .env("PATH", std::env::join_paths(path).unwrap())
+            .env("HOME", run_dir.path())
+            .env("TERMINATION_LOG", &termination_log)
+            .env("KUBECONFIG", kubeconfig)
+            .env("PLUGIN_WORK_DIR", run_dir.path().join("work"))
+            .env("PLUGIN_TIMEOUT_SECONDS", "30")
+            .current_dir(run_dir.path())
+            .kill_on_drop(true);
+        for (name, value) in env {
+            cmd.env(name, value);
+        }
+        let output = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+            .await
+            .expect("the executor script finished within 60 s")
+            .unwrap();
+        Outcome {
+            code: output.status.code(),
+            message: std::fs::read_to_string(&termination_log).unwrap_or_default(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
     async fn execute(&self, job: &Job) -> Outcome {
         let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         let container = &pod.containers[0];
@@ -398,22 +434,24 @@ async fn success_state_command_exit_status_is_the_verdict() {
     let trap = "kubectl get pods -n default -l app=test --field-selector=status.phase!=Running | grep -q 'No resources found' && echo ok || echo not-ok";
     assert_ok(&w.run(&plugin(trap, 30), Action::Install).await);
 
+    // The limit covers the apply before the command too; 10 s leaves room for a loaded machine
+    // (`make test` runs many executors at once), where 3 s was sometimes spent by kubectl alone.
     let started = std::time::Instant::now();
-    let outcome = w.run(&plugin("false", 3), Action::Install).await;
+    let outcome = w.run(&plugin("false", 10), Action::Install).await;
     assert_eq!(outcome.code, Some(6), "{outcome:#?}");
     assert!(
         outcome
             .message
-            .contains("successStateCommand did not exit 0 within 3s"),
+            .contains("successStateCommand did not exit 0 within 10s"),
         "{outcome:#?}"
     );
-    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(started.elapsed() < Duration::from_secs(40));
 
     // A command that hangs is cut off by the time limit too.
     let started = std::time::Instant::now();
-    let outcome = w.run(&plugin("sleep 600", 3), Action::Install).await;
+    let outcome = w.run(&plugin("sleep 600", 10), Action::Install).await;
     assert_eq!(outcome.code, Some(6), "{outcome:#?}");
-    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(started.elapsed() < Duration::from_secs(40));
     w.ns.delete().await.unwrap();
 }
 
@@ -553,5 +591,383 @@ async fn yaml_namespace_is_a_default_not_a_constraint() {
         .unwrap();
     assert!(placed.is_none());
     other.delete().await.unwrap();
+    w.ns.delete().await.unwrap();
+}
+
+/// The shell-injection corpus (`testdata/shell-injection.json`): `@MARK@` in a payload stands for
+/// a file that exists only if a payload was run, `@EVIL@` for a script that creates it.
+fn injection_corpus(mark: &Path, evil: &Path) -> Vec<String> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/shell-injection.json");
+    let raw: Vec<String> = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    raw.iter()
+        .map(|p| {
+            p.replace("@MARK@", &mark.display().to_string())
+                .replace("@EVIL@", &evil.display().to_string())
+        })
+        .collect()
+}
+
+/// Every field of a plugin whose value reaches the executor, with a payload planted in it.
+const PLANTED_FIELDS: [&str; 9] = [
+    "metadata.name",
+    "yaml.path.pvPath",
+    "yaml.path.hostPath.path",
+    "yaml.path.uri",
+    "chart.name",
+    "chart.repo",
+    "chart.version",
+    "chart.values",
+    "chart.valuesFile.hostPath.path",
+];
+
+fn planted_plugin(
+    field: &str,
+    payload: &str,
+    ns: &str,
+    base: &str,
+) -> kosmos_api::VirtualClusterPlugin {
+    use kosmos_api::{ChartSource, HostPath, PluginSources, Storage, YamlSource};
+    let yaml = |path: Storage| PluginSources {
+        yaml: Some(YamlSource {
+            path,
+            namespace: None,
+        }),
+        chart: None,
+    };
+    let repo_chart = |name: &str, repo: &str, version: Option<&str>| PluginSources {
+        chart: Some(ChartSource {
+            name: Some(name.to_owned()),
+            repo: Some(repo.to_owned()),
+            version: version.map(str::to_owned),
+            release_name: Some("inj".to_owned()),
+            namespace: Some(ns.to_owned()),
+            ..ChartSource::default()
+        }),
+        yaml: None,
+    };
+    let closed = "http://127.0.0.1:1/charts";
+    let sources = match field {
+        "metadata.name" => yaml(Storage {
+            pv_path: Some("store:/pv/missing".to_owned()),
+            ..Storage::default()
+        }),
+        "yaml.path.pvPath" => yaml(Storage {
+            pv_path: Some(format!("store:/pv/{payload}")),
+            ..Storage::default()
+        }),
+        "yaml.path.hostPath.path" => yaml(Storage {
+            host_path: Some(HostPath {
+                path: format!("/nonexistent/{payload}"),
+                node_name: None,
+            }),
+            ..Storage::default()
+        }),
+        "yaml.path.uri" => yaml(Storage {
+            uri: Some(format!("{base}/{payload}")),
+            ..Storage::default()
+        }),
+        "chart.name" => repo_chart(payload, closed, None),
+        "chart.repo" => repo_chart("demo", &format!("http://127.0.0.1:1/{payload}"), None),
+        "chart.version" => repo_chart("demo", closed, Some(payload)),
+        "chart.values" => {
+            let mut s = repo_chart("demo", closed, None);
+            s.chart.as_mut().unwrap().values = Some(payload.to_owned());
+            s
+        }
+        "chart.valuesFile.hostPath.path" => {
+            let mut s = repo_chart("demo", closed, None);
+            s.chart.as_mut().unwrap().values_file = Some(Storage {
+                host_path: Some(HostPath {
+                    path: format!("/nonexistent/{payload}"),
+                    node_name: None,
+                }),
+                ..Storage::default()
+            });
+            s
+        }
+        other => panic!("no field {other}"),
+    };
+    let name = if field == "metadata.name" {
+        payload
+    } else {
+        "injected"
+    };
+    let mut plugin = kosmos_api::VirtualClusterPlugin::new(
+        name,
+        kosmos_api::VirtualClusterPluginSpec {
+            plugin_sources: sources,
+            timeout_seconds: Some(30),
+            ..Default::default()
+        },
+    );
+    plugin.metadata.namespace = Some("tenants".to_owned());
+    plugin
+}
+
+/// Every payload of the corpus in every field that reaches the executor, through the webhook's
+/// validation and mutation: each is refused by the validation, or reaches the executor script,
+/// which runs for real and must not run it (the marker file stays absent) nor succeed.
+#[tokio::test]
+async fn shell_injection_corpus_through_the_mutation_stays_inert() {
+    let mut w = World::new("exec-inject").await;
+    w.claim("store");
+    let mark = w.tmp.path().join("pwned");
+    let evil = w.file(
+        "evil.sh",
+        &format!("#!/bin/sh\ntouch '{}'\n", mark.display()),
+    );
+    std::fs::set_permissions(&evil, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let corpus = injection_corpus(&mark, &evil);
+    assert!(corpus.len() >= 30, "only {} payloads", corpus.len());
+    let base = serve_paths(BTreeMap::new()).await;
+    let vc = common::virtual_cluster("tenants", VC);
+    let (mut refused, mut ran) = (0, 0);
+    let mut problems = Vec::new();
+    for field in PLANTED_FIELDS {
+        for payload in &corpus {
+            let plugin = planted_plugin(field, payload, w.ns(), &base);
+            let job = common::bare_job("tenants", VC, &plugin, Action::Install);
+            let Ok(mutation) = mutate(&job, &plugin, &vc, &Settings::default()) else {
+                refused += 1;
+                continue;
+            };
+            if payload.contains('\0') {
+                problems.push(format!(
+                    "{field} {payload:?}: a NUL byte passed the validation"
+                ));
+                continue;
+            }
+            ran += 1;
+            let outcome = w.execute(&common::apply_patch(&job, &mutation.patch)).await;
+            if mark.exists() {
+                problems.push(format!("{field} {payload:?}: RAN the payload: {outcome:?}"));
+                std::fs::remove_file(&mark).unwrap();
+            }
+            // Nothing was there to install: success would mean the payload changed the command.
+            if field != "metadata.name" && outcome.code == Some(0) {
+                problems.push(format!("{field} {payload:?}: succeeded: {outcome:?}"));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // Both paths were taken: the corpus is not simply refused wholesale.
+    assert!(ran >= 100 && refused >= 30, "ran {ran}, refused {refused}");
+    w.ns.delete().await.unwrap();
+}
+
+/// The executor script alone, each corpus payload put straight into each environment variable
+/// that carries a value from a plugin (as if the validation had let everything through): none is
+/// run, none makes the script succeed. The flag-like payloads (`--post-renderer=…`, `--help`,
+/// `-o…`) are the ones that turned `helm upgrade --install` into something else before the
+/// release and chart came after `--`.
+#[tokio::test]
+async fn shell_injection_corpus_in_the_environment_stays_inert() {
+    let mut w = World::new("exec-inject-env").await;
+    let mark = w.tmp.path().join("pwned");
+    let evil = w.file(
+        "evil.sh",
+        &format!("#!/bin/sh\ntouch '{}'\n", mark.display()),
+    );
+    std::fs::set_permissions(&evil, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let claim = w.claim("charts");
+    write_chart(&claim.join("demo"));
+    let chart = claim.join("demo").display().to_string();
+    let base = serve_paths(BTreeMap::new()).await;
+    // An environment variable cannot hold a NUL; the validation refuses those (test above).
+    let corpus: Vec<String> = injection_corpus(&mark, &evil)
+        .into_iter()
+        .filter(|p| !p.contains('\0'))
+        .collect();
+    let ns = w.ns().to_owned();
+    // variable -> the other variables that make the script reach the place the value is used
+    let owned = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    // A real chart, release and namespace; `extra` replaces or adds variables.
+    let chart_env = |extra: &[(&str, &str)]| -> Vec<(String, String)> {
+        let mut env = owned(&[
+            ("CHART_PATH", chart.as_str()),
+            ("CHART_RELEASE", "inj"),
+            ("CHART_NAMESPACE", ns.as_str()),
+        ]);
+        for (k, v) in owned(extra) {
+            env.retain(|(name, _)| *name != k);
+            env.push((k, v));
+        }
+        env
+    };
+    let download = w.tmp.path().join("download/yaml").display().to_string();
+    let mut problems = Vec::new();
+    let mut runs = 0;
+    for payload in &corpus {
+        let p = payload.as_str();
+        let url = format!("{base}/{p}");
+        let cases: Vec<(&str, Vec<(String, String)>)> = vec![
+            ("YAML_PATH", owned(&[("YAML_PATH", p)])),
+            (
+                "YAML_NAMESPACE",
+                owned(&[("YAML_PATH", "/nonexistent"), ("YAML_NAMESPACE", p)]),
+            ),
+            (
+                "YAML_URI",
+                owned(&[
+                    ("YAML_URI", p),
+                    ("YAML_DOWNLOAD", &download),
+                    ("YAML_PATH", &download),
+                ]),
+            ),
+            (
+                "YAML_URI (after a base URL)",
+                owned(&[
+                    ("YAML_URI", &url),
+                    ("YAML_DOWNLOAD", &download),
+                    ("YAML_PATH", &download),
+                ]),
+            ),
+            ("CHART_PATH", chart_env(&[("CHART_PATH", p)])),
+            // An invalid namespace beside the payload: a release that got through must still fail.
+            (
+                "CHART_RELEASE",
+                chart_env(&[("CHART_RELEASE", p), ("CHART_NAMESPACE", "-")]),
+            ),
+            (
+                "CHART_NAMESPACE",
+                chart_env(&[("CHART_NAMESPACE", p), ("CHART_RELEASE", "-")]),
+            ),
+            (
+                "CHART_NAME",
+                chart_env(&[
+                    ("CHART_PATH", ""),
+                    ("CHART_NAME", p),
+                    ("CHART_REPO", "http://127.0.0.1:1/"),
+                ]),
+            ),
+            (
+                "CHART_REPO",
+                chart_env(&[
+                    ("CHART_PATH", ""),
+                    ("CHART_NAME", "demo"),
+                    ("CHART_REPO", p),
+                ]),
+            ),
+            (
+                "CHART_VERSION",
+                chart_env(&[
+                    ("CHART_PATH", ""),
+                    ("CHART_NAME", "demo"),
+                    ("CHART_REPO", "http://127.0.0.1:1/"),
+                    ("CHART_VERSION", p),
+                ]),
+            ),
+            (
+                "VALUES_PATH",
+                chart_env(&[("VALUES_PATH", p), ("CHART_RELEASE", "-")]),
+            ),
+            (
+                "CHART_VALUES",
+                chart_env(&[("CHART_VALUES", p), ("CHART_RELEASE", "-")]),
+            ),
+            ("PLUGIN_ACTION", owned(&[("PLUGIN_ACTION", p)])),
+        ];
+        for (var, env) in cases {
+            runs += 1;
+            let mut env: Vec<(String, String)> = env
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            if !env.iter().any(|(k, _)| k == "PLUGIN_ACTION") {
+                env.push(("PLUGIN_ACTION".to_owned(), "install".to_owned()));
+            }
+            let outcome = w.run_script(&env).await;
+            if mark.exists() {
+                problems.push(format!("{var}={p:?}: RAN the payload: {outcome:?}"));
+                std::fs::remove_file(&mark).unwrap();
+            }
+            if outcome.code == Some(0) {
+                problems.push(format!("{var}={p:?}: succeeded: {outcome:?}"));
+            }
+        }
+        // Only in messages: the install succeeds and the message carries the name as it is.
+        let outcome = w
+            .run_script(&[
+                ("PLUGIN_ACTION".to_owned(), "install".to_owned()),
+                ("PLUGIN_NAME".to_owned(), p.to_owned()),
+            ])
+            .await;
+        runs += 1;
+        let first_line = p.lines().next().unwrap_or_default();
+        if mark.exists() || outcome.code != Some(0) || !outcome.message.contains(first_line) {
+            problems.push(format!("PLUGIN_NAME={p:?}: {outcome:?}"));
+            let _ = std::fs::remove_file(&mark);
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} of {runs} runs:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+    w.ns.delete().await.unwrap();
+}
+
+/// Every payload of the corpus as a Helm value, installed for real: the chart renders each one
+/// back byte for byte, so each stayed data all the way into the virtual cluster.
+#[tokio::test]
+async fn shell_injection_corpus_as_helm_values_arrives_as_data() {
+    let mut w = World::new("exec-inject-values").await;
+    let mark = w.tmp.path().join("pwned");
+    let evil = w.tmp.path().join("evil.sh");
+    let claim = w.claim("charts");
+    let dir = claim.join("echo");
+    std::fs::create_dir_all(dir.join("templates")).unwrap();
+    std::fs::write(
+        dir.join("Chart.yaml"),
+        "apiVersion: v2\nname: echo\nversion: 0.1.0\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("templates/cm.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-payloads\ndata:\n{{- range $k, $v := .Values.payloads }}\n  {{ $k }}: {{ $v | quote }}\n{{- end }}\n",
+    )
+    .unwrap();
+    // A ConfigMap value cannot hold a NUL either.
+    let corpus: Vec<String> = injection_corpus(&mark, &evil)
+        .into_iter()
+        .filter(|p| !p.contains('\0'))
+        .collect();
+    let payloads: BTreeMap<String, &String> = corpus
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (format!("p{i:02}"), p))
+        .collect();
+    let values = serde_yaml::to_string(&serde_json::json!({ "payloads": payloads })).unwrap();
+    let release = format!("inj-{}", &w.ns()[w.ns().len() - 5..]);
+    let mut plugin = planted_plugin("chart.values", &values, w.ns(), "");
+    let chart = plugin.spec.plugin_sources.chart.as_mut().unwrap();
+    chart.repo = None;
+    chart.name = None;
+    chart.release_name = Some(release.clone());
+    chart.storage = Some(kosmos_api::Storage {
+        pv_path: Some("charts:/charts/echo".to_owned()),
+        ..Default::default()
+    });
+    let job = common::bare_job("tenants", VC, &plugin, Action::Install);
+    let vc = common::virtual_cluster("tenants", VC);
+    let mutation = mutate(&job, &plugin, &vc, &Settings::default()).unwrap();
+    let outcome = w.execute(&common::apply_patch(&job, &mutation.patch)).await;
+    assert_ok(&outcome);
+    assert!(!mark.exists(), "a value was run as a command: {outcome:#?}");
+    let data = w
+        .configmap(&format!("{release}-payloads"))
+        .await
+        .expect("the chart's ConfigMap")
+        .data
+        .unwrap();
+    for (key, payload) in &payloads {
+        assert_eq!(data.get(key), Some(*payload), "{key}");
+    }
     w.ns.delete().await.unwrap();
 }

@@ -620,7 +620,9 @@ fn shell_injection_in_every_string_field_stays_inside_env_values() {
             VirtualClusterPluginSpec {
                 plugin_sources: PluginSources {
                     chart: Some(ChartSource {
-                        name: Some(compact.clone()),
+                        // A chart name of this form is refused by the validation (see
+                        // tests/executor_script.rs for the whole corpus, names included).
+                        name: Some("demo".into()),
                         repo: Some(format!("https://example.com/{compact}")),
                         version: Some(compact.clone()),
                         values: Some(format!("key: '{}'\n", evil.replace('\'', "''"))),
@@ -646,7 +648,7 @@ fn shell_injection_in_every_string_field_stays_inside_env_values() {
         assert!(container.args.is_none());
         assert!(!EXECUTOR_SCRIPT.contains("pwned"));
         let env = env_of(&job);
-        for key in ["CHART_NAME", "CHART_REPO", "CHART_VERSION", "CHART_VALUES"] {
+        for key in ["CHART_REPO", "CHART_VERSION", "CHART_VALUES"] {
             assert!(
                 env[key].contains("pwned"),
                 "{key} carries the value as data"
