@@ -581,6 +581,46 @@ fn an_invalid_plugin_is_denied_with_its_field() {
 }
 
 #[test]
+fn chart_arguments_that_helm_would_read_as_flags_are_denied() {
+    let chart = |name: &str, release: Option<&str>, namespace: Option<&str>| {
+        plugin(
+            "flags",
+            VirtualClusterPluginSpec {
+                plugin_sources: PluginSources {
+                    chart: Some(ChartSource {
+                        name: Some(name.into()),
+                        repo: Some("https://charts.example.com".into()),
+                        release_name: release.map(Into::into),
+                        namespace: namespace.map(Into::into),
+                        ..Default::default()
+                    }),
+                    yaml: None,
+                },
+                ..Default::default()
+            },
+        )
+    };
+    for (p, field) in [
+        (
+            chart("--post-renderer=/bin/sh", None, None),
+            "spec.pluginSources.chart.name",
+        ),
+        (chart("-h", None, None), "spec.pluginSources.chart.name"),
+        (
+            chart("nginx", Some("--debug"), None),
+            "spec.pluginSources.chart.releaseName",
+        ),
+        (
+            chart("nginx", None, Some("-n")),
+            "spec.pluginSources.chart.namespace",
+        ),
+    ] {
+        let message = deny(&p, &Settings::default());
+        assert!(message.contains(field), "{field}: {message}");
+    }
+}
+
+#[test]
 fn oversized_inline_values_are_denied() {
     let p = plugin(
         "big",
