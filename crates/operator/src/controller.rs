@@ -263,6 +263,7 @@ async fn reconcile_one(ns: &str, name: &str, ctx: &Context) -> Result<Action, Er
     let mut installed = Vec::new();
     let mut last: Option<Plan> = None;
     let mut rejected: Vec<(String, String)> = Vec::new();
+    let mut webhook_unavailable: Option<String> = None;
     for _ in 0..4 {
         let obs = Observed {
             vc: &vc,
@@ -272,6 +273,7 @@ async fn reconcile_one(ns: &str, name: &str, ctx: &Context) -> Result<Action, Er
             readiness: readiness.clone(),
             deletion: deletion.clone(),
             rejected: &rejected,
+            webhook_unavailable: webhook_unavailable.clone(),
             now: now(),
         };
         let plan = plan::plan(&obs, &ctx.config.plan);
@@ -293,6 +295,16 @@ async fn reconcile_one(ns: &str, name: &str, ctx: &Context) -> Result<Action, Er
                     let job = jobs::bare_job(&vc, &new, &ctx.config.executor_image);
                     let stored = match create_job(&jobs_api, &job, &new.name).await {
                         Ok(stored) => stored,
+                        Err(Error::Kube {
+                            source: kube::Error::Api(status),
+                            ..
+                        }) if webhook_not_called(&status) => {
+                            warn!(plugin = %new.plugin, job = %new.name, code = status.code,
+                                message = %status.message, "the API server could not call the webhook for the executor job");
+                            webhook_unavailable = Some(status.message.clone());
+                            rejected.push((new.plugin.clone(), status.message.clone()));
+                            continue;
+                        }
                         Err(Error::Kube {
                             source: kube::Error::Api(status),
                             ..
@@ -387,6 +399,13 @@ async fn reconcile_one(ns: &str, name: &str, ctx: &Context) -> Result<Action, Er
         after = after.min(PROBE_POLL);
     }
     Ok(Action::requeue(after))
+}
+
+/// Whether the API server refused a request because it could not call an admission webhook
+/// (not running, unreachable, too slow, or answering garbage): a 5xx whose message is the API
+/// server's "failed calling webhook". A webhook that answered and denied is a 4xx instead.
+fn webhook_not_called(status: &kube::core::Status) -> bool {
+    status.code >= 500 && status.message.contains("failed calling webhook")
 }
 
 /// Creates a Job; AlreadyExists means an earlier pass (or replica) created it: read that one.

@@ -477,3 +477,103 @@ async fn two_replicas_one_leader_and_the_other_takes_over() -> Result<()> {
     webhook.stop().await?;
     ns.delete().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_outage_is_reported_backed_off_and_recovered_from() -> Result<()> {
+    let (ns, client, _sweep) = setup("op-outage").await?;
+    let n = ns.name();
+    let dead = DeadWebhook::register(&client, n).await?;
+    apply_plugin(&client, n, "dns", yaml_plugin(json!({}))).await?;
+    let op = Operator::start(n, &["--backoff-seconds", "2", "--max-backoff-seconds", "8"]).await?;
+    create_vc(
+        &client,
+        n,
+        "vc",
+        phase::ALL_NODE_READY,
+        json!({ "pluginSet": { "enabled": [{"name": "dns"}] } }),
+    )
+    .await?;
+    let vc = wait_vc(
+        &client,
+        n,
+        "vc",
+        "WebhookMutating=False (unavailable)",
+        |vc| {
+            condition(vc, condition::WEBHOOK_MUTATING)
+                .is_some_and(|(s, r, _)| s == "False" && r == "WebhookUnavailable")
+        },
+    )
+    .await?;
+    let (_, _, message) = condition(&vc, condition::WEBHOOK_MUTATING).unwrap();
+    ensure!(message.contains("failed calling webhook"), "{message}");
+    ensure!(
+        entry(&vc, "dns")
+            .and_then(|e| e.message.clone())
+            .is_some_and(|m| m.contains("could not call the webhook")),
+        "{:?}",
+        entry(&vc, "dns")
+    );
+
+    // Retries back off: the retry times the status shows move apart, up to the bound.
+    let mut retries: Vec<i64> = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while retries.len() < 5 {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "only these retry times within 60 s: {retries:?}"
+        );
+        let vc = get_vc(&client, n, "vc").await?;
+        if let Some(at) = entry(&vc, "dns").and_then(|e| e.next_retry_at.clone()) {
+            let at = at.0.as_second();
+            if retries.last() != Some(&at) {
+                retries.push(at);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let gaps: Vec<i64> = retries.windows(2).map(|w| w[1] - w[0]).collect();
+    // Planned 2, 4, 8, 8 s apart (each retry plus how long the outage has lasted, at most 8).
+    ensure!(
+        gaps.iter().all(|g| *g <= 8 + 3),
+        "a gap exceeds the bound: {gaps:?}"
+    );
+    ensure!(
+        gaps.last().unwrap() >= &(2 * gaps[0]),
+        "the retries do not back off: {gaps:?}"
+    );
+    ensure!(plugin_jobs(&client, n, "dns").await?.is_empty());
+    // One event for the outage, not one per retry.
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), n);
+    let outage_events = events
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("WebhookUnavailable"))
+        .collect::<Vec<_>>();
+    ensure!(
+        outage_events.len() == 1 && outage_events[0].type_.as_deref() == Some("Warning"),
+        "{outage_events:?}"
+    );
+
+    // The webhook comes back; nobody touches the operator or the VirtualCluster.
+    dead.stop().await?;
+    let webhook = MarkingWebhook::start(&client, n).await?;
+    let job = wait_for("an install job after the outage", STEP, || async {
+        Ok(plugin_jobs(&client, n, "dns").await?.into_iter().next())
+    })
+    .await?;
+    ensure!(
+        job.annotations()
+            .contains_key(contract::INJECTED_ANNOTATION)
+    );
+    finish(&client, n, &job.name_any(), ok()).await?;
+    let vc = wait_vc(&client, n, "vc", "phase Completed", |vc| {
+        vc.phase() == phase::COMPLETED
+    })
+    .await?;
+    ensure!(condition(&vc, condition::WEBHOOK_MUTATING).unwrap().0 == "True");
+    drop(op);
+    webhook.stop().await?;
+    ns.delete().await
+}

@@ -17,7 +17,7 @@ use kosmos_api::contract::Action;
 use kosmos_api::{PluginStatus, VirtualCluster, VirtualClusterPlugin, VirtualClusterStatus};
 
 pub use resolve::resolve;
-pub use steps::backoff;
+pub use steps::{backoff, outage_backoff};
 
 /// Settings that shape the decisions (flags of the binary).
 #[derive(Clone, Debug, PartialEq)]
@@ -137,6 +137,9 @@ pub struct Observed<'a> {
     /// Plugins whose Job the API server refused in this reconciliation (an admission webhook
     /// denied it, or it was invalid), with the server's message.
     pub rejected: &'a [(String, String)],
+    /// Set when the API server refused a Job in this reconciliation because it could not call
+    /// an admission webhook (down, unreachable, timing out), with the server's message.
+    pub webhook_unavailable: Option<String>,
     /// The time of the decision.
     pub now: Timestamp,
 }
@@ -280,6 +283,9 @@ impl std::fmt::Display for Problem {
         }
     }
 }
+
+/// Reason of `WebhookMutating=False` while the API server cannot call the webhook.
+const WEBHOOK_UNAVAILABLE: &str = "WebhookUnavailable";
 
 fn add(t: Timestamp, d: Duration) -> Timestamp {
     let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2);

@@ -7,7 +7,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kosmos_api::{PluginPhase, PluginStatus, VirtualClusterStatus, condition, phase};
 
-use super::{Kubeconfig, Note, NoteKind, Plan, Planner, Problem, Readiness, resolve, until};
+use super::{
+    Kubeconfig, Note, NoteKind, Plan, Planner, Problem, Readiness, WEBHOOK_UNAVAILABLE, resolve,
+    until,
+};
 
 impl<'a, 'o> Planner<'a, 'o> {
     pub(super) fn finish(mut self) -> Plan {
@@ -40,6 +43,7 @@ impl<'a, 'o> Planner<'a, 'o> {
 
         let mut conditions = Vec::new();
         let old_conditions = self.old.conditions.clone();
+        let mut outage_began = false;
         let mut set = |type_: &str, ok: bool, reason: &str, message: String| {
             conditions.push(condition_at(
                 &old_conditions,
@@ -115,13 +119,53 @@ impl<'a, 'o> Planner<'a, 'o> {
                 );
             }
         }
-        match self.webhook.clone() {
-            Some((true, _)) => set(
-                condition::WEBHOOK_MUTATING,
-                true,
-                "Mutated",
-                "executor Jobs carry the webhook's mark".into(),
-            ),
+        let webhook_was = old_conditions
+            .iter()
+            .find(|c| c.type_ == condition::WEBHOOK_MUTATING)
+            .map(|c| (c.status.clone(), c.reason.clone()));
+        let outage = obs.webhook_unavailable.clone().map(|why| {
+            (
+                false,
+                format!("the API server could not call the webhook to create executor Jobs: {why}"),
+            )
+        });
+        match outage.or_else(|| self.webhook.clone()) {
+            Some((true, _)) => {
+                if webhook_was.as_ref().is_some_and(|(s, _)| s == "False") {
+                    self.notes.push(Note {
+                        kind: NoteKind::Normal,
+                        reason: "WebhookMutating",
+                        message: "executor Jobs carry the webhook's mark again".into(),
+                        plugin: None,
+                    });
+                }
+                set(
+                    condition::WEBHOOK_MUTATING,
+                    true,
+                    "Mutated",
+                    "executor Jobs carry the webhook's mark".into(),
+                );
+            }
+            Some((false, message)) if obs.webhook_unavailable.is_some() => {
+                let ongoing = webhook_was
+                    .as_ref()
+                    .is_some_and(|(s, r)| s == "False" && r == WEBHOOK_UNAVAILABLE);
+                if !ongoing {
+                    self.notes.push(Note {
+                        kind: NoteKind::Warning,
+                        reason: WEBHOOK_UNAVAILABLE,
+                        message: format!("{message}; retrying with backoff"),
+                        plugin: None,
+                    });
+                }
+                outage_began = !ongoing;
+                set(
+                    condition::WEBHOOK_MUTATING,
+                    false,
+                    WEBHOOK_UNAVAILABLE,
+                    message,
+                );
+            }
             Some((false, message)) => {
                 set(condition::WEBHOOK_MUTATING, false, "NotMutated", message)
             }
@@ -207,6 +251,17 @@ impl<'a, 'o> Planner<'a, 'o> {
                 "NotReady",
                 why.clone(),
             ),
+        }
+
+        if outage_began {
+            // The transition time marks the outage's start (the backoff grows from it), even
+            // when the condition was already False for another reason.
+            for c in conditions
+                .iter_mut()
+                .filter(|c| c.type_ == condition::WEBHOOK_MUTATING)
+            {
+                c.last_transition_time = Time(now);
+            }
         }
 
         // The phase: Completed only when every plugin of a resolved set succeeded; back to

@@ -6,11 +6,11 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kosmos_api::contract::{self, Action};
-use kosmos_api::{PluginPhase, PluginStatus, VirtualClusterPlugin, phase};
+use kosmos_api::{PluginPhase, PluginStatus, VirtualClusterPlugin, condition, phase};
 
 use super::{
     JobOutcome, JobView, Kubeconfig, NewJob, Note, NoteKind, Observed, Planner, Readiness,
-    Settings, Step, add, resolve, until,
+    Settings, Step, WEBHOOK_UNAVAILABLE, add, resolve, until,
 };
 
 /// Delay before retry number `failures` (1 = after the first failure): base, doubling, capped.
@@ -22,7 +22,32 @@ pub fn backoff(settings: &Settings, failures: u32) -> Duration {
         .min(settings.backoff_max)
 }
 
+/// Delay before the next Job after the webhook could not be called, for an outage that began
+/// at `since`: as long as the outage has lasted so far, at least the base and at most the
+/// maximum. Retries so come at base, 2·base, 4·base, … after the outage began: exponential and
+/// bounded, with nothing to count but the condition's transition time.
+pub fn outage_backoff(settings: &Settings, since: Timestamp, now: Timestamp) -> Duration {
+    until(since, now).clamp(
+        settings.backoff_base,
+        settings.backoff_max.max(settings.backoff_base),
+    )
+}
+
 impl<'a, 'o> Planner<'a, 'o> {
+    /// When the current webhook outage began: the transition time of `WebhookMutating=False`
+    /// with reason `WebhookUnavailable`, or now for a new one.
+    pub(super) fn outage_since(&self) -> Timestamp {
+        self.old
+            .conditions
+            .iter()
+            .find(|c| {
+                c.type_ == condition::WEBHOOK_MUTATING
+                    && c.status == "False"
+                    && c.reason == WEBHOOK_UNAVAILABLE
+            })
+            .map_or(self.obs.now, |c| c.last_transition_time.0)
+    }
+
     pub(super) fn new(obs: &'o Observed<'a>, settings: &'o Settings) -> Self {
         let running = obs
             .jobs
@@ -252,6 +277,27 @@ impl<'a, 'o> Planner<'a, 'o> {
             if action == Action::Uninstall {
                 entry.phase = PluginPhase::Uninstalling;
             }
+            self.entries.push(entry);
+            return;
+        }
+        if let (Some(why), true) = (
+            self.obs.webhook_unavailable.as_ref(),
+            self.obs.rejected.iter().any(|(p, _)| *p == name),
+        ) {
+            // The webhook is down: not this plugin's fault, and the same for every plugin. One
+            // event for the outage (see finish), retries spaced by how long it has lasted.
+            let at = add(
+                self.obs.now,
+                outage_backoff(self.settings, self.outage_since(), self.obs.now),
+            );
+            entry.message = Some(format!(
+                "the API server could not call the webhook for the {action} job: {why}"
+            ));
+            entry.next_retry_at = Some(Time(at));
+            if action == Action::Uninstall {
+                entry.phase = PluginPhase::Uninstalling;
+            }
+            self.wake_at(at);
             self.entries.push(entry);
             return;
         }

@@ -124,6 +124,7 @@ fn observe<'a>(
         readiness: Readiness::External,
         deletion: None,
         rejected: &[],
+        webhook_unavailable: None,
         now: at(NOW),
     }
 }
@@ -1030,5 +1031,156 @@ fn finished_jobs_of_older_specs_go_once_the_new_spec_succeeded() {
         run(&v, std::slice::from_ref(&new), &[going, new_done])
             .steps
             .is_empty()
+    );
+}
+
+const OUTAGE: &str = "Internal error occurred: failed calling webhook \"plugin-webhook.kosmos.io\": failed to call webhook: Post \"https://plugin-webhook.kosmos-system.svc:443/mutate?timeout=10s\": dial tcp 10.0.0.9:443: connect: connection refused";
+
+fn webhook_condition(
+    status: &str,
+    reason: &str,
+    since: i64,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        type_: condition::WEBHOOK_MUTATING.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: "earlier".into(),
+        last_transition_time: Time(at(since)),
+        observed_generation: None,
+    }
+}
+
+fn with_condition(
+    mut vc: VirtualCluster,
+    c: k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition,
+) -> VirtualCluster {
+    if let Some(s) = vc.status.as_mut() {
+        s.conditions.push(c);
+    }
+    vc
+}
+
+/// The plan for a reconciliation in which the API server could not call the webhook for `a`.
+fn outage_plan(v: &VirtualCluster, plugins: &[VirtualClusterPlugin]) -> Plan {
+    let rejected = [("a".to_owned(), OUTAGE.to_owned())];
+    let mut obs = observe(v, plugins, &[]);
+    obs.rejected = &rejected;
+    obs.webhook_unavailable = Some(OUTAGE.into());
+    plan(&obs, &settings())
+}
+
+#[test]
+fn outage_backoff_grows_with_the_outage_and_is_bounded() {
+    let s = settings();
+    let d = |since: i64| outage_backoff(&s, at(NOW - since), at(NOW)).as_secs();
+    // Retries at 10, 20, 40, 80, 160, 320, then every 300 s after the outage began.
+    assert_eq!(
+        [d(0), d(10), d(20), d(40), d(80), d(160), d(320), d(100_000)],
+        [10, 10, 20, 40, 80, 160, 300, 300]
+    );
+}
+
+#[test]
+fn a_webhook_outage_is_said_once_in_status_and_events() {
+    let plugins = [plugin("a", false, &[])];
+    let v = vc(phase::ALL_NODE_READY, &["a"], &[]);
+    let plan = outage_plan(&v, &plugins);
+    assert!(plan.steps.is_empty());
+    let c = cond(&plan, condition::WEBHOOK_MUTATING).unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "WebhookUnavailable")
+    );
+    assert!(c.message.contains("connection refused"), "{}", c.message);
+    assert_eq!(c.last_transition_time, Time(at(NOW)));
+    let e = &plan.status.plugins[0];
+    assert_eq!(e.phase, PluginPhase::Pending);
+    assert!(
+        e.message
+            .as_deref()
+            .unwrap()
+            .contains("could not call the webhook")
+    );
+    assert_eq!(e.next_retry_at, Some(Time(at(NOW + 10))));
+    assert_eq!(plan.requeue_after, Some(Duration::from_secs(10)));
+    let warnings: Vec<_> = plan
+        .notes
+        .iter()
+        .filter(|n| n.kind == NoteKind::Warning)
+        .map(|n| n.reason)
+        .collect();
+    assert_eq!(
+        warnings,
+        ["WebhookUnavailable"],
+        "one event, not one per plugin"
+    );
+    // The PluginsInstalled verdict does not call the plugin failed.
+    assert_ne!(
+        cond(&plan, condition::PLUGINS_INSTALLED).unwrap().reason,
+        "Failed"
+    );
+}
+
+#[test]
+fn an_ongoing_outage_backs_off_from_its_start_without_new_events() {
+    let plugins = [plugin("a", false, &[])];
+    let v = with_condition(
+        vc(phase::ALL_NODE_READY, &["a"], &[]),
+        webhook_condition("False", "WebhookUnavailable", NOW - 40),
+    );
+    let plan = outage_plan(&v, &plugins);
+    assert_eq!(
+        plan.status.plugins[0].next_retry_at,
+        Some(Time(at(NOW + 40)))
+    );
+    let c = cond(&plan, condition::WEBHOOK_MUTATING).unwrap();
+    assert_eq!(c.last_transition_time, Time(at(NOW - 40)));
+    assert!(plan.notes.iter().all(|n| n.reason != "WebhookUnavailable"));
+    // Long outages retry at the cap.
+    let v = with_condition(
+        vc(phase::ALL_NODE_READY, &["a"], &[]),
+        webhook_condition("False", "WebhookUnavailable", NOW - 10_000),
+    );
+    let plan = outage_plan(&v, &plugins);
+    assert_eq!(
+        plan.status.plugins[0].next_retry_at,
+        Some(Time(at(NOW + 300)))
+    );
+}
+
+#[test]
+fn an_outage_after_a_missing_mark_starts_its_own_clock() {
+    let plugins = [plugin("a", false, &[])];
+    let v = with_condition(
+        vc(phase::ALL_NODE_READY, &["a"], &[]),
+        webhook_condition("False", "NotMutated", NOW - 10_000),
+    );
+    let plan = outage_plan(&v, &plugins);
+    let c = cond(&plan, condition::WEBHOOK_MUTATING).unwrap();
+    assert_eq!(c.reason, "WebhookUnavailable");
+    assert_eq!(c.last_transition_time, Time(at(NOW)));
+    assert_eq!(
+        plan.status.plugins[0].next_retry_at,
+        Some(Time(at(NOW + 10)))
+    );
+    assert!(plan.notes.iter().any(|n| n.reason == "WebhookUnavailable"));
+}
+
+#[test]
+fn a_marked_job_after_an_outage_says_the_webhook_is_back() {
+    let plugins = [plugin("a", false, &[])];
+    let v = with_condition(
+        vc(phase::ALL_NODE_READY, &["a"], &[]),
+        webhook_condition("False", "WebhookUnavailable", NOW - 40),
+    );
+    let jobs = [job(&plugins[0], Action::Install, 1, JobOutcome::Running)];
+    let plan = run(&v, &plugins, &jobs);
+    let c = cond(&plan, condition::WEBHOOK_MUTATING).unwrap();
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Mutated"));
+    assert!(
+        plan.notes
+            .iter()
+            .any(|n| n.reason == "WebhookMutating" && n.kind == NoteKind::Normal)
     );
 }

@@ -157,28 +157,12 @@ impl MarkingWebhook {
         });
 
         let name = format!("e2e-mark-{namespace}");
-        let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "MutatingWebhookConfiguration",
-            "metadata": { "name": name },
-            "webhooks": [{
-                "name": "mark.e2e.kosmos.io",
-                "clientConfig": {
-                    "url": format!("https://{host}:{port}/mutate"),
-                    "caBundle": base64::engine::general_purpose::STANDARD.encode(ca_cert.pem()),
-                },
-                "rules": [{
-                    "apiGroups": ["batch"], "apiVersions": ["v1"],
-                    "operations": ["CREATE"], "resources": ["jobs"],
-                }],
-                "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": namespace } },
-                "objectSelector": { "matchLabels": { contract::EXECUTOR_LABEL: "true" } },
-                "failurePolicy": "Fail",
-                "sideEffects": "None",
-                "admissionReviewVersions": ["v1"],
-                "timeoutSeconds": 10,
-            }],
-        }))?;
+        let config = webhook_configuration(
+            &name,
+            namespace,
+            &format!("https://{host}:{port}/mutate"),
+            &ca_cert.pem(),
+        )?;
         let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
         api.create(&PostParams::default(), &config).await?;
         let this = Self {
@@ -245,6 +229,110 @@ impl MarkingWebhook {
 impl Drop for MarkingWebhook {
     fn drop(&mut self) {
         // A failed test never reaches stop(): no configuration pointing nowhere is left behind.
+        kosmos_e2e::delete_webhook_configuration_on_drop(&self.name);
+    }
+}
+
+/// The test's MutatingWebhookConfiguration `name`: executor Jobs of `namespace` go to `url`,
+/// which presents a certificate of `ca_pem`; failurePolicy Fail, as the chart's.
+fn webhook_configuration(
+    name: &str,
+    namespace: &str,
+    url: &str,
+    ca_pem: &str,
+) -> Result<MutatingWebhookConfiguration> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": { "name": name },
+        "webhooks": [{
+            "name": "mark.e2e.kosmos.io",
+            "clientConfig": {
+                "url": url,
+                "caBundle": base64::engine::general_purpose::STANDARD.encode(ca_pem),
+            },
+            "rules": [{
+                "apiGroups": ["batch"], "apiVersions": ["v1"],
+                "operations": ["CREATE"], "resources": ["jobs"],
+            }],
+            "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": namespace } },
+            "objectSelector": { "matchLabels": { contract::EXECUTOR_LABEL: "true" } },
+            "failurePolicy": "Fail",
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "timeoutSeconds": 10,
+        }],
+    }))?)
+}
+
+/// A webhook that is registered but not running: the apiserver refuses every executor Job of
+/// the namespace with "failed calling webhook", as when plugin-webhook is down.
+pub struct DeadWebhook {
+    name: String,
+    client: Client,
+}
+
+impl DeadWebhook {
+    /// Registers a webhook for `namespace` at a port where nothing listens, and waits until the
+    /// apiserver refuses executor Jobs because of it.
+    pub async fn register(client: &Client, namespace: &str) -> Result<Self> {
+        let host = std::env::var("KOSMOS_E2E_WEBHOOK_HOST")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "127.0.0.1".to_owned());
+        // Bound a moment ago and released: nothing listens there.
+        let port = std::net::TcpListener::bind((host.as_str(), 0))?
+            .local_addr()?
+            .port();
+        let ca_key = rcgen::KeyPair::generate()?;
+        let ca = rcgen::CertificateParams::new(Vec::<String>::new())?.self_signed(&ca_key)?;
+        let name = format!("e2e-dead-{namespace}");
+        let config = webhook_configuration(
+            &name,
+            namespace,
+            &format!("https://{host}:{port}/mutate"),
+            &ca.pem(),
+        )?;
+        let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+        api.create(&PostParams::default(), &config).await?;
+        let this = Self {
+            name,
+            client: client.clone(),
+        };
+        let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
+        let probe: Job = serde_json::from_value(json!({
+            "metadata": { "name": "webhook-probe", "labels": { contract::EXECUTOR_LABEL: "true" } },
+            "spec": { "template": { "spec": {
+                "restartPolicy": "Never",
+                "containers": [{ "name": "x", "image": "registry.invalid/x" }],
+            }}},
+        }))?;
+        wait_for("the apiserver to call the dead webhook", STEP, || async {
+            let params = PostParams {
+                dry_run: true,
+                ..PostParams::default()
+            };
+            Ok(match jobs.create(&params, &probe).await {
+                Err(kube::Error::Api(s)) if s.message.contains("failed calling webhook") => {
+                    Some(())
+                }
+                _ => None,
+            })
+        })
+        .await?;
+        Ok(this)
+    }
+
+    /// Unregisters it.
+    pub async fn stop(self) -> Result<()> {
+        let api: Api<MutatingWebhookConfiguration> = Api::all(self.client.clone());
+        api.delete(&self.name, &DeleteParams::default()).await?;
+        Ok(())
+    }
+}
+
+impl Drop for DeadWebhook {
+    fn drop(&mut self) {
         kosmos_e2e::delete_webhook_configuration_on_drop(&self.name);
     }
 }
