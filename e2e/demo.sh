@@ -70,6 +70,7 @@ step "starting the webhook on https://127.0.0.1:${WEBHOOK_PORT}/mutate"
   --listen "127.0.0.1:${WEBHOOK_PORT}" --admin-listen "127.0.0.1:${WEBHOOK_ADMIN_PORT}" \
   --tls-cert "${WORK}/certs/tls.crt" --tls-key "${WORK}/certs/tls.key" \
   --operator-user "system:serviceaccount:${OPERATOR_NAMESPACE}:${OPERATOR_SA}" --watch-namespace "${NAMESPACE}" \
+  --allowed-host-path-prefixes "${DEMO_DIR}/hostpath,${DEMO_DIR}/charts" \
   > "${LOG_DIR}/demo-webhook.log" 2>&1 &
 pids+=($!)
 ca_bundle="$(base64 -w0 < "${WORK}/certs/ca.crt")"

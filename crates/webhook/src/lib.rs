@@ -10,4 +10,4 @@ pub mod mutation;
 pub mod server;
 pub mod tls;
 
-pub use mutation::{Denial, Mutation, Settings, mutate};
+pub use mutation::{Denial, Mutation, RecursiveReadOnly, Settings, mutate};

@@ -173,6 +173,7 @@ fn validate(args: &ValidateArgs) -> ExitCode {
     };
     let settings = Settings {
         allowed_host_path_prefixes: args.allowed_host_path_prefixes.clone(),
+        ..Settings::default()
     };
     let report = authoring::validate(&documents, &args.namespace, &settings);
     findings.extend(report.findings);
@@ -211,6 +212,7 @@ fn render(args: RenderArgs) -> ExitCode {
         options: RenderOptions {
             settings: Settings {
                 allowed_host_path_prefixes: args.allowed_host_path_prefixes,
+                ..Settings::default()
             },
             executor_image: args.executor_image,
         },

@@ -56,8 +56,38 @@ const WORK_VOLUME: &str = "kosmos-work";
 /// What the webhook may do, beyond what the plugin asks.
 #[derive(Clone, Debug, Default)]
 pub struct Settings {
-    /// hostPath sources must lie under one of these folders; empty allows any path.
+    /// hostPath sources must lie under one of these folders; empty allows no hostPath at all
+    /// (`/` allows every path). Closed by default: a hostPath reaches the node's files, the
+    /// kubelet's and its credentials included.
     pub allowed_host_path_prefixes: Vec<String>,
+    /// `recursiveReadOnly` of the storage mounts.
+    pub recursive_read_only: RecursiveReadOnly,
+}
+
+/// Whether the read-only storage mounts are read-only all the way down: a plain read-only bind
+/// mount leaves mounts below it (say a claim or a node folder with something mounted inside)
+/// writable. Kubernetes 1.33+ (beta from 1.31) with a runtime that supports it; an older
+/// apiserver drops the field.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum RecursiveReadOnly {
+    /// `Enabled`: the pod does not start on a node whose runtime cannot do it.
+    Enabled,
+    /// `IfPossible`: recursive where the node's runtime can, plain read-only elsewhere.
+    #[default]
+    IfPossible,
+    /// Leave the field out: plain read-only mounts.
+    Disabled,
+}
+
+impl RecursiveReadOnly {
+    /// The value of `volumeMounts[].recursiveReadOnly`.
+    pub fn field(self) -> Option<&'static str> {
+        match self {
+            Self::Enabled => Some("Enabled"),
+            Self::IfPossible => Some("IfPossible"),
+            Self::Disabled => None,
+        }
+    }
 }
 
 /// Why a Job is refused; the message names the object and the field.
@@ -248,11 +278,13 @@ impl Builder {
         });
     }
 
-    fn volume(&mut self, volume: Volume, mount_path: String) {
+    /// Adds `volume`, mounted read-only at `mount_path` (recursively so if `recursive` says).
+    fn volume(&mut self, volume: Volume, mount_path: String, recursive: RecursiveReadOnly) {
         self.injection.mounts.push(VolumeMount {
             name: volume.name.clone(),
             mount_path,
             read_only: Some(true),
+            recursive_read_only: recursive.field().map(str::to_owned),
             ..VolumeMount::default()
         });
         self.injection.volumes.push(volume);
@@ -316,6 +348,7 @@ impl Builder {
                             ..Volume::default()
                         },
                         mount_path,
+                        settings.recursive_read_only,
                     );
                 }
             }
@@ -324,7 +357,14 @@ impl Builder {
             let field = format!("{field}.hostPath");
             let path = normalize(&host_path.path);
             let allowed = &settings.allowed_host_path_prefixes;
-            if !allowed.is_empty() && !allowed.iter().any(|prefix| is_under(&path, prefix)) {
+            if allowed.is_empty() {
+                return Err(format!(
+                    "{field}: this webhook allows no hostPath (its \
+                     --allowed-host-path-prefixes is empty); ask the cluster admin to allow a \
+                     folder, or store the files on a claim (pvPath) or at a uri"
+                ));
+            }
+            if !allowed.iter().any(|prefix| is_under(&path, prefix)) {
                 return Err(format!(
                     "{field}.path: {path} is outside the folders this webhook allows for \
                      hostPath ({}); ask the cluster admin or store the files elsewhere",
@@ -348,13 +388,20 @@ impl Builder {
             let name = format!("kosmos-host-{}", self.host_paths);
             let mount_path = format!("{HOST_DIR}/{}", self.host_paths);
             self.host_paths += 1;
+            // A type, so the kubelet checks what is there and never creates a missing path on
+            // the node (no type creates nothing itself, but lets the runtime make a folder).
+            let type_ = host_path_type(&path, role);
             self.volume(
                 Volume {
                     name,
-                    host_path: Some(HostPathVolumeSource { path, type_: None }),
+                    host_path: Some(HostPathVolumeSource {
+                        path,
+                        type_: Some(type_.to_owned()),
+                    }),
                     ..Volume::default()
                 },
                 mount_path.clone(),
+                settings.recursive_read_only,
             );
             self.env(role.var("PATH"), mount_path);
         } else if let Some(uri) = &storage.uri {
@@ -409,6 +456,22 @@ impl Builder {
     }
 }
 
+/// The hostPath `type` of a storage: `File` or `Directory`, both of which fail the pod when the
+/// path is missing or of the other kind, rather than create it. A values file is a file; a chart
+/// is a file when it is an archive (`.tgz`, `.tar.gz`), else a folder; manifests are a file when
+/// they end in `.yaml`, `.yml` or `.json`, else a folder.
+fn host_path_type(path: &str, role: Role) -> &'static str {
+    let lower = path.to_ascii_lowercase();
+    let file = match role {
+        Role::Values => true,
+        Role::Chart => lower.ends_with(".tgz") || lower.ends_with(".tar.gz"),
+        Role::Yaml => [".yaml", ".yml", ".json"]
+            .iter()
+            .any(|ext| lower.ends_with(ext)),
+    };
+    if file { "File" } else { "Directory" }
+}
+
 /// `/a//b/` -> `/a/b`: the form used in mount paths and messages.
 fn normalize(path: &str) -> String {
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
@@ -447,6 +510,8 @@ fn build_injection(
             ..Volume::default()
         },
         KUBECONFIG_DIR.to_owned(),
+        // A Secret volume has nothing mounted below it.
+        RecursiveReadOnly::Disabled,
     );
     b.injection.volumes.push(Volume {
         name: WORK_VOLUME.to_owned(),

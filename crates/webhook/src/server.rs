@@ -24,7 +24,7 @@ use crate::admission::{self, AdmissionState};
 use crate::bootstrap::{self, BootstrapConfig};
 use crate::limits;
 use crate::metrics::Metrics;
-use crate::mutation::Settings;
+use crate::mutation::{RecursiveReadOnly, Settings};
 use crate::tls;
 
 /// The operator's service account, as the chart installs it.
@@ -91,13 +91,22 @@ pub struct ServeArgs {
     /// The user whose executor Jobs are mutated; executor Jobs from anyone else are denied.
     #[arg(long, env = "PLUGIN_WEBHOOK_OPERATOR_USER", default_value = DEFAULT_OPERATOR_USER)]
     pub operator_user: String,
-    /// Folders hostPath sources must lie under (comma-separated); empty allows any path.
+    /// Folders hostPath sources must lie under (comma-separated); empty (the default) allows no
+    /// hostPath, `/` allows any path.
     #[arg(
         long,
         env = "PLUGIN_WEBHOOK_ALLOWED_HOST_PATH_PREFIXES",
         value_delimiter = ','
     )]
     pub allowed_host_path_prefixes: Vec<String>,
+    /// recursiveReadOnly of the plugin's storage mounts (Kubernetes 1.33+).
+    #[arg(
+        long,
+        env = "PLUGIN_WEBHOOK_RECURSIVE_READ_ONLY",
+        value_enum,
+        default_value = "if-possible"
+    )]
+    pub recursive_read_only: RecursiveReadOnly,
     /// Watch plugins and VirtualClusters in this namespace only; empty watches all.
     #[arg(long, env = "PLUGIN_WEBHOOK_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
@@ -162,6 +171,7 @@ impl ServeArgs {
             max_connections: 256,
             operator_user: DEFAULT_OPERATOR_USER.to_owned(),
             allowed_host_path_prefixes: Vec::new(),
+            recursive_read_only: RecursiveReadOnly::default(),
             watch_namespace: None,
             log_format: LogFormat::Text,
             bootstrap_secret: None,
@@ -195,6 +205,7 @@ impl ServeArgs {
                 .map(|p| p.trim().to_owned())
                 .filter(|p| !p.is_empty())
                 .collect(),
+            recursive_read_only: self.recursive_read_only,
         }
     }
 }

@@ -59,6 +59,15 @@ struct Registered {
 
 impl Registered {
     async fn start(client: &Client, namespace: &str) -> Self {
+        Self::start_with(client, namespace, |args| args).await
+    }
+
+    /// Like [`Registered::start`], with the webhook's settings changed by `adjust`.
+    async fn start_with(
+        client: &Client,
+        namespace: &str,
+        adjust: impl FnOnce(ServeArgs) -> ServeArgs,
+    ) -> Self {
         let certs_dir = tempfile::tempdir().unwrap();
         let host = webhook_host();
         let certs = tls::generate(&["localhost".into(), host.clone()], 1).unwrap();
@@ -79,7 +88,7 @@ impl Registered {
             },
             ..args
         };
-        let running = server::start(&args, client.clone()).await.unwrap();
+        let running = server::start(&adjust(args), client.clone()).await.unwrap();
         let state = running.state.clone();
         wait_for(
             "the webhook's caches to sync",
@@ -358,6 +367,100 @@ async fn executor_jobs_are_mutated_for_the_operator_and_denied_for_others() {
     );
 
     webhook.unregister().await;
+    ns.delete().await.unwrap();
+}
+
+const HOST_PATH_PLUGIN: &str = "metadata:\n  name: node-files\nspec:\n  pluginSources:\n    yaml:\n      path:\n        hostPath:\n          path: /srv/kosmos-e2e/manifests\n    chart:\n      storage:\n        pvPath: plugin-store:/charts/demo\n      valuesFile:\n        hostPath:\n          path: /srv/kosmos-e2e/values.yaml\n";
+
+#[tokio::test]
+async fn host_path_is_closed_by_default_and_typed_and_recursively_read_only_when_allowed() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let admin = kosmos_e2e::host().await.unwrap();
+    let ns = TestNamespace::create(Cluster::Host, "webhook-e2e-hostpath")
+        .await
+        .unwrap();
+    let plugin = setup_with(ns.name(), &admin, HOST_PATH_PLUGIN).await;
+    let as_operator = kosmos_e2e::client_as(Cluster::Host, &operator())
+        .await
+        .unwrap();
+    let jobs: Api<Job> = Api::namespaced(as_operator.clone(), ns.name());
+    let job = common::bare_job(ns.name(), VC, &plugin, Action::Install);
+
+    // Default settings: no hostPath at all, even from the operator.
+    let closed = Registered::start(&admin, ns.name()).await;
+    let message = wait_for(
+        "the webhook to deny the hostPath Job",
+        Duration::from_secs(30),
+        || {
+            let (jobs, job) = (jobs.clone(), job.clone());
+            async move {
+                Ok(match jobs.create(&PostParams::default(), &job).await {
+                    Err(e) if e.to_string().contains("allows no hostPath") => Some(e.to_string()),
+                    Err(_) => None,
+                    Ok(created) => panic!("created a hostPath Job by default: {created:?}"),
+                })
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        message.contains("spec.pluginSources.chart.valuesFile.hostPath"),
+        "{message}"
+    );
+    closed.unregister().await;
+
+    // The admin lists a folder: accepted by the apiserver's validation, typed so the kubelet
+    // creates nothing, and recursively read-only in the Pod the job controller makes.
+    let open = Registered::start_with(&admin, ns.name(), |args| ServeArgs {
+        allowed_host_path_prefixes: vec!["/srv/kosmos-e2e".into()],
+        ..args
+    })
+    .await;
+    wait_until_webhook_active(&as_operator, ns.name(), &job).await;
+    let created = jobs.create(&PostParams::default(), &job).await.unwrap();
+    let pod = kosmos_e2e::wait_for_job_pod(
+        &admin,
+        ns.name(),
+        &created.name_any(),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let spec = pod.spec.unwrap();
+    let types: std::collections::BTreeMap<_, _> = spec
+        .volumes
+        .unwrap()
+        .into_iter()
+        .filter_map(|v| v.host_path)
+        .map(|h| (h.path, h.type_.unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            (
+                "/srv/kosmos-e2e/manifests".to_owned(),
+                "Directory".to_owned()
+            ),
+            ("/srv/kosmos-e2e/values.yaml".to_owned(), "File".to_owned()),
+        ]
+        .into()
+    );
+    let recursive: std::collections::BTreeMap<_, _> = spec.containers[0]
+        .volume_mounts
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.name, m.recursive_read_only))
+        .collect();
+    for name in ["kosmos-host-0", "kosmos-host-1", "kosmos-pv-0"] {
+        assert_eq!(
+            recursive[name].as_deref(),
+            Some("IfPossible"),
+            "{name}: {recursive:?}"
+        );
+    }
+    open.unregister().await;
     ns.delete().await.unwrap();
 }
 

@@ -14,7 +14,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kosmos_api::contract::Action;
 use kosmos_e2e::{Cluster, TestNamespace};
-use kosmos_webhook::{Settings, mutate};
+use kosmos_webhook::mutate;
 use kube::Api;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -83,7 +83,7 @@ impl World {
         let plugin = common::plugin_from_yaml("tenants", plugin_yaml);
         let job = common::bare_job("tenants", VC, &plugin, action);
         let vc = common::virtual_cluster("tenants", VC);
-        let mutation = mutate(&job, &plugin, &vc, &Settings::default()).unwrap();
+        let mutation = mutate(&job, &plugin, &vc, &common::any_host_path()).unwrap();
         let job = common::apply_patch(&job, &mutation.patch);
         self.execute(&job).await
     }
@@ -727,7 +727,7 @@ async fn shell_injection_corpus_through_the_mutation_stays_inert() {
         for payload in &corpus {
             let plugin = planted_plugin(field, payload, w.ns(), &base);
             let job = common::bare_job("tenants", VC, &plugin, Action::Install);
-            let Ok(mutation) = mutate(&job, &plugin, &vc, &Settings::default()) else {
+            let Ok(mutation) = mutate(&job, &plugin, &vc, &common::any_host_path()) else {
                 refused += 1;
                 continue;
             };
@@ -956,7 +956,7 @@ async fn shell_injection_corpus_as_helm_values_arrives_as_data() {
     });
     let job = common::bare_job("tenants", VC, &plugin, Action::Install);
     let vc = common::virtual_cluster("tenants", VC);
-    let mutation = mutate(&job, &plugin, &vc, &Settings::default()).unwrap();
+    let mutation = mutate(&job, &plugin, &vc, &common::any_host_path()).unwrap();
     let outcome = w.execute(&common::apply_patch(&job, &mutation.patch)).await;
     assert_ok(&outcome);
     assert!(!mark.exists(), "a value was run as a command: {outcome:#?}");

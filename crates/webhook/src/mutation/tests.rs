@@ -78,9 +78,17 @@ pub(crate) fn apply_patch(job: &Job, patch: &json_patch::Patch) -> Job {
     serde_json::from_value(value).unwrap()
 }
 
+/// Settings that allow hostPath anywhere (`/`), as an admin must say explicitly.
+pub(crate) fn any_host_path() -> Settings {
+    Settings {
+        allowed_host_path_prefixes: vec!["/".into()],
+        ..Settings::default()
+    }
+}
+
 fn mutated(plugin: &VirtualClusterPlugin, action: Action) -> Job {
     let job = bare_job(plugin, action);
-    let m = mutate(&job, plugin, &virtual_cluster(), &Settings::default()).unwrap();
+    let m = mutate(&job, plugin, &virtual_cluster(), &any_host_path()).unwrap();
     apply_patch(&job, &m.patch)
 }
 
@@ -294,6 +302,7 @@ fn host_path_is_read_only_and_pins_the_pod_to_its_node() {
 fn host_path_outside_the_allowed_prefixes_is_denied() {
     let settings = Settings {
         allowed_host_path_prefixes: vec!["/data/plugins".into()],
+        ..Settings::default()
     };
     let job = bare_job(&yaml_plugin(host("/data/plugins/x", None)), Action::Install);
     assert!(
@@ -316,13 +325,119 @@ fn host_path_outside_the_allowed_prefixes_is_denied() {
 }
 
 #[test]
+fn host_path_is_closed_unless_the_admin_lists_folders() {
+    let p = yaml_plugin(host("/var/lib/kubelet/pods", None));
+    let message = deny(&p, &Settings::default());
+    assert!(
+        message.contains("spec.pluginSources.yaml.path.hostPath")
+            && message.contains("allows no hostPath"),
+        "{message}"
+    );
+    // The same plugin from a claim or a uri needs no admin.
+    let job = bare_job(&yaml_plugin(pv("store:/pv/x.yaml")), Action::Install);
+    assert!(
+        mutate(
+            &job,
+            &yaml_plugin(pv("store:/pv/x.yaml")),
+            &virtual_cluster(),
+            &Settings::default()
+        )
+        .is_ok()
+    );
+}
+
+#[test]
+fn host_paths_are_typed_so_the_node_never_creates_them() {
+    let mut p = yaml_plugin(host("/data/manifests", None));
+    p.spec.plugin_sources.chart = Some(ChartSource {
+        storage: Some(host("/data/chart-1.0.0.tgz", None)),
+        values_file: Some(host("/data/values", None)),
+        ..Default::default()
+    });
+    let job = mutated(&p, Action::Install);
+    let types: BTreeMap<String, String> = pod(&job)
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .filter_map(|v| {
+            let host = v.host_path.as_ref()?;
+            Some((host.path.clone(), host.type_.clone().unwrap_or_default()))
+        })
+        .collect();
+    assert_eq!(
+        types,
+        BTreeMap::from([
+            ("/data/chart-1.0.0.tgz".to_owned(), "File".to_owned()),
+            ("/data/manifests".to_owned(), "Directory".to_owned()),
+            ("/data/values".to_owned(), "File".to_owned()),
+        ])
+    );
+    for (path, kind) in [
+        ("/data/chart", "Directory"),
+        ("/data/app.YAML", "File"),
+        ("/data/list.json", "File"),
+    ] {
+        let role = if path.ends_with("chart") {
+            Role::Chart
+        } else {
+            Role::Yaml
+        };
+        assert_eq!(host_path_type(path, role), kind, "{path}");
+    }
+}
+
+#[test]
+fn storage_mounts_are_recursively_read_only_as_configured() {
+    let mut p = yaml_plugin(host("/data/manifests", None));
+    p.spec.plugin_sources.chart = Some(ChartSource {
+        storage: Some(pv("store:/pv/chart")),
+        ..Default::default()
+    });
+    let recursive = |job: &Job| -> BTreeMap<String, Option<String>> {
+        pod(job).containers[0]
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|m| m.read_only == Some(true))
+            .map(|m| (m.name.clone(), m.recursive_read_only.clone()))
+            .collect()
+    };
+    let job = mutated(&p, Action::Install);
+    let if_possible = Some("IfPossible".to_owned());
+    assert_eq!(
+        recursive(&job),
+        BTreeMap::from([
+            ("kosmos-host-0".to_owned(), if_possible.clone()),
+            ("kosmos-kubeconfig".to_owned(), None),
+            ("kosmos-pv-0".to_owned(), if_possible),
+        ])
+    );
+    for (setting, value) in [
+        (RecursiveReadOnly::Enabled, Some("Enabled".to_owned())),
+        (RecursiveReadOnly::Disabled, None),
+    ] {
+        let settings = Settings {
+            recursive_read_only: setting,
+            ..any_host_path()
+        };
+        let bare = bare_job(&p, Action::Install);
+        let m = mutate(&bare, &p, &virtual_cluster(), &settings).unwrap();
+        let job = apply_patch(&bare, &m.patch);
+        assert_eq!(recursive(&job)["kosmos-pv-0"], value, "{setting:?}");
+        assert_eq!(recursive(&job)["kosmos-host-0"], value, "{setting:?}");
+    }
+}
+
+#[test]
 fn host_paths_on_two_nodes_are_denied() {
     let mut p = yaml_plugin(host("/data/a", Some("node1")));
     p.spec.plugin_sources.chart = Some(ChartSource {
         storage: Some(host("/data/b", Some("node2"))),
         ..Default::default()
     });
-    let message = deny(&p, &Settings::default());
+    let message = deny(&p, &any_host_path());
     assert!(
         message.contains("spec.pluginSources.yaml.path.hostPath.nodeName")
             && message.contains("node1"),

@@ -82,6 +82,15 @@ pub fn apply_patch(job: &Job, patch: &json_patch::Patch) -> Job {
     serde_json::from_value(value).unwrap()
 }
 
+/// The webhook's settings in tests: hostPath allowed anywhere, as an admin must say explicitly
+/// (`--allowed-host-path-prefixes=/`); everything else at its default.
+pub fn any_host_path() -> kosmos_webhook::Settings {
+    kosmos_webhook::Settings {
+        allowed_host_path_prefixes: vec!["/".into()],
+        ..kosmos_webhook::Settings::default()
+    }
+}
+
 /// Folders holding kubectl, helm and kustomize as `e2e/build.sh` caches them.
 pub fn tool_dirs() -> Vec<PathBuf> {
     kosmos_e2e::runner::cached_tool_dirs()
