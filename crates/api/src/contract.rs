@@ -96,7 +96,13 @@ impl std::fmt::Display for Action {
 
 /// Name of the Secret the operator keeps with the virtual cluster's kubeconfig.
 pub fn kubeconfig_secret_name(virtual_cluster: &str) -> String {
-    bounded_name(virtual_cluster, "plugin-kubeconfig", 253)
+    let plain = format!("{virtual_cluster}-plugin-kubeconfig");
+    if plain.len() <= 253 {
+        return plain;
+    }
+    // Cut, so two long names with the same beginning would share a Secret without the hash.
+    let hash = short_hash(&[virtual_cluster.as_bytes()], 16);
+    bounded_name(virtual_cluster, &format!("plugin-kubeconfig-{hash}"), 253)
 }
 
 /// Name of the Secret in which Kosmos publishes a virtual cluster's admin kubeconfig.
@@ -186,6 +192,22 @@ mod tests {
         let name = job_name(&base, "p", "h", Action::Uninstall, 1);
         assert!(!name.contains("--"), "{name}");
         assert!(name.len() <= 63);
+    }
+
+    #[test]
+    fn kubeconfig_secret_names_of_long_names_fit_and_differ() {
+        assert_eq!(
+            kubeconfig_secret_name("tenant1-cluster"),
+            "tenant1-cluster-plugin-kubeconfig"
+        );
+        let a = format!("{}a", "v".repeat(252));
+        let b = format!("{}b", "v".repeat(252));
+        for name in [&a, &b] {
+            let secret = kubeconfig_secret_name(name);
+            assert!(secret.len() <= 253, "{} characters", secret.len());
+            assert!(crate::validation::is_dns_subdomain(&secret), "{secret}");
+        }
+        assert_ne!(kubeconfig_secret_name(&a), kubeconfig_secret_name(&b));
     }
 
     #[test]

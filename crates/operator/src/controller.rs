@@ -12,14 +12,15 @@ use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::events;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kosmos_api::contract;
 use kosmos_api::kubeconfig::SafeKubeconfig;
 use kosmos_api::{VirtualCluster, VirtualClusterPlugin, VirtualClusterStatus, phase};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -911,24 +912,59 @@ async fn publish(ctx: &Context, vc: &VirtualCluster, notes: &[plan::Note]) {
                 );
             }
         }
-        let event = Event {
-            type_: match note.kind {
-                NoteKind::Normal => EventType::Normal,
-                NoteKind::Warning => EventType::Warning,
+        // Our own Event object rather than kube's recorder: the recorder folds events with the
+        // same reason into one series that keeps the *first* message (ours differ in what
+        // matters: plugin, Job, termination message), and names each event
+        // `<object>.<time>`, which is too long for objects with long names.
+        let now = Timestamp::now();
+        let event = events::v1::Event {
+            metadata: ObjectMeta {
+                name: Some(event_name(&vc.name_any(), now.as_nanosecond())),
+                namespace: vc.namespace(),
+                ..ObjectMeta::default()
             },
-            reason: note.reason.to_owned(),
+            action: Some("Reconcile".to_owned()),
+            reason: Some(note.reason.to_owned()),
             note: Some(note.message.clone()),
-            action: "Reconcile".to_owned(),
-            secondary: None,
+            type_: Some(
+                match note.kind {
+                    NoteKind::Normal => "Normal",
+                    NoteKind::Warning => "Warning",
+                }
+                .to_owned(),
+            ),
+            event_time: Some(MicroTime(now)),
+            regarding: Some(reference.clone()),
+            reporting_controller: Some(ctx.reporter.controller.clone()),
+            reporting_instance: Some(
+                ctx.reporter
+                    .instance
+                    .clone()
+                    .unwrap_or_else(|| ctx.reporter.controller.clone()),
+            ),
+            ..events::v1::Event::default()
         };
-        // A fresh recorder per event: kube's recorder folds events with the same reason into
-        // one series that keeps the *first* message, and ours differ in what matters (plugin,
-        // Job, termination message). Events are only published on transitions, so there are few.
-        let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
-        if let Err(error) = recorder.publish(&event, &reference).await {
+        let api: Api<events::v1::Event> =
+            Api::namespaced(ctx.client.clone(), &vc.namespace().unwrap_or_default());
+        if let Err(error) = api.create(&PostParams::default(), &event).await {
             warn!(%error, reason = note.reason, "could not publish event");
         }
     }
+}
+
+/// The name of an event about `object`: `<object>.<time in hex>`, as kube's recorder names
+/// them, with the object's name cut and hashed where the whole would pass the 253 characters
+/// an object name may have.
+fn event_name(object: &str, nanos: i128) -> String {
+    let suffix = format!("{nanos:x}");
+    let room = 253 - suffix.len() - 1;
+    if object.len() <= room {
+        return format!("{object}.{suffix}");
+    }
+    let hash = contract::short_hash(&[object.as_bytes()], 16);
+    let cut: String = object.chars().take(room - hash.len() - 1).collect();
+    let cut = cut.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    format!("{cut}-{hash}.{suffix}")
 }
 
 /// The reporter of this operator's events: the controller name and, in a pod, the pod's name.
@@ -1043,6 +1079,20 @@ mod tests {
         probes.forget("ns/vc");
         let forgotten = probes.answer("ns/vc".into(), "k2".into(), async { Ok(()) });
         assert_eq!(forgotten, Readiness::NotReady(PROBING.into()));
+    }
+
+    #[test]
+    fn event_names_fit_whatever_the_object_name() {
+        let nanos = 1_800_000_000_123_456_789_i128;
+        assert_eq!(event_name("vc", nanos), format!("vc.{nanos:x}"));
+        let long_a = format!("{}a", "v".repeat(252));
+        let long_b = format!("{}b", "v".repeat(252));
+        for long in [&long_a, &long_b] {
+            let name = event_name(long, nanos);
+            assert!(name.len() <= 253, "{} characters", name.len());
+            assert!(name.starts_with("vvvv") && !name.contains("-."), "{name}");
+        }
+        assert_ne!(event_name(&long_a, nanos), event_name(&long_b, nanos));
     }
 
     #[test]
