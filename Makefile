@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help build test unit lint fmt crds crds-check e2e-bins cluster-up cluster-down demo bench certs
+.PHONY: help build test unit lint fmt crds crds-check chart-docs chart-docs-check images e2e-bins cluster-up cluster-down demo bench certs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -10,7 +10,7 @@ help: ## list the targets
 build: ## build every crate
 	$(CARGO) build --workspace --all-targets
 
-test: lint crds-check e2e-bins ## every test: lint, CRD drift, unit tests and e2e against real control planes
+test: lint crds-check chart-docs-check e2e-bins images ## every test: lint, CRD drift, unit tests and e2e against real control planes
 	e2e/with-cluster.sh $(CARGO) test --workspace
 
 unit: ## the tests that need no control plane (fast)
@@ -21,17 +21,26 @@ lint: ## rustfmt check, clippy with warnings as errors, shellcheck of every scri
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	@command -v shellcheck > /dev/null || { echo "shellcheck is missing: apt-get install shellcheck (.ci/run installs it)" >&2; exit 1; }
-	shellcheck -x e2e/*.sh .ci/run
+	shellcheck -x e2e/*.sh images/*.sh .ci/run
 	shellcheck -s sh crates/webhook/src/executor.sh
 
 fmt: ## format the code
 	$(CARGO) fmt --all
 
-crds: ## write the CRD YAML into charts/kosmos-plugins/crds from the Rust types
+crds: ## write the CRD YAML into charts/kosmos-plugins/files/crds from the Rust types
 	$(CARGO) run -q -p kosmos-api --features crdgen --bin crdgen
 
 crds-check: ## fail if the committed CRD YAML differs from the Rust types
 	$(CARGO) run -q -p kosmos-api --features crdgen --bin crdgen -- --check
+
+chart-docs: ## write the values table of charts/kosmos-plugins/README.md from values.yaml
+	$(CARGO) run -q -p kosmos-e2e --bin chart-docs
+
+chart-docs-check: ## fail if the chart README's values table differs from values.yaml
+	$(CARGO) run -q -p kosmos-e2e --bin chart-docs -- --check
+
+images: e2e-bins ## the operator, webhook and executor images as OCI archives in images/out (no registry, no daemon)
+	images/build.sh
 
 e2e-bins: ## build (once, cached) kube-apiserver, kube-controller-manager, etcd, kubectl, helm, kustomize
 	e2e/build.sh

@@ -61,8 +61,8 @@ for port in "${WEBHOOK_PORT}" "${WEBHOOK_ADMIN_PORT}" "${OPERATOR_ADMIN_PORT}"; 
 done
 
 step "installing the CRDs"
-kubectl apply --server-side --field-manager kosmos-demo -f "${REPO_DIR}/charts/kosmos-plugins/crds/"
-kubectl wait --for condition=Established --timeout 60s -f "${REPO_DIR}/charts/kosmos-plugins/crds/" > /dev/null
+kubectl apply --server-side --field-manager kosmos-demo -f "${REPO_DIR}/charts/kosmos-plugins/files/crds/"
+kubectl wait --for condition=Established --timeout 60s -f "${REPO_DIR}/charts/kosmos-plugins/files/crds/" > /dev/null
 
 step "starting the webhook on https://127.0.0.1:${WEBHOOK_PORT}/mutate"
 "${BIN}/plugin-webhook" certs --out "${WORK}/certs" > /dev/null

@@ -17,7 +17,7 @@ const ESTABLISHED_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The chart's CRD folder, which the generator in `crates/api` writes.
 pub fn chart_crd_dir() -> PathBuf {
-    repo_dir().join("charts/kosmos-plugins/crds")
+    repo_dir().join("charts/kosmos-plugins/files/crds")
 }
 
 /// Every YAML document in `text` (separated by `---`), skipping empty ones.

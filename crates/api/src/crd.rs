@@ -26,7 +26,7 @@ pub fn to_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_yaml::Err
     ))
 }
 
-/// File name of a CRD in the chart's `crds/` folder.
+/// File name of a CRD in the chart's `files/crds/` folder.
 pub fn file_name(crd: &CustomResourceDefinition) -> String {
     format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("unnamed"))
 }

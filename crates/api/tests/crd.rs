@@ -8,7 +8,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kosmos_api::crd;
 
 fn chart_crd_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../charts/kosmos-plugins/crds")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../charts/kosmos-plugins/files/crds")
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! Writes the CRD YAML into a folder (default: the chart's `crds/`), or with `--check`, fails if
+//! Writes the CRD YAML into a folder (default: the chart's `files/crds/`), or with `--check`, fails if
 //! the files there differ from what the types generate.
 
 use std::path::PathBuf;
@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let mut check = false;
-    let mut dir = PathBuf::from("charts/kosmos-plugins/crds");
+    let mut dir = PathBuf::from("charts/kosmos-plugins/files/crds");
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "--check" => check = true,
