@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help build test unit lint fmt crds crds-check chart-docs chart-docs-check images e2e-bins cluster-up cluster-down demo bench certs
+.PHONY: help build test unit lint fmt crds crds-check chart-docs chart-docs-check images images-check e2e-bins cluster-up cluster-down demo bench certs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -10,7 +10,7 @@ help: ## list the targets
 build: ## build every crate
 	$(CARGO) build --workspace --all-targets
 
-test: lint crds-check chart-docs-check e2e-bins images ## every test: lint, CRD drift, unit tests and e2e against real control planes
+test: lint crds-check chart-docs-check e2e-bins images-check ## every test: lint, CRD drift, unit tests and e2e against real control planes
 	e2e/with-cluster.sh $(CARGO) test --workspace
 
 unit: ## the tests that need no control plane (fast)
@@ -41,6 +41,9 @@ chart-docs-check: ## fail if the chart README's values table differs from values
 
 images: e2e-bins ## the operator, webhook and executor images as OCI archives in images/out (no registry, no daemon)
 	images/build.sh
+
+images-check: e2e-bins ## make images, then build the archives again and fail unless the bytes are equal
+	images/build.sh --reproducible
 
 e2e-bins: ## build (once, cached) kube-apiserver, kube-controller-manager, etcd, kubectl, helm, kustomize
 	e2e/build.sh

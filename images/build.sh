@@ -76,7 +76,10 @@ add_users() {
 rootfs_rust() {
   local root="$1" binary="$2"
   add_users "${root}"
-  install -D -m 0755 "${RUST_BIN}/${binary}" "${root}/usr/local/bin/${binary}"
+  # Symbols stripped here, not by the release profile, which would rebuild every crate.
+  mkdir -p "${root}/usr/local/bin"
+  strip --strip-all -o "${root}/usr/local/bin/${binary}" "${RUST_BIN}/${binary}"
+  chmod 0755 "${root}/usr/local/bin/${binary}"
 }
 
 # The busybox applets the executor script and typical successStateCommands use. Not wget: its

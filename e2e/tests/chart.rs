@@ -427,8 +427,14 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
     adopt_crds(&admin, &rns).await?;
     let chart = chart_dir().display().to_string();
     let watch = format!("watchNamespace={pns}");
-    helm(&["install", RELEASE, chart.as_str(), "--namespace", rns.as_str(), "--set", watch.as_str()])
-        .await?;
+    // The demo's hostPath plugin reads e2e/demo: the one folder this install allows.
+    let demo = kosmos_e2e::e2e_dir().join("demo");
+    let host_paths = format!("webhook.allowedHostPathPrefixes={{{}}}", demo.display());
+    helm(&[
+        "install", RELEASE, chart.as_str(), "--namespace", rns.as_str(),
+        "--set", watch.as_str(), "--set", host_paths.as_str(),
+    ])
+    .await?;
     let configuration = format!("{WEBHOOK}-{rns}");
     let uninstall_guard = UninstallOnDrop(rns.clone());
 
@@ -518,7 +524,6 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
     let claims = runner_dir.path().join("claims");
     let claim = claims.join(&pns).join("plugin-store-ubuntu-statefulset-0");
     std::fs::create_dir_all(&claim)?;
-    let demo = kosmos_e2e::e2e_dir().join("demo");
     std::fs::copy(
         demo.join("claims/plugin-store-ubuntu-statefulset-0/test.yaml"),
         claim.join("test.yaml"),
