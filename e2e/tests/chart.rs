@@ -98,7 +98,10 @@ async fn the_chart_lints_clean_with_every_values_file() -> Result<()> {
     for entry in std::fs::read_dir(chart_dir().join("ci"))? {
         files.push(Some(entry?.path().display().to_string()));
     }
-    ensure!(files.len() >= 4, "expected the ci/ values files, found {files:?}");
+    ensure!(
+        files.len() >= 4,
+        "expected the ci/ values files, found {files:?}"
+    );
     for file in files {
         let mut args = vec!["lint", "--strict", chart.as_str()];
         if let Some(file) = &file {
@@ -164,17 +167,21 @@ async fn every_rendered_object_is_accepted_by_the_apiserver_in_each_certificate_
         "issuers.cert-manager.io",
         "servicemonitors.monitoring.coreos.com",
     ] {
-        wait_for("a stand-in CRD to be served", Duration::from_secs(60), || {
-            let crds = crds.clone();
-            async move {
-                let crd = crds.get(name).await?;
-                let established = crd.status.and_then(|s| s.conditions).is_some_and(|c| {
-                    c.iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                });
-                Ok(established.then_some(()))
-            }
-        })
+        wait_for(
+            "a stand-in CRD to be served",
+            Duration::from_secs(60),
+            || {
+                let crds = crds.clone();
+                async move {
+                    let crd = crds.get(name).await?;
+                    let established = crd.status.and_then(|s| s.conditions).is_some_and(|c| {
+                        c.iter()
+                            .any(|c| c.type_ == "Established" && c.status == "True")
+                    });
+                    Ok(established.then_some(()))
+                }
+            },
+        )
         .await?;
     }
 
@@ -197,7 +204,13 @@ async fn every_rendered_object_is_accepted_by_the_apiserver_in_each_certificate_
         ),
     ];
     for (file, set, kinds) in cases {
-        let mut args = vec!["template", RELEASE, chart.as_str(), "--namespace", ns.name()];
+        let mut args = vec![
+            "template",
+            RELEASE,
+            chart.as_str(),
+            "--namespace",
+            ns.name(),
+        ];
         if let Some(file) = &file {
             args.extend(["-f", file.as_str()]);
         }
@@ -207,10 +220,11 @@ async fn every_rendered_object_is_accepted_by_the_apiserver_in_each_certificate_
         let rendered = helm(&args).await?;
         let objects = objects(&rendered)?;
         let rendered_kinds: Vec<String> = objects.iter().map(kind_of).collect();
-        for kind in kinds
-            .iter()
-            .chain(&["Deployment", "MutatingWebhookConfiguration", "ServiceAccount"])
-        {
+        for kind in kinds.iter().chain(&[
+            "Deployment",
+            "MutatingWebhookConfiguration",
+            "ServiceAccount",
+        ]) {
             ensure!(
                 rendered_kinds.iter().any(|k| k == kind),
                 "{file:?} rendered no {kind}: {rendered_kinds:?}"
@@ -226,12 +240,21 @@ async fn every_rendered_object_is_accepted_by_the_apiserver_in_each_certificate_
             .unwrap();
         let ca_bundle = &mwc.data["webhooks"][0]["clientConfig"]["caBundle"];
         let inject = mwc.annotations().get("cert-manager.io/inject-ca-from");
-        match file.as_deref().map(|f| Path::new(f).file_name().unwrap().to_str().unwrap()) {
+        match file
+            .as_deref()
+            .map(|f| Path::new(f).file_name().unwrap().to_str().unwrap())
+        {
             Some("secret-values.yaml") => ensure!(ca_bundle.is_string(), "secret mode: {mwc:?}"),
             Some("cert-manager-values.yaml" | "everything-values.yaml") => {
-                ensure!(inject.is_some() && ca_bundle.is_null(), "certManager: {mwc:?}")
+                ensure!(
+                    inject.is_some() && ca_bundle.is_null(),
+                    "certManager: {mwc:?}"
+                )
             }
-            _ => ensure!(inject.is_none() && ca_bundle.is_null(), "bootstrap: {mwc:?}"),
+            _ => ensure!(
+                inject.is_none() && ca_bundle.is_null(),
+                "bootstrap: {mwc:?}"
+            ),
         }
     }
     ns.delete().await
@@ -244,10 +267,14 @@ async fn bad_values_are_refused_by_the_schema_naming_the_key() -> Result<()> {
         ("bad-unknown-key.yaml", "timeoutSecond"),
         ("bad-wrong-type.yaml", "/webhook/replicas"),
         ("bad-mode.yaml", "/certificates/mode"),
-        ("bad-secret-without-ca.yaml", "/certificates/secret/caBundle"),
+        (
+            "bad-secret-without-ca.yaml",
+            "/certificates/secret/caBundle",
+        ),
     ] {
         let path = testdata().join(file).display().to_string();
-        let output = helm_output(&["template", RELEASE, chart.as_str(), "-f", path.as_str()]).await?;
+        let output =
+            helm_output(&["template", RELEASE, chart.as_str(), "-f", path.as_str()]).await?;
         let stderr = String::from_utf8_lossy(&output.stderr);
         ensure!(!output.status.success(), "{file} was accepted");
         ensure!(
@@ -282,13 +309,18 @@ fn unpack_image(archive: &Path, into: &Path) -> Result<()> {
         Ok(())
     };
     untar(archive, &layout, false)?;
-    let blob = |digest: &str| layout.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+    let blob = |digest: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    };
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(layout.join("index.json"))?)?;
     let manifest_digest = index["manifests"][0]["digest"]
         .as_str()
         .context("index.json without a manifest")?;
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(blob(manifest_digest))?)?;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob(manifest_digest))?)?;
     let layer = manifest["layers"][0]["digest"]
         .as_str()
         .context("manifest without a layer")?;
@@ -326,7 +358,9 @@ async fn deployment_args(
     name: &str,
     replace: &BTreeMap<&str, String>,
 ) -> Result<Vec<String>> {
-    let deployment = Api::<Deployment>::namespaced(admin.clone(), ns).get(name).await?;
+    let deployment = Api::<Deployment>::namespaced(admin.clone(), ns)
+        .get(name)
+        .await?;
     let container = deployment
         .spec
         .and_then(|s| s.template.spec)
@@ -372,7 +406,13 @@ impl Drop for Process {
     }
 }
 
-fn start(binary: &Path, args: &[String], kubeconfig: &Path, env: &[(&str, &str)], log: &Path) -> Result<Process> {
+fn start(
+    binary: &Path,
+    args: &[String],
+    kubeconfig: &Path,
+    env: &[(&str, &str)],
+    log: &Path,
+) -> Result<Process> {
     let log_file = std::fs::File::create(log)?;
     let child = Command::new(binary)
         .args(args)
@@ -395,7 +435,10 @@ fn is_forbidden<T: std::fmt::Debug>(result: &kube::Result<T>) -> bool {
 /// did not make otherwise.
 async fn adopt_crds(admin: &Client, namespace: &str) -> Result<()> {
     let api: Api<CustomResourceDefinition> = Api::all(admin.clone());
-    for name in ["virtualclusters.kosmos.io", "virtualclusterplugins.kosmos.io"] {
+    for name in [
+        "virtualclusters.kosmos.io",
+        "virtualclusterplugins.kosmos.io",
+    ] {
         let patch = json!({"metadata": {
             "labels": {"app.kubernetes.io/managed-by": "Helm"},
             "annotations": {"meta.helm.sh/release-name": RELEASE, "meta.helm.sh/release-namespace": namespace},
@@ -419,10 +462,20 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
     let work = tempfile::tempdir()?;
 
     // The binaries exactly as the images ship them.
-    unpack_image(&images_dir().join("virtual-cluster-operator.oci.tar"), &work.path().join("operator"))?;
-    unpack_image(&images_dir().join("plugin-webhook.oci.tar"), &work.path().join("webhook"))?;
-    let operator_bin = work.path().join("operator/rootfs/usr/local/bin/virtual-cluster-operator");
-    let webhook_bin = work.path().join("webhook/rootfs/usr/local/bin/plugin-webhook");
+    unpack_image(
+        &images_dir().join("virtual-cluster-operator.oci.tar"),
+        &work.path().join("operator"),
+    )?;
+    unpack_image(
+        &images_dir().join("plugin-webhook.oci.tar"),
+        &work.path().join("webhook"),
+    )?;
+    let operator_bin = work
+        .path()
+        .join("operator/rootfs/usr/local/bin/virtual-cluster-operator");
+    let webhook_bin = work
+        .path()
+        .join("webhook/rootfs/usr/local/bin/plugin-webhook");
 
     adopt_crds(&admin, &rns).await?;
     let chart = chart_dir().display().to_string();
@@ -431,8 +484,15 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
     let demo = kosmos_e2e::e2e_dir().join("demo");
     let host_paths = format!("webhook.allowedHostPathPrefixes={{{}}}", demo.display());
     helm(&[
-        "install", RELEASE, chart.as_str(), "--namespace", rns.as_str(),
-        "--set", watch.as_str(), "--set", host_paths.as_str(),
+        "install",
+        RELEASE,
+        chart.as_str(),
+        "--namespace",
+        rns.as_str(),
+        "--set",
+        watch.as_str(),
+        "--set",
+        host_paths.as_str(),
     ])
     .await?;
     let configuration = format!("{WEBHOOK}-{rns}");
@@ -465,10 +525,18 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
     )
     .await?;
     ensure!(
-        webhook_args.contains(&format!("--operator-user=system:serviceaccount:{rns}:{OPERATOR}")),
+        webhook_args.contains(&format!(
+            "--operator-user=system:serviceaccount:{rns}:{OPERATOR}"
+        )),
         "the chart does not name the operator's ServiceAccount: {webhook_args:?}"
     );
-    let _webhook = start(&webhook_bin, &webhook_args, &webhook_kubeconfig, &[("RUST_LOG", "info")], &work.path().join("webhook.log"))?;
+    let mut webhook = start(
+        &webhook_bin,
+        &webhook_args,
+        &webhook_kubeconfig,
+        &[("RUST_LOG", "info")],
+        &work.path().join("webhook.log"),
+    )?;
     let readyz = format!("http://127.0.0.1:{admin_port}/readyz");
     let ready = wait_for("the webhook to be ready", Duration::from_secs(60), || {
         let readyz = readyz.clone();
@@ -483,7 +551,10 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
     })
     .await;
     if let Err(e) = ready {
-        bail!("{e:#}\nwebhook log:\n{}", std::fs::read_to_string(work.path().join("webhook.log"))?);
+        bail!(
+            "{e:#}\nwebhook log:\n{}",
+            std::fs::read_to_string(work.path().join("webhook.log"))?
+        );
     }
 
     // Bootstrap mode, as the webhook's ServiceAccount: it filled the chart's Secret and set the
@@ -491,7 +562,10 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), &rns);
     let bootstrap = secrets.get(&format!("{WEBHOOK}-bootstrap")).await?;
     ensure!(
-        bootstrap.data.as_ref().is_some_and(|d| d.contains_key("tls.crt")),
+        bootstrap
+            .data
+            .as_ref()
+            .is_some_and(|d| d.contains_key("tls.crt")),
         "the bootstrap Secret was not filled"
     );
     let mwcs: Api<MutatingWebhookConfiguration> = Api::all(admin.clone());
@@ -500,12 +574,24 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
         let name = configuration.clone();
         async move {
             let mwc = mwcs.get(&name).await?;
-            Ok(mwc.webhooks.unwrap_or_default().into_iter().next().and_then(|w| w.client_config.ca_bundle))
+            Ok(mwc
+                .webhooks
+                .unwrap_or_default()
+                .into_iter()
+                .next()
+                .and_then(|w| w.client_config.ca_bundle))
         }
     })
     .await?;
     // Point the chart's registration (its rules, selectors, policies, the caBundle the webhook
-    // set) at the process: the Service has no pods behind it here.
+    // set) at the process: the Service has no pods behind it here. Undone before the upgrade.
+    let chart_client_config = serde_json::to_value(
+        &mwcs.get(&configuration).await?.webhooks.unwrap_or_default()[0].client_config,
+    )?;
+    ensure!(
+        chart_client_config["service"]["name"] == WEBHOOK,
+        "{chart_client_config}"
+    );
     let url = format!("https://{}:{https}/mutate", webhook_host());
     mwcs.patch(
         &configuration,
@@ -551,13 +637,31 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
         ]),
     )
     .await?;
-    let _operator = start(
+    let mut operator = start(
         &operator_bin,
         &operator_args,
         &operator_kubeconfig,
-        &[("POD_NAMESPACE", rns.as_str()), ("POD_NAME", "operator-0"), ("RUST_LOG", "info")],
+        &[
+            ("POD_NAMESPACE", rns.as_str()),
+            ("POD_NAME", "operator-0"),
+            ("RUST_LOG", "info"),
+        ],
         &work.path().join("operator.log"),
     )?;
+
+    // Both still run: a flag the binary does not know (the chart out of step) ends it at once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (name, process, log) in [
+        ("operator", &mut operator, "operator.log"),
+        ("webhook", &mut webhook, "webhook.log"),
+    ] {
+        if let Some(status) = process.0.try_wait()? {
+            bail!(
+                "the {name} exited ({status}):\n{}",
+                std::fs::read_to_string(work.path().join(log))?
+            );
+        }
+    }
 
     // The demo's plugins and VirtualCluster.
     let plugins_yaml = std::fs::read_to_string(demo.join("plugins.yaml"))?
@@ -580,13 +684,17 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
         &Patch::Merge(json!({"status": {"phase": phase::ALL_NODE_READY}})),
     )
     .await?;
-    let done = wait_for("tenant1-cluster to be Completed", Duration::from_secs(240), || {
-        let vcs = vcs.clone();
-        async move {
-            let vc = vcs.get(VC).await?;
-            Ok((vc.phase() == phase::COMPLETED).then_some(vc))
-        }
-    })
+    let done = wait_for(
+        "tenant1-cluster to be Completed",
+        Duration::from_secs(240),
+        || {
+            let vcs = vcs.clone();
+            async move {
+                let vc = vcs.get(VC).await?;
+                Ok((vc.phase() == phase::COMPLETED).then_some(vc))
+            }
+        },
+    )
     .await;
     let done = match done {
         Ok(vc) => vc,
@@ -602,13 +710,26 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
     };
     runner.abort();
     let status = done.status.context("no status")?;
-    ensure!(status.plugin_progress.as_deref() == Some("3/3"), "{status:?}");
-    ensure!(status.plugins.iter().all(|p| p.phase == PluginPhase::Succeeded), "{:?}", status.plugins);
+    ensure!(
+        status.plugin_progress.as_deref() == Some("3/3"),
+        "{status:?}"
+    );
+    ensure!(
+        status
+            .plugins
+            .iter()
+            .all(|p| p.phase == PluginPhase::Succeeded),
+        "{:?}",
+        status.plugins
+    );
     let jobs: Api<Job> = Api::namespaced(admin.clone(), &pns);
     for plugin in &status.plugins {
-        let job = jobs.get(plugin.job_name.as_deref().context("no job name")?).await?;
+        let job = jobs
+            .get(plugin.job_name.as_deref().context("no job name")?)
+            .await?;
         ensure!(
-            job.annotations().contains_key(contract::INJECTED_ANNOTATION),
+            job.annotations()
+                .contains_key(contract::INJECTED_ANNOTATION),
             "{} lacks the webhook's mark",
             job.name_any()
         );
@@ -618,7 +739,9 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
         .await
         .context("the hello plugin's ConfigMap in the virtual cluster")?;
     // The operator led through the chart's Lease.
-    let lease = Api::<Lease>::namespaced(admin.clone(), &rns).get(OPERATOR).await?;
+    let lease = Api::<Lease>::namespaced(admin.clone(), &rns)
+        .get(OPERATOR)
+        .await?;
     ensure!(
         lease.spec.and_then(|s| s.holder_identity).as_deref() == Some("operator-0"),
         "the chart's Lease is not held by the operator"
@@ -628,20 +751,36 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
     let other = Api::<Secret>::namespaced(as_operator.clone(), &rns)
         .get(&format!("{WEBHOOK}-bootstrap"))
         .await;
-    ensure!(is_forbidden(&other), "the operator read the webhook's Secret: {other:?}");
+    ensure!(
+        is_forbidden(&other),
+        "the operator read the webhook's Secret: {other:?}"
+    );
     let default_secrets = Api::<Secret>::namespaced(as_operator.clone(), "default")
         .list(&ListParams::default())
         .await;
-    ensure!(is_forbidden(&default_secrets), "the operator listed Secrets in default: {default_secrets:?}");
+    ensure!(
+        is_forbidden(&default_secrets),
+        "the operator listed Secrets in default: {default_secrets:?}"
+    );
     let new_lease: Lease = serde_json::from_value(json!({"metadata": {"name": "another"}}))?;
     let created = Api::<Lease>::namespaced(as_operator.clone(), &rns)
         .create(&PostParams::default(), &new_lease)
         .await;
-    ensure!(is_forbidden(&created), "the operator created a Lease: {created:?}");
+    ensure!(
+        is_forbidden(&created),
+        "the operator created a Lease: {created:?}"
+    );
     let mwc_patch = Api::<MutatingWebhookConfiguration>::all(as_operator.clone())
-        .patch(&configuration, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})))
+        .patch(
+            &configuration,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+        )
         .await;
-    ensure!(is_forbidden(&mwc_patch), "the operator patched the webhook registration: {mwc_patch:?}");
+    ensure!(
+        is_forbidden(&mwc_patch),
+        "the operator patched the webhook registration: {mwc_patch:?}"
+    );
     let job: Job = serde_json::from_value(json!({
         "metadata": {"name": "from-the-webhook"},
         "spec": {"template": {"spec": {"restartPolicy": "Never",
@@ -650,56 +789,137 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
     let job_result = Api::<Job>::namespaced(as_webhook.clone(), &pns)
         .create(&PostParams::default(), &job)
         .await;
-    ensure!(is_forbidden(&job_result), "the webhook created a Job: {job_result:?}");
+    ensure!(
+        is_forbidden(&job_result),
+        "the webhook created a Job: {job_result:?}"
+    );
     let spec_patch = Api::<VirtualCluster>::namespaced(as_webhook.clone(), &pns)
-        .patch(VC, &PatchParams::default(), &Patch::Merge(json!({"spec": {"pluginSet": {"enabled": []}}})))
+        .patch(
+            VC,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"pluginSet": {"enabled": []}}})),
+        )
         .await;
-    ensure!(is_forbidden(&spec_patch), "the webhook patched a VirtualCluster: {spec_patch:?}");
+    ensure!(
+        is_forbidden(&spec_patch),
+        "the webhook patched a VirtualCluster: {spec_patch:?}"
+    );
     let kubeconfig_secret = Api::<Secret>::namespaced(as_webhook.clone(), &pns)
         .get(&format!("{VC}-plugin-kubeconfig"))
         .await;
-    ensure!(is_forbidden(&kubeconfig_secret), "the webhook read a kubeconfig Secret: {kubeconfig_secret:?}");
+    ensure!(
+        is_forbidden(&kubeconfig_secret),
+        "the webhook read a kubeconfig Secret: {kubeconfig_secret:?}"
+    );
     let other_ns = Api::<VirtualClusterPlugin>::namespaced(as_webhook.clone(), "default")
         .list(&ListParams::default())
         .await;
-    ensure!(is_forbidden(&other_ns), "the webhook listed plugins outside its namespace: {other_ns:?}");
+    ensure!(
+        is_forbidden(&other_ns),
+        "the webhook listed plugins outside its namespace: {other_ns:?}"
+    );
     let sa_create = Api::<ServiceAccount>::namespaced(as_operator, &pns)
-        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "x"}}))?)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "x"}}))?,
+        )
         .await;
-    ensure!(is_forbidden(&sa_create), "the operator created a ServiceAccount: {sa_create:?}");
+    ensure!(
+        is_forbidden(&sa_create),
+        "the operator created a ServiceAccount: {sa_create:?}"
+    );
     drop(as_webhook);
 
     // helm upgrade to a changed value: applied, and what the components wrote survives.
+    mwcs.patch(
+        &configuration,
+        &PatchParams::default(),
+        &Patch::<()>::Json(serde_json::from_value(json!([
+            {"op": "replace", "path": "/webhooks/0/clientConfig", "value": chart_client_config},
+        ]))?),
+    )
+    .await?;
     helm(&[
-        "upgrade", RELEASE, chart.as_str(), "--namespace", rns.as_str(), "--reuse-values",
-        "--set", "webhook.timeoutSeconds=17",
+        "upgrade",
+        RELEASE,
+        chart.as_str(),
+        "--namespace",
+        rns.as_str(),
+        "--reuse-values",
+        "--set",
+        "webhook.timeoutSeconds=17",
     ])
     .await?;
     let mwc = mwcs.get(&configuration).await?;
-    let hook = mwc.webhooks.unwrap_or_default().into_iter().next().context("no webhook")?;
-    ensure!(hook.timeout_seconds == Some(17), "upgrade did not change timeoutSeconds");
-    ensure!(hook.client_config.ca_bundle.is_some(), "upgrade dropped the caBundle");
+    let hook = mwc
+        .webhooks
+        .unwrap_or_default()
+        .into_iter()
+        .next()
+        .context("no webhook")?;
+    ensure!(
+        hook.timeout_seconds == Some(17),
+        "upgrade did not change timeoutSeconds"
+    );
+    ensure!(
+        hook.client_config.ca_bundle.is_some(),
+        "upgrade dropped the caBundle"
+    );
     let bootstrap = secrets.get(&format!("{WEBHOOK}-bootstrap")).await?;
     ensure!(
-        bootstrap.data.as_ref().is_some_and(|d| d.contains_key("tls.crt")),
+        bootstrap
+            .data
+            .as_ref()
+            .is_some_and(|d| d.contains_key("tls.crt")),
         "upgrade emptied the bootstrap Secret"
     );
 
     // helm uninstall: nothing of the release is left but the CRDs it keeps.
     std::mem::forget(uninstall_guard);
-    helm(&["uninstall", RELEASE, "--namespace", rns.as_str(), "--wait", "--timeout", "60s"]).await?;
+    helm(&[
+        "uninstall",
+        RELEASE,
+        "--namespace",
+        rns.as_str(),
+        "--wait",
+        "--timeout",
+        "60s",
+    ])
+    .await?;
     let selector = ListParams::default().labels(&format!("app.kubernetes.io/instance={RELEASE}"));
-    ensure!(secrets.list(&selector).await?.items.is_empty(), "a Secret of the release is left");
     ensure!(
-        Api::<Lease>::namespaced(admin.clone(), &rns).list(&selector).await?.items.is_empty(),
+        secrets.list(&selector).await?.items.is_empty(),
+        "a Secret of the release is left"
+    );
+    ensure!(
+        Api::<Lease>::namespaced(admin.clone(), &rns)
+            .list(&selector)
+            .await?
+            .items
+            .is_empty(),
         "the Lease is left"
     );
     ensure!(
-        Api::<ServiceAccount>::namespaced(admin.clone(), &rns).list(&selector).await?.items.is_empty(),
+        Api::<ServiceAccount>::namespaced(admin.clone(), &rns)
+            .list(&selector)
+            .await?
+            .items
+            .is_empty(),
         "a ServiceAccount is left"
     );
-    ensure!(mwcs.get_opt(&configuration).await?.is_none(), "the registration is left");
-    for kind in ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Deployment", "Service", "PodDisruptionBudget"] {
+    ensure!(
+        mwcs.get_opt(&configuration).await?.is_none(),
+        "the registration is left"
+    );
+    for kind in [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+    ] {
         let (group, version) = match kind {
             "Deployment" => ("apps", "v1"),
             "Service" => ("", "v1"),
@@ -709,17 +929,25 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
         let gvk = GroupVersionKind::gvk(group, version, kind);
         for ns in [rns.as_str(), pns.as_str()] {
             let api = kosmos_e2e::dynamic_api(&admin, &gvk, ns).await?;
-            let left: Vec<String> = api.list(&selector).await?.items.iter().map(|o| o.name_any()).collect();
-            // ClusterRoles of other installs on a shared cluster carry the same instance label.
-            let ours: Vec<&String> = left
+            let left: Vec<String> = api
+                .list(&selector)
+                .await?
+                .items
                 .iter()
-                .filter(|n| n.starts_with(RELEASE))
+                .map(|o| o.name_any())
                 .collect();
+            // ClusterRoles of other installs on a shared cluster carry the same instance label.
+            let ours: Vec<&String> = left.iter().filter(|n| n.starts_with(RELEASE)).collect();
             ensure!(ours.is_empty(), "{kind} left after uninstall: {ours:?}");
         }
     }
     let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
-    ensure!(crds.get_opt("virtualclusterplugins.kosmos.io").await?.is_some(), "uninstall deleted the plugin CRD");
+    ensure!(
+        crds.get_opt("virtualclusterplugins.kosmos.io")
+            .await?
+            .is_some(),
+        "uninstall deleted the plugin CRD"
+    );
 
     vc_ns.delete().await?;
     release_ns.delete().await
@@ -731,10 +959,20 @@ struct UninstallOnDrop(String);
 impl Drop for UninstallOnDrop {
     fn drop(&mut self) {
         let namespace = self.0.clone();
-        kosmos_e2e::cleanup_on_drop("the chart's release", Duration::from_secs(90), move || async move {
-            helm(&["uninstall", RELEASE, "--namespace", namespace.as_str(), "--ignore-not-found"])
+        kosmos_e2e::cleanup_on_drop(
+            "the chart's release",
+            Duration::from_secs(90),
+            move || async move {
+                helm(&[
+                    "uninstall",
+                    RELEASE,
+                    "--namespace",
+                    namespace.as_str(),
+                    "--ignore-not-found",
+                ])
                 .await
                 .map(|_| ())
-        });
+            },
+        );
     }
 }

@@ -54,26 +54,37 @@ fn open(name: &str) -> Result<Image> {
         let path = layout
             .join("blobs/sha256")
             .join(digest.trim_start_matches("sha256:"));
-        Ok(serde_json::from_slice(&std::fs::read(&path).with_context(
-            || format!("reading blob {}", path.display()),
-        )?)?)
+        Ok(serde_json::from_slice(
+            &std::fs::read(&path).with_context(|| format!("reading blob {}", path.display()))?,
+        )?)
     };
     let layout_file: Value = serde_json::from_slice(&std::fs::read(layout.join("oci-layout"))?)?;
-    ensure!(layout_file["imageLayoutVersion"] == "1.0.0", "{layout_file}");
+    ensure!(
+        layout_file["imageLayoutVersion"] == "1.0.0",
+        "{layout_file}"
+    );
     let index: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json"))?)?;
     let descriptor = &index["manifests"][0];
     let reference = descriptor["annotations"]["io.containerd.image.name"]
         .as_str()
         .context("index.json names no image")?
         .to_owned();
-    let manifest = read(descriptor["digest"].as_str().context("no manifest digest")?)?;
+    let manifest = read(
+        descriptor["digest"]
+            .as_str()
+            .context("no manifest digest")?,
+    )?;
     ensure!(
         manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json",
         "{manifest}"
     );
     let config = read(manifest["config"]["digest"].as_str().context("no config")?)?;
     let layers = manifest["layers"].as_array().context("no layers")?;
-    ensure!(layers.len() == 1, "one layer on nothing, not {}", layers.len());
+    ensure!(
+        layers.len() == 1,
+        "one layer on nothing, not {}",
+        layers.len()
+    );
     let rootfs = dir.path().join("rootfs");
     std::fs::create_dir_all(&rootfs)?;
     let layer = layout.join("blobs/sha256").join(
@@ -98,7 +109,8 @@ fn run_in(image: &Image, command: &[&str]) -> Result<String> {
         .arg(&image.rootfs)
         .args(command)
         .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        // /usr/sbin for chroot itself; the image has only the first three.
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
         .env("HOME", "/tmp")
         .output()
         .context("running chroot (the test runs as root, like CI)")?;
@@ -134,7 +146,10 @@ fn common_checks(image: &Image, name: &str) -> Result<()> {
 #[test]
 fn the_operator_and_webhook_images_hold_one_static_binary_that_runs() -> Result<()> {
     for (name, binary) in [
-        ("virtual-cluster-operator", "/usr/local/bin/virtual-cluster-operator"),
+        (
+            "virtual-cluster-operator",
+            "/usr/local/bin/virtual-cluster-operator",
+        ),
         ("plugin-webhook", "/usr/local/bin/plugin-webhook"),
     ] {
         let image = open(name)?;
@@ -193,6 +208,9 @@ fn the_executor_image_has_the_tools_the_executor_script_uses() -> Result<()> {
             .is_file()
     );
     // busybox's wget would fetch https without verifying the certificate: it is left out.
-    ensure!(!image.rootfs.join("bin/wget").exists(), "wget is in the image");
+    ensure!(
+        !image.rootfs.join("bin/wget").exists(),
+        "wget is in the image"
+    );
     Ok(())
 }

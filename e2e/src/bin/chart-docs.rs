@@ -144,17 +144,16 @@ fn run() -> Result<bool> {
     let readme = std::fs::read_to_string(&readme_path)
         .with_context(|| format!("reading {}", readme_path.display()))?;
     let (Some(start), Some(end)) = (readme.find(START), readme.find(END)) else {
-        bail!("{} lacks the {START} and {END} markers", readme_path.display());
+        bail!(
+            "{} lacks the {START} and {END} markers",
+            readme_path.display()
+        );
     };
     if end < start {
         bail!("{}: {END} comes before {START}", readme_path.display());
     }
     let table = table(&values_text)?;
-    let updated = format!(
-        "{}{START}\n{table}{}",
-        &readme[..start],
-        &readme[end..]
-    );
+    let updated = format!("{}{START}\n{table}{}", &readme[..start], &readme[end..]);
     if updated == readme {
         return Ok(true);
     }
