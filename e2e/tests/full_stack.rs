@@ -143,6 +143,8 @@ async fn the_demo_virtual_cluster_completes_through_operator_webhook_job_control
     let mut args = kosmos_webhook::server::ServeArgs {
         operator_user: format!("system:serviceaccount:{ns_name}:{OPERATOR_ACCOUNT}"),
         watch_namespace: Some(ns_name.clone()),
+        // The demo's hostPath plugin reads e2e/demo; no hostPath is allowed unless listed.
+        allowed_host_path_prefixes: vec![kosmos_e2e::e2e_dir().join("demo").display().to_string()],
         ..kosmos_webhook::server::ServeArgs::local(
             certs_dir.path().join("tls.crt"),
             certs_dir.path().join("tls.key"),
