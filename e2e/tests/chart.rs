@@ -25,7 +25,7 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kosmos_api::contract;
 use kosmos_api::{PluginPhase, VirtualCluster, VirtualClusterPlugin, phase};
@@ -478,6 +478,18 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
         .join("webhook/rootfs/usr/local/bin/plugin-webhook");
 
     adopt_crds(&admin, &rns).await?;
+    // The restricted Pod Security Standard, enforced: the ReplicaSets' pods exist only if the
+    // apiserver's PodSecurity admission accepts the chart's pod templates.
+    Api::<Namespace>::all(admin.clone())
+        .patch(
+            &rns,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {
+                "pod-security.kubernetes.io/enforce": "restricted",
+                "pod-security.kubernetes.io/enforce-version": "latest",
+            }}})),
+        )
+        .await?;
     let chart = chart_dir().display().to_string();
     let watch = format!("watchNamespace={pns}");
     // The demo's hostPath plugin reads e2e/demo: the one folder this install allows.
@@ -497,6 +509,26 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
     .await?;
     let configuration = format!("{WEBHOOK}-{rns}");
     let uninstall_guard = UninstallOnDrop(rns.clone());
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &rns);
+    let release_pods =
+        ListParams::default().labels(&format!("app.kubernetes.io/instance={RELEASE}"));
+    // One operator and two webhook pods (nothing runs them here: no node).
+    let admitted = wait_for(
+        "the chart's pods to be admitted",
+        Duration::from_secs(60),
+        || {
+            let (pods, release_pods) = (pods.clone(), release_pods.clone());
+            async move { Ok((pods.list(&release_pods).await?.items.len() == 3).then_some(())) }
+        },
+    )
+    .await;
+    if let Err(e) = admitted {
+        let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(admin.clone(), &rns)
+            .list(&ListParams::default())
+            .await?;
+        let messages: Vec<String> = events.items.into_iter().filter_map(|e| e.message).collect();
+        bail!("{e:#}; events: {messages:#?}");
+    }
 
     // Tokens of the chart's ServiceAccounts: the components act as exactly these.
     let operator_token = kosmos_e2e::service_account_token(&admin, &rns, OPERATOR).await?;
