@@ -51,7 +51,31 @@ pub fn router(state: Arc<AdmissionState>) -> Router {
     Router::new()
         .route("/mutate", post(handle))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_REVIEW_BYTES))
+        .layer(axum::middleware::from_fn(refuse_declared_oversize))
         .with_state(state)
+}
+
+/// Answers 413 to a request whose Content-Length is over [`MAX_REVIEW_BYTES`] at once, without
+/// reading a byte of its body: the body limit alone would first read up to the limit. A body
+/// sent without a length is cut off at the limit by `DefaultBodyLimit`.
+async fn refuse_declared_oversize(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > MAX_REVIEW_BYTES as u64 => (
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            format!("an AdmissionReview of {length} bytes is over the limit of {MAX_REVIEW_BYTES}"),
+        )
+            .into_response(),
+        _ => next.run(request).await,
+    }
 }
 
 async fn handle(

@@ -262,3 +262,188 @@ async fn a_rotated_certificate_is_served_without_dropping_requests() {
     );
     running.shutdown(Duration::from_secs(1));
 }
+
+/// Sends `head` and then `body_part` (which may be shorter than the Content-Length it declares)
+/// and returns what the server answered, without waiting for the rest of the body to be sent.
+async fn https_raw(
+    addr: SocketAddr,
+    connector: &tokio_rustls::TlsConnector,
+    head: &str,
+    body_part: &[u8],
+) -> String {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut read, mut write) = tokio::io::split(tls);
+    let mut request = head.as_bytes().to_vec();
+    request.extend_from_slice(body_part);
+    // Written beside the read: a server that stops reading must not block the answer.
+    let writer = tokio::spawn(async move {
+        let _ = write.write_all(&request).await;
+        write
+    });
+    let mut out = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), read.read(&mut out))
+        .await
+        .expect("answered within 10 s")
+        .unwrap_or(0);
+    writer.abort();
+    String::from_utf8_lossy(&out[..n]).into_owned()
+}
+
+fn reviews_answered(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("plugin_webhook_admission_reviews_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A body over the limit is refused with 413 from its Content-Length alone, before a byte of it
+/// is read or parsed; one sent without a length is cut off at the limit. Neither is reviewed.
+#[tokio::test]
+async fn an_oversized_review_is_refused_before_parsing() {
+    provider();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = tls::generate(&tls::dev_names("plugin-webhook", "kosmos-system"), 30).unwrap();
+    write_secret_volume(dir.path(), "v1", &certs);
+    let running = server::start(&args(dir.path()), offline_client())
+        .await
+        .unwrap();
+    let client = connector(&[&certs.ca_pem], &[b"http/1.1"], false);
+    let limit = kosmos_webhook::admission::MAX_REVIEW_BYTES;
+
+    // Declares one byte too many and sends 16 bytes: answered at once, the rest never awaited.
+    let head = format!(
+        "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        limit + 1
+    );
+    let started = Instant::now();
+    let answer = https_raw(running.addr, &client, &head, b"{\"apiVersion\":\"a").await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // Chunked, no length: read up to the limit, then refused.
+    let head = "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let chunk = vec![b' '; 1024 * 1024];
+    let mut body = Vec::new();
+    for _ in 0..(limit / chunk.len() + 2) {
+        body.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        body.extend_from_slice(&chunk);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(b"0\r\n\r\n");
+    let answer = https_raw(running.addr, &client, head, &body).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+
+    // A body just under the limit is read and reviewed (as malformed here).
+    let mut big = b"{\"pad\":\"".to_vec();
+    big.resize(limit - 2, b'x');
+    big.extend_from_slice(b"\"}");
+    let answer = https_post(running.addr, &client, &big).await.unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "{}",
+        &answer[..200.min(answer.len())]
+    );
+    assert!(answer.contains("\"allowed\":false"), "{answer}");
+
+    let metrics = http_get(running.admin_addr, "/metrics").await;
+    assert_eq!(
+        reviews_answered(&metrics),
+        1,
+        "only the last body was reviewed: {metrics}"
+    );
+    running.shutdown(Duration::from_secs(1));
+}
+
+/// Latencies of `n` sequential valid reviews, sorted.
+async fn valid_latencies(
+    addr: SocketAddr,
+    client: &tokio_rustls::TlsConnector,
+    n: usize,
+) -> Vec<Duration> {
+    let mut latencies = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        let answer = https_post(addr, client, &plain_job_review()).await.unwrap();
+        latencies.push(started.elapsed());
+        assert!(answer.contains("\"allowed\":true"), "{answer}");
+    }
+    latencies.sort();
+    latencies
+}
+
+/// Malformed reviews sent as fast as four clients can (each a 1 MiB document that turns out
+/// broken only at its end, so the whole of it is parsed) do not hold up valid ones: every valid
+/// review is still answered, the slowest within 2 s and the median within a few times the
+/// quiet median.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_malformed_reviews_does_not_slow_valid_ones() {
+    provider();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = tls::generate(&tls::dev_names("plugin-webhook", "kosmos-system"), 30).unwrap();
+    write_secret_volume(dir.path(), "v1", &certs);
+    let running = server::start(&args(dir.path()), offline_client())
+        .await
+        .unwrap();
+    let addr = running.addr;
+    let client = connector(&[&certs.ca_pem], &[b"http/1.1"], false);
+    let quiet = valid_latencies(addr, &client, 30).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut malformed = b"{\"request\":{\"object\":[".to_vec();
+    while malformed.len() < 1024 * 1024 {
+        malformed.extend_from_slice(b"{\"a\":[1,2,3,\"xxxxxxxx\"]},");
+    }
+    malformed.extend_from_slice(b"}}}");
+    let malformed = Arc::new(malformed);
+    let mut burst = Vec::new();
+    for _ in 0..4 {
+        let (stop, sent, malformed, client) = (
+            stop.clone(),
+            sent.clone(),
+            malformed.clone(),
+            client.clone(),
+        );
+        burst.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let answer = https_post(addr, &client, &malformed).await.unwrap();
+                assert!(
+                    answer.contains("malformed AdmissionReview"),
+                    "{}",
+                    &answer[..300.min(answer.len())]
+                );
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let loaded = valid_latencies(addr, &client, 30).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in burst {
+        task.await.unwrap();
+    }
+    let sent = sent.load(Ordering::Relaxed);
+    let median = |l: &[Duration]| l[l.len() / 2];
+    eprintln!(
+        "quiet median {:?} max {:?}; during {sent} malformed reviews: median {:?} max {:?}",
+        median(&quiet),
+        quiet[quiet.len() - 1],
+        median(&loaded),
+        loaded[loaded.len() - 1]
+    );
+    assert!(sent >= 8, "the burst sent only {sent} malformed reviews");
+    assert!(
+        loaded[loaded.len() - 1] < Duration::from_secs(2),
+        "{loaded:?}"
+    );
+    assert!(
+        median(&loaded) < median(&quiet) * 5 + Duration::from_millis(250),
+        "quiet {quiet:?}\nloaded {loaded:?}"
+    );
+    running.shutdown(Duration::from_secs(1));
+}
