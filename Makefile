@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help build test unit lint fmt crds crds-check chart-docs chart-docs-check images images-check e2e-bins cluster-up cluster-down demo bench certs
+.PHONY: help build test drills unit lint fmt crds crds-check chart-docs chart-docs-check images images-check e2e-bins cluster-up cluster-down demo bench certs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -12,6 +12,9 @@ build: ## build every crate
 
 test: lint crds-check chart-docs-check e2e-bins images-check ## every test: lint, CRD drift, unit tests and e2e against real control planes
 	e2e/with-cluster.sh $(CARGO) test --workspace
+
+drills: e2e-bins ## fault drills at full size and 10 minutes of each fuzz target (about 40 min); prints a table
+	CARGO=$(CARGO) e2e/drills.sh
 
 unit: ## the tests that need no control plane (fast)
 	$(CARGO) test --workspace --lib --bins

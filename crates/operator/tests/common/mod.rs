@@ -111,6 +111,39 @@ pub struct MarkingWebhook {
     name: String,
     client: Client,
     server: tokio::task::JoinHandle<()>,
+    /// Closes the listener and every open connection (keep-alive ones included) on pause.
+    handle: axum_server::Handle<std::net::SocketAddr>,
+    addr: std::net::SocketAddr,
+    tls: axum_server::tls_rustls::RustlsConfig,
+    mode: std::sync::Arc<std::sync::atomic::AtomicU8>,
+}
+
+/// How the stand-in answers (fault drills switch it while it runs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum WebhookMode {
+    /// Marks the Job at once.
+    Normal = 0,
+    /// Marks the Job after 9 s (the registration allows 10).
+    Slow = 1,
+    /// Answers with bytes that are not an AdmissionReview.
+    Garbage = 2,
+}
+
+fn serve_stand_in(
+    listener: std::net::TcpListener,
+    tls: axum_server::tls_rustls::RustlsConfig,
+    handle: axum_server::Handle<std::net::SocketAddr>,
+    mode: std::sync::Arc<std::sync::atomic::AtomicU8>,
+) -> tokio::task::JoinHandle<()> {
+    let app = axum::Router::new()
+        .route("/mutate", post(mutate))
+        .with_state(mode);
+    tokio::spawn(async move {
+        if let Ok(server) = axum_server::from_tcp_rustls(listener, tls) {
+            let _ = server.handle(handle).serve(app.into_make_service()).await;
+        }
+    })
 }
 
 impl MarkingWebhook {
@@ -149,12 +182,10 @@ impl MarkingWebhook {
             key.serialize_pem().into_bytes(),
         )
         .await?;
-        let app = axum::Router::new().route("/mutate", post(mutate));
-        let server = tokio::spawn(async move {
-            if let Ok(server) = axum_server::from_tcp_rustls(listener, tls) {
-                let _ = server.serve(app.into_make_service()).await;
-            }
-        });
+        let addr = listener.local_addr()?;
+        let handle = axum_server::Handle::new();
+        let mode = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(WebhookMode::Normal as u8));
+        let server = serve_stand_in(listener, tls.clone(), handle.clone(), mode.clone());
 
         let name = format!("e2e-mark-{namespace}");
         let config = webhook_configuration(
@@ -169,6 +200,10 @@ impl MarkingWebhook {
             name,
             client: client.clone(),
             server,
+            handle,
+            addr,
+            tls,
+            mode,
         };
         // The apiserver picks up new webhook configurations a moment later: probe with a
         // dry-run Job until it comes back marked.
@@ -215,6 +250,37 @@ impl MarkingWebhook {
             bail!("{e:#}; last: {last}");
         }
         Ok(this)
+    }
+
+    /// Switches how the stand-in answers.
+    pub fn set_mode(&self, mode: WebhookMode) {
+        self.mode
+            .store(mode as u8, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Stops serving, connections included, but stays registered: the apiserver's calls fail
+    /// as they do when the webhook's pods are gone.
+    pub async fn pause(&mut self) {
+        self.handle.shutdown();
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.server).await;
+        self.server.abort();
+    }
+
+    /// Serves again on the same address with the same certificate.
+    pub async fn resume(&mut self) -> Result<()> {
+        let listener = wait_for("the stand-in's port to be free again", STEP, || async {
+            Ok(std::net::TcpListener::bind(self.addr).ok())
+        })
+        .await?;
+        listener.set_nonblocking(true)?;
+        self.handle = axum_server::Handle::new();
+        self.server = serve_stand_in(
+            listener,
+            self.tls.clone(),
+            self.handle.clone(),
+            self.mode.clone(),
+        );
+        Ok(())
     }
 
     /// Unregisters and stops the stand-in.
@@ -340,7 +406,29 @@ impl Drop for DeadWebhook {
 /// Plugin name the stand-in denies, as the real webhook denies a plugin it cannot turn into a pod.
 pub const DENIED_PLUGIN: &str = "denied";
 
-async fn mutate(Json(review): Json<Value>) -> Json<Value> {
+async fn mutate(
+    axum::extract::State(mode): axum::extract::State<std::sync::Arc<std::sync::atomic::AtomicU8>>,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    match mode.load(std::sync::atomic::Ordering::Relaxed) {
+        m if m == WebhookMode::Garbage as u8 => {
+            return (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                "\u{0}{not an AdmissionReview",
+            )
+                .into_response();
+        }
+        m if m == WebhookMode::Slow as u8 => tokio::time::sleep(Duration::from_secs(9)).await,
+        _ => {}
+    }
+    let Ok(review) = serde_json::from_slice::<Value>(&body) else {
+        return axum::http::StatusCode::BAD_REQUEST.into_response();
+    };
+    mark(review).into_response()
+}
+
+fn mark(review: Value) -> Json<Value> {
     let uid = review["request"]["uid"].clone();
     let plugin = &review["request"]["object"]["metadata"]["labels"][contract::PLUGIN_LABEL];
     if plugin.as_str() == Some(DENIED_PLUGIN) {
