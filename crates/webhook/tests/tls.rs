@@ -272,7 +272,7 @@ async fn https_raw(
     body_part: &[u8],
 ) -> String {
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let mut tls = connector
+    let tls = connector
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .unwrap();
