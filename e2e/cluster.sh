@@ -268,6 +268,66 @@ EOF
 }
 
 # ---------------------------------------------------------------------------------------------
+# Admission webhooks: the apiserver's client certificate (issue 8, mutual TLS)
+#
+# Every apiserver presents a client certificate to every admission webhook (kubeconfig user
+# '*'), signed by a CA of its own, ${PKI}/admission-client-ca.crt, that signs nothing else. A
+# webhook started with --client-ca pointing at that file accepts the apiservers and nobody else;
+# a webhook that asks for no client certificate is unaffected. Kept apart from make_pki so the
+# whole admission setup is this one function and one apiserver flag.
+ADMISSION_CONFIG="${STATE_DIR}/admission/config.yaml"
+
+write_admission_config() {
+  local dir="${STATE_DIR}/admission"
+  mkdir -p "${dir}"
+  chmod 700 "${dir}"
+  if [[ ! -f "${PKI}/admission-client-ca.crt" ]]; then
+    openssl ecparam -name prime256v1 -genkey -noout -out "${PKI}/admission-client-ca.key" 2> /dev/null
+    openssl req -x509 -new -key "${PKI}/admission-client-ca.key" -sha256 -days 3650 \
+      -subj "/CN=kosmos-e2e-admission-client-ca" \
+      -addext "basicConstraints=critical,CA:TRUE" \
+      -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
+      -out "${PKI}/admission-client-ca.crt"
+  fi
+  if [[ ! -f "${PKI}/admission-client.crt" ]]; then
+    openssl ecparam -name prime256v1 -genkey -noout -out "${PKI}/admission-client.key" 2> /dev/null
+    openssl req -new -key "${PKI}/admission-client.key" -subj "/CN=kube-apiserver-admission-client" \
+      -out "${PKI}/admission-client.csr"
+    openssl x509 -req -in "${PKI}/admission-client.csr" -CA "${PKI}/admission-client-ca.crt" \
+      -CAkey "${PKI}/admission-client-ca.key" -CAcreateserial -days 3650 -sha256 \
+      -extfile <(printf '%s\n' "basicConstraints=critical,CA:FALSE" \
+        "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=clientAuth") \
+      -out "${PKI}/admission-client.crt" 2> /dev/null
+    rm -f "${PKI}/admission-client.csr"
+  fi
+  chmod 600 "${PKI}"/admission-client*.key
+  cat > "${dir}/kubeconfig" << EOF
+apiVersion: v1
+kind: Config
+users:
+- name: '*'
+  user:
+    client-certificate: ${PKI}/admission-client.crt
+    client-key: ${PKI}/admission-client.key
+EOF
+  cat > "${ADMISSION_CONFIG}" << EOF
+apiVersion: apiserver.config.k8s.io/v1
+kind: AdmissionConfiguration
+plugins:
+- name: MutatingAdmissionWebhook
+  configuration:
+    apiVersion: apiserver.config.k8s.io/v1
+    kind: WebhookAdmissionConfiguration
+    kubeConfigFile: ${dir}/kubeconfig
+- name: ValidatingAdmissionWebhook
+  configuration:
+    apiVersion: apiserver.config.k8s.io/v1
+    kind: WebhookAdmissionConfiguration
+    kubeConfigFile: ${dir}/kubeconfig
+EOF
+}
+
+# ---------------------------------------------------------------------------------------------
 # Components
 
 start_etcd() {
@@ -308,6 +368,7 @@ start_apiserver() {
     --client-ca-file "${PKI}/ca.crt" \
     --authorization-mode "${authz}" \
     --enable-admission-plugins NodeRestriction,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ValidatingAdmissionPolicy \
+    --admission-control-config-file "${ADMISSION_CONFIG}" \
     --service-cluster-ip-range "${cidr}" \
     --service-account-issuer "https://kubernetes.default.svc.cluster.local/${cluster}" \
     --service-account-key-file "${PKI}/${cluster}-sa.pub" \
@@ -400,6 +461,7 @@ ensure_binaries() {
 
 do_up() {
   make_pki
+  write_admission_config
   mkdir -p "${LOG_DIR}" "${PIDS}"
   choose_port_base
 

@@ -146,6 +146,37 @@ pub async fn config(cluster: Cluster) -> Result<Config> {
         .with_context(|| format!("loading kubeconfig {}", path.display()))
 }
 
+/// Environment variable naming a folder with the host apiserver's admission client credentials
+/// when the tests run against your own cluster: `admission-client-ca.crt` (the CA a webhook
+/// trusts with `--client-ca`), `admission-client.crt` and `admission-client.key` (what the
+/// apiserver presents to webhooks through its admission configuration).
+pub const ADMISSION_CLIENT_DIR_ENV: &str = "KOSMOS_E2E_ADMISSION_CLIENT_DIR";
+
+/// Where the host apiserver's admission client CA, certificate and key are (see
+/// [`ADMISSION_CLIENT_DIR_ENV`]); for the local control planes, `e2e/cluster.sh` makes them in
+/// its `pki/` and gives the apiservers an admission configuration that presents them.
+pub async fn admission_client_dir() -> Result<PathBuf> {
+    let dir = match env_path(ADMISSION_CLIENT_DIR_ENV) {
+        Some(dir) => dir,
+        None if uses_own_cluster() => bail!(
+            "set {ADMISSION_CLIENT_DIR_ENV}: with your own cluster the tests cannot know the \
+             client certificate its apiserver presents to admission webhooks"
+        ),
+        None => {
+            ensure_local_cluster().await?;
+            state_dir().join("pki")
+        }
+    };
+    let ca = dir.join("admission-client-ca.crt");
+    anyhow::ensure!(
+        ca.is_file(),
+        "{} is missing: restart the local control planes (e2e/cluster.sh down; up) so the \
+         apiservers get their admission client certificate",
+        ca.display()
+    );
+    Ok(dir)
+}
+
 /// An admin client for `cluster`. Clients are cheap and tied to the Tokio runtime that made them,
 /// so every test makes its own.
 pub async fn client(cluster: Cluster) -> Result<Client> {

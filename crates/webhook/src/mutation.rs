@@ -166,9 +166,11 @@ pub fn mutate(
     match annotations.get(contract::SPEC_HASH_ANNOTATION) {
         Some(hash) if *hash == want_hash => {}
         Some(hash) => {
+            // The current hash is not echoed: a caller that is not the apiserver (no mutual
+            // TLS) could otherwise learn it and forge a Job for the current spec.
             return Err(Denial(format!(
-                "{job_ref}: annotation {} is {hash} but {plugin_ref} now has spec hash \
-                 {want_hash}; the Job was made for an older spec and the operator will create \
+                "{job_ref}: annotation {} is {hash}, which is not the current spec of \
+                 {plugin_ref}; the Job was made for an older spec and the operator will create \
                  a new one",
                 contract::SPEC_HASH_ANNOTATION
             )));

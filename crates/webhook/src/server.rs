@@ -88,6 +88,11 @@ pub struct ServeArgs {
     /// Open connections to the admission endpoint at most; more are closed at once.
     #[arg(long, env = "PLUGIN_WEBHOOK_MAX_CONNECTIONS", default_value_t = 256)]
     pub max_connections: usize,
+    /// Mutual TLS: PEM file of the CA(s) whose client certificates are accepted; every client
+    /// must present one (the apiserver does, through its admission configuration). Unset: any
+    /// client that reaches the port is served, and the user a review names is taken on trust.
+    #[arg(long, env = "PLUGIN_WEBHOOK_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
     /// The user whose executor Jobs are mutated; executor Jobs from anyone else are denied.
     #[arg(long, env = "PLUGIN_WEBHOOK_OPERATOR_USER", default_value = DEFAULT_OPERATOR_USER)]
     pub operator_user: String,
@@ -166,6 +171,7 @@ impl ServeArgs {
             tls_cert,
             tls_key,
             cert_poll_seconds: 10,
+            client_ca: None,
             header_read_timeout_seconds: 10,
             request_timeout_seconds: 30,
             max_connections: 256,
@@ -357,7 +363,11 @@ pub async fn start(args: &ServeArgs, client: Client) -> Result<Running> {
     metrics.cert_expiry.set(loaded.not_after);
     let fingerprint = loaded.fingerprint();
     let resolver = Arc::new(tls::CertResolver::new(loaded.key));
-    let rustls_config = tls::server_config(resolver.clone())?;
+    let client_ca = args
+        .client_ca
+        .as_deref()
+        .filter(|p| !p.as_os_str().is_empty());
+    let rustls_config = tls::server_config(resolver.clone(), client_ca)?;
 
     let (plugins, virtual_clusters, cache_task) = caches(&client, args.watch_namespace.as_deref());
     let state = Arc::new(AdmissionState {
@@ -447,7 +457,13 @@ pub async fn start(args: &ServeArgs, client: Client) -> Result<Running> {
             tracing::error!(error = %e, "the admin server stopped");
         }
     });
-    tracing::info!(%addr, %admin_addr, operator_user = %args.operator_user, "plugin webhook listening");
+    tracing::info!(
+        %addr,
+        %admin_addr,
+        operator_user = %args.operator_user,
+        client_ca = %client_ca.map(|p| p.display().to_string()).unwrap_or_else(|| "none: any client is served".to_owned()),
+        "plugin webhook listening"
+    );
     Ok(Running {
         addr,
         admin_addr,

@@ -127,14 +127,42 @@ impl LoadedCert {
 }
 
 /// TLS 1.2 and 1.3 with the ring provider, ALPN h2 and http/1.1, certificates from `resolver`.
-pub fn server_config(resolver: Arc<CertResolver>) -> Result<rustls::ServerConfig> {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-    .context("choosing TLS versions")?
-    .with_no_client_auth()
-    .with_cert_resolver(resolver);
+/// With `client_ca` (PEM file of one or more CA certificates), every client must present a
+/// certificate signed by one of them, or the handshake fails: that is the apiserver, through
+/// the client certificate its admission configuration gives it.
+pub fn server_config(
+    resolver: Arc<CertResolver>,
+    client_ca: Option<&Path>,
+) -> Result<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .context("choosing TLS versions")?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading client CA {}", path.display()))?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                let cert = cert.with_context(|| format!("parsing client CA {}", path.display()))?;
+                roots
+                    .add(cert)
+                    .with_context(|| format!("client CA {} is not usable", path.display()))?;
+            }
+            if roots.is_empty() {
+                bail!("client CA {} holds no certificate", path.display());
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .with_context(|| format!("client CA {}", path.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }

@@ -53,7 +53,8 @@ struct Registered {
     running: server::Running,
     name: String,
     client: Client,
-    _certs: tempfile::TempDir,
+    /// ca.crt, tls.crt and tls.key of the webhook's serving certificate.
+    certs: tempfile::TempDir,
     unregistered: bool,
 }
 
@@ -155,7 +156,7 @@ impl Registered {
             running,
             name,
             client: client.clone(),
-            _certs: certs_dir,
+            certs: certs_dir,
             unregistered: false,
         }
     }
@@ -461,6 +462,135 @@ async fn host_path_is_closed_by_default_and_typed_and_recursively_read_only_when
         );
     }
     open.unregister().await;
+    ns.delete().await.unwrap();
+}
+
+/// One POST of a plain review straight to the webhook, as a pod that reaches its port would
+/// send it, presenting `client` (certificate and key PEM) if given. Ok(answer) only if the
+/// webhook answered.
+async fn post_directly(
+    webhook: &Registered,
+    client: Option<(String, String)>,
+) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let ca = std::fs::read(webhook.certs.path().join("ca.crt")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                rustls_pemfile::certs(&mut cert.as_bytes())
+                    .map(Result::unwrap)
+                    .collect(),
+                rustls_pemfile::private_key(&mut key.as_bytes())
+                    .unwrap()
+                    .unwrap(),
+            )
+            .unwrap(),
+    };
+    let body = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"direct","kind":{"group":"","version":"v1","kind":"ConfigMap"},"resource":{"group":"","version":"v1","resource":"configmaps"},"operation":"CREATE","userInfo":{"username":"system:serviceaccount:kosmos-system:virtual-cluster-operator"},"object":{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"}}}}"#;
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect(webhook.running.addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(
+                rustls::pki_types::ServerName::try_from(webhook_host()).unwrap(),
+                tcp,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let head = format!(
+            "POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream
+            .write_all(head.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        stream.write_all(body).await.map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        // TLS 1.3 reports a refused client certificate only on the first read.
+        stream
+            .read_to_end(&mut out)
+            .await
+            .map_err(|e| e.to_string())?;
+        let answer = String::from_utf8_lossy(&out).into_owned();
+        if answer.starts_with("HTTP/1.1 200") {
+            Ok(answer)
+        } else {
+            Err(format!("no answer: {answer:?}"))
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), attempt)
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()))
+}
+
+#[tokio::test]
+async fn with_mutual_tls_only_the_apiserver_is_answered() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let admin = kosmos_e2e::host().await.unwrap();
+    let pki = kosmos_e2e::admission_client_dir().await.unwrap();
+    let ns = TestNamespace::create(Cluster::Host, "webhook-e2e-mtls")
+        .await
+        .unwrap();
+    let plugin = setup(ns.name(), &admin).await;
+    let webhook = Registered::start_with(&admin, ns.name(), |args| ServeArgs {
+        client_ca: Some(pki.join("admission-client-ca.crt")),
+        ..args
+    })
+    .await;
+
+    // The apiserver presents its admission client certificate: executor Jobs are mutated.
+    let as_operator = kosmos_e2e::client_as(Cluster::Host, &operator())
+        .await
+        .unwrap();
+    let job = common::bare_job(ns.name(), VC, &plugin, Action::Install);
+    wait_until_webhook_active(&as_operator, ns.name(), &job).await;
+    let created = Api::<Job>::namespaced(as_operator, ns.name())
+        .create(&PostParams::default(), &job)
+        .await
+        .unwrap();
+    assert!(
+        created
+            .annotations()
+            .contains_key(contract::INJECTED_ANNOTATION)
+    );
+
+    // Anyone else who reaches the port, claiming to be the operator, gets no answer: not
+    // without a certificate, not with one from another CA.
+    let refused = post_directly(&webhook, None).await;
+    assert!(
+        refused.is_err(),
+        "answered without a client certificate: {refused:?}"
+    );
+    let other = tls::generate(&["mallory".into()], 1).unwrap();
+    let refused = post_directly(&webhook, Some((other.cert_pem, other.key_pem))).await;
+    assert!(
+        refused.is_err(),
+        "answered a certificate of another CA: {refused:?}"
+    );
+    // The apiserver's own credentials are what makes the difference.
+    let read = |name: &str| std::fs::read_to_string(pki.join(name)).unwrap();
+    let answer = post_directly(
+        &webhook,
+        Some((read("admission-client.crt"), read("admission-client.key"))),
+    )
+    .await
+    .unwrap();
+    assert!(answer.contains("\"allowed\":true"), "{answer}");
+
+    webhook.unregister().await;
     ns.delete().await.unwrap();
 }
 

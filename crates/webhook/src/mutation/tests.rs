@@ -673,6 +673,25 @@ fn contract_violations_are_denied_naming_the_job_and_field() {
 }
 
 #[test]
+fn a_stale_spec_hash_is_denied_without_echoing_the_current_one() {
+    let p = yaml_plugin(pv("store:/pv/x.yaml"));
+    let mut job = bare_job(&p, Action::Install);
+    job.metadata.annotations.as_mut().unwrap().insert(
+        contract::SPEC_HASH_ANNOTATION.into(),
+        "0123456789abcdef".into(),
+    );
+    let message = mutate(&job, &p, &virtual_cluster(), &Settings::default())
+        .unwrap_err()
+        .0;
+    assert!(
+        message.contains(contract::SPEC_HASH_ANNOTATION) && message.contains("older spec"),
+        "{message}"
+    );
+    let current = contract::spec_hash(&p.spec);
+    assert!(!message.contains(&current), "{message} reveals {current}");
+}
+
+#[test]
 fn an_invalid_plugin_is_denied_with_its_field() {
     let p = plugin(
         "broken",
