@@ -13,9 +13,11 @@ use crate::plugin::VirtualClusterPluginSpec;
 
 /// Label on every executor Job (value `"true"`); the webhook's objectSelector matches it.
 pub const EXECUTOR_LABEL: &str = "plugin.kosmos.io/executor";
-/// Label: name of the VirtualCluster the Job works for.
+/// Label: the VirtualCluster the Job works for, as [`label_value`] of its name; the annotation
+/// of the same key holds the name in full (see [`name_in`]).
 pub const VIRTUAL_CLUSTER_LABEL: &str = "plugin.kosmos.io/virtual-cluster";
-/// Label: name of the VirtualClusterPlugin the Job installs or uninstalls.
+/// Label: the VirtualClusterPlugin the Job installs or uninstalls, as [`label_value`] of its
+/// name; the annotation of the same key holds the name in full (see [`name_in`]).
 pub const PLUGIN_LABEL: &str = "plugin.kosmos.io/plugin";
 /// Label: [`Action::Install`] or [`Action::Uninstall`].
 pub const ACTION_LABEL: &str = "plugin.kosmos.io/action";
@@ -94,6 +96,56 @@ impl std::fmt::Display for Action {
     }
 }
 
+/// Longest label value Kubernetes accepts.
+const MAX_LABEL_VALUE: usize = 63;
+
+/// The value a name takes in a label (and so in a label selector). An object name may have 253
+/// characters, a label value 63: a name that fits is its own value; a longer one becomes its
+/// first 30 characters, `_`, and 32 hex digits of its SHA-256. `_` cannot occur in an object
+/// name, so a hashed value never equals another object's name. Every label value of the
+/// contract is written by this one function.
+pub fn label_value(name: &str) -> String {
+    let fits = name.len() <= MAX_LABEL_VALUE
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if fits || name.is_empty() {
+        return name.to_owned();
+    }
+    let hash = short_hash(&[name.as_bytes()], 32);
+    let prefix: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
+        .take(30)
+        .collect();
+    let prefix = prefix
+        .trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
+        .trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    if prefix.is_empty() {
+        format!("h_{hash}")
+    } else {
+        format!("{prefix}_{hash}")
+    }
+}
+
+/// The full name behind label `key` of an executor Job: the annotation of the same key, which
+/// must agree with the label ([`label_value`]); for Jobs made before names moved into
+/// annotations, the label itself when it is not a hash. None when neither says it, or they
+/// disagree.
+pub fn name_in(
+    labels: &std::collections::BTreeMap<String, String>,
+    annotations: &std::collections::BTreeMap<String, String>,
+    key: &str,
+) -> Option<String> {
+    let label = labels.get(key).filter(|v| !v.is_empty())?;
+    match annotations.get(key).filter(|v| !v.is_empty()) {
+        Some(name) => (label_value(name) == *label).then(|| name.clone()),
+        None => (!label.contains('_')).then(|| label.clone()),
+    }
+}
+
 /// Name of the Secret the operator keeps with the virtual cluster's kubeconfig.
 pub fn kubeconfig_secret_name(virtual_cluster: &str) -> String {
     let plain = format!("{virtual_cluster}-plugin-kubeconfig");
@@ -165,6 +217,8 @@ pub fn short_hash(parts: &[&[u8]], len: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[test]
@@ -208,6 +262,48 @@ mod tests {
             assert!(crate::validation::is_dns_subdomain(&secret), "{secret}");
         }
         assert_ne!(kubeconfig_secret_name(&a), kubeconfig_secret_name(&b));
+    }
+
+    #[test]
+    fn label_values_of_long_names_are_short_stable_distinct_hashes() {
+        assert_eq!(label_value("tenant1-cluster"), "tenant1-cluster");
+        let sixty_three = "a".repeat(63);
+        assert_eq!(label_value(&sixty_three), sixty_three);
+        let a = format!("{}a", "v.".repeat(126));
+        let b = format!("{}b", "v.".repeat(126));
+        let (va, vb) = (label_value(&a), label_value(&b));
+        assert_ne!(va, vb);
+        assert_eq!(va, label_value(&a));
+        for v in [&va, &vb, &label_value(&"x".repeat(64))] {
+            assert!(v.len() <= 63, "{v}");
+            assert!(v.contains('_'), "{v}");
+            assert!(
+                v.starts_with(|c: char| c.is_ascii_alphanumeric())
+                    && v.ends_with(|c: char| c.is_ascii_alphanumeric()),
+                "{v}"
+            );
+        }
+    }
+
+    #[test]
+    fn names_come_from_annotations_and_must_agree_with_labels() {
+        let long = "p".repeat(200);
+        let key = PLUGIN_LABEL.to_owned();
+        let labels = BTreeMap::from([(key.clone(), label_value(&long))]);
+        let annotations = BTreeMap::from([(key.clone(), long.clone())]);
+        assert_eq!(name_in(&labels, &annotations, PLUGIN_LABEL), Some(long));
+        // A label that is not the annotation's value: neither is believed.
+        let other = BTreeMap::from([(key.clone(), "q".repeat(200))]);
+        assert_eq!(name_in(&labels, &other, PLUGIN_LABEL), None);
+        // Jobs of an older operator: short names in labels only.
+        let short = BTreeMap::from([(key.clone(), "dns".to_owned())]);
+        assert_eq!(
+            name_in(&short, &BTreeMap::new(), PLUGIN_LABEL).as_deref(),
+            Some("dns")
+        );
+        // A hash without its name names nothing.
+        assert_eq!(name_in(&labels, &BTreeMap::new(), PLUGIN_LABEL), None);
+        assert_eq!(name_in(&BTreeMap::new(), &annotations, PLUGIN_LABEL), None);
     }
 
     #[test]

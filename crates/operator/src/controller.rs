@@ -556,7 +556,7 @@ async fn ensure_kubeconfig(
                 namespace: Some(ns.clone()),
                 labels: Some(BTreeMap::from([(
                     contract::VIRTUAL_CLUSTER_LABEL.to_owned(),
-                    name.clone(),
+                    contract::label_value(&name),
                 )])),
                 owner_references: jobs::owner_reference(vc).map(|o| vec![o]),
                 ..ObjectMeta::default()

@@ -23,9 +23,10 @@ const MAX_MESSAGE: usize = 800;
 /// Labels that select every executor Job of one VirtualCluster.
 pub fn selector(virtual_cluster: &str) -> String {
     format!(
-        "{}=true,{}={virtual_cluster}",
+        "{}=true,{}={}",
         contract::EXECUTOR_LABEL,
-        contract::VIRTUAL_CLUSTER_LABEL
+        contract::VIRTUAL_CLUSTER_LABEL,
+        contract::label_value(virtual_cluster)
     )
 }
 
@@ -44,14 +45,20 @@ pub fn bare_job(vc: &VirtualCluster, new: &NewJob, default_image: &str) -> Job {
     let vc_name = vc.metadata.name.clone().unwrap_or_default();
     let labels: BTreeMap<String, String> = [
         (contract::EXECUTOR_LABEL, "true".to_owned()),
-        (contract::VIRTUAL_CLUSTER_LABEL, vc_name.clone()),
-        (contract::PLUGIN_LABEL, new.plugin.clone()),
+        (
+            contract::VIRTUAL_CLUSTER_LABEL,
+            contract::label_value(&vc_name),
+        ),
+        (contract::PLUGIN_LABEL, contract::label_value(&new.plugin)),
         (contract::ACTION_LABEL, new.action.as_str().to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     let annotations: BTreeMap<String, String> = [
+        // The names in full; the labels may only hold hashes of them.
+        (contract::VIRTUAL_CLUSTER_LABEL, vc_name.clone()),
+        (contract::PLUGIN_LABEL, new.plugin.clone()),
         (contract::SPEC_HASH_ANNOTATION, new.spec_hash.clone()),
         (contract::ATTEMPT_ANNOTATION, new.attempt.to_string()),
         (
@@ -166,7 +173,7 @@ pub fn job_view(job: &Job, pod_message: Option<String>) -> Option<JobView> {
     });
     Some(JobView {
         name: job.metadata.name.clone()?,
-        plugin: labels.get(contract::PLUGIN_LABEL)?.clone(),
+        plugin: contract::name_in(labels, &annotations, contract::PLUGIN_LABEL)?,
         action: Action::parse(labels.get(contract::ACTION_LABEL)?)?,
         spec_hash: annotations
             .get(contract::SPEC_HASH_ANNOTATION)

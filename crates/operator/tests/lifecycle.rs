@@ -577,3 +577,91 @@ async fn a_webhook_outage_is_reported_backed_off_and_recovered_from() -> Result<
     webhook.stop().await?;
     ns.delete().await
 }
+
+/// A legal name of 253 characters (a DNS subdomain), distinct per `seed`.
+fn name_of_253(seed: &str) -> String {
+    let mut name = format!("{seed}-");
+    while name.len() < 253 {
+        name.push_str("long-name.");
+    }
+    name.truncate(252);
+    name.push('x');
+    name
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_of_253_characters_install_complete_and_delete() -> Result<()> {
+    let (ns, client, _sweep) = setup("op-long-names").await?;
+    let n = ns.name();
+    let webhook = MarkingWebhook::start(&client, n).await?;
+    let vc_name = name_of_253("vc");
+    let plugin = name_of_253("plugin");
+    apply_plugin(&client, n, &plugin, yaml_plugin(json!({}))).await?;
+    let op = Operator::start(n, &[]).await?;
+    create_vc(
+        &client,
+        n,
+        &vc_name,
+        phase::ALL_NODE_READY,
+        json!({ "pluginSet": { "enabled": [{"name": plugin}] } }),
+    )
+    .await?;
+    let install = wait_job(&client, n, &plugin, "install", 1).await?;
+    let jobs = plugin_jobs(&client, n, &plugin).await?;
+    let job = &jobs[0];
+    // Labels are label values; the names are in the annotations under the same keys.
+    for (key, value) in job.labels() {
+        ensure!(
+            value.len() <= 63,
+            "label {key} is {} characters",
+            value.len()
+        );
+    }
+    ensure!(
+        job.annotations().get(contract::VIRTUAL_CLUSTER_LABEL) == Some(&vc_name)
+            && job.annotations().get(contract::PLUGIN_LABEL) == Some(&plugin),
+        "{:?}",
+        job.annotations()
+    );
+    finish(&client, n, &install, ok()).await?;
+    let vc = wait_vc(&client, n, &vc_name, "phase Completed", |vc| {
+        vc.phase() == phase::COMPLETED
+    })
+    .await?;
+    ensure!(entry(&vc, &plugin).is_some_and(|e| e.phase == PluginPhase::Succeeded));
+    // Events about it are published (their names are bounded too).
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), n);
+    wait_for("a PluginInstalled event", STEP, || async {
+        let list = events.list(&Default::default()).await?;
+        Ok(list
+            .items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("PluginInstalled")
+                    && e.involved_object.name.as_deref() == Some(vc_name.as_str())
+            })
+            .then_some(()))
+    })
+    .await?;
+
+    // Deleted with uninstall: the uninstall Job runs, and the VirtualCluster goes away.
+    let vcs: Api<VirtualCluster> = Api::namespaced(client.clone(), n);
+    vcs.patch(
+        &vc_name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {
+            contract::UNINSTALL_ON_DELETE_ANNOTATION: "true",
+        }}})),
+    )
+    .await?;
+    vcs.delete(&vc_name, &DeleteParams::default()).await?;
+    let uninstall = wait_job(&client, n, &plugin, "uninstall", 2).await?;
+    finish(&client, n, &uninstall, ok()).await?;
+    wait_for("the VirtualCluster to be gone", STEP, || async {
+        Ok(vcs.get_opt(&vc_name).await?.is_none().then_some(()))
+    })
+    .await?;
+    drop(op);
+    webhook.stop().await?;
+    ns.delete().await
+}

@@ -177,14 +177,13 @@ fn decide(state: &AdmissionState, body: &[u8], facts: &mut Facts) -> (Decision, 
         facts.message = "no executor label".to_owned();
         return (Decision::Ignored, response);
     }
-    facts.plugin = labels
-        .get(contract::PLUGIN_LABEL)
-        .cloned()
-        .unwrap_or_default();
-    facts.virtual_cluster = labels
-        .get(contract::VIRTUAL_CLUSTER_LABEL)
-        .cloned()
-        .unwrap_or_default();
+    // Names in full from the annotations (labels may hold only hashes of long names).
+    let annotations = job.metadata.annotations.clone().unwrap_or_default();
+    facts.plugin =
+        contract::name_in(&labels, &annotations, contract::PLUGIN_LABEL).unwrap_or_default();
+    facts.virtual_cluster =
+        contract::name_in(&labels, &annotations, contract::VIRTUAL_CLUSTER_LABEL)
+            .unwrap_or_default();
     let deny = |facts: &mut Facts, response: AdmissionResponse, message: String| {
         facts.message = message.clone();
         (Decision::Denied, response.deny(message))
@@ -220,7 +219,10 @@ fn decide(state: &AdmissionState, body: &[u8], facts: &mut Facts) -> (Decision, 
         ),
     ] {
         if empty {
-            let message = format!("Job {}: label {label} is missing", facts.job);
+            let message = format!(
+                "Job {}: label {label} is missing, or does not agree with the annotation {label}",
+                facts.job
+            );
             return deny(facts, response, message);
         }
     }

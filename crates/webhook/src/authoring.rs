@@ -530,8 +530,8 @@ pub fn bare_job(
         .unwrap_or_else(|| default_image.to_owned());
     let labels = serde_json::json!({
         contract::EXECUTOR_LABEL: "true",
-        contract::VIRTUAL_CLUSTER_LABEL: vc_name,
-        contract::PLUGIN_LABEL: plugin_name,
+        contract::VIRTUAL_CLUSTER_LABEL: contract::label_value(&vc_name),
+        contract::PLUGIN_LABEL: contract::label_value(&plugin_name),
         contract::ACTION_LABEL: action.as_str(),
     });
     let value = serde_json::json!({
@@ -542,6 +542,8 @@ pub fn bare_job(
             "namespace": virtual_cluster.namespace(),
             "labels": labels,
             "annotations": {
+                contract::VIRTUAL_CLUSTER_LABEL: vc_name.clone(),
+                contract::PLUGIN_LABEL: plugin_name.clone(),
                 contract::SPEC_HASH_ANNOTATION: hash,
                 contract::ATTEMPT_ANNOTATION: "1",
                 contract::KUBECONFIG_SECRET_ANNOTATION: contract::kubeconfig_secret_name(&vc_name),

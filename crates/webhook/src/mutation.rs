@@ -140,13 +140,14 @@ pub fn mutate(
             .map(String::as_str)
             .ok_or_else(|| Denial(format!("{job_ref}: label {key} is missing")))
     };
-    if label(contract::PLUGIN_LABEL)? != plugin.name_any() {
+    if label(contract::PLUGIN_LABEL)? != contract::label_value(&plugin.name_any()) {
         return Err(Denial(format!(
             "{job_ref}: label {} does not name {plugin_ref}",
             contract::PLUGIN_LABEL
         )));
     }
-    if label(contract::VIRTUAL_CLUSTER_LABEL)? != virtual_cluster.name_any() {
+    if label(contract::VIRTUAL_CLUSTER_LABEL)? != contract::label_value(&virtual_cluster.name_any())
+    {
         return Err(Denial(format!(
             "{job_ref}: label {} does not name VirtualCluster {}",
             contract::VIRTUAL_CLUSTER_LABEL,

@@ -590,9 +590,10 @@ pub async fn plugin_jobs(client: &Client, ns: &str, plugin: &str) -> Result<Vec<
     let api: Api<Job> = Api::namespaced(client.clone(), ns);
     let list = api
         .list(&ListParams::default().labels(&format!(
-            "{}=true,{}={plugin}",
+            "{}=true,{}={}",
             contract::EXECUTOR_LABEL,
-            contract::PLUGIN_LABEL
+            contract::PLUGIN_LABEL,
+            contract::label_value(plugin)
         )))
         .await?;
     Ok(list

@@ -175,3 +175,48 @@ async fn a_second_review_of_the_mutated_job_is_unchanged() {
     assert!(again.get("patch").is_none_or(Value::is_null), "{again}");
     assert!(state.metrics.encode().contains("decision=\"unchanged\"} 1"));
 }
+
+/// Names of 253 characters: the labels hold hashes, the annotations the names, and the webhook
+/// finds plugin and VirtualCluster by the names; a label that disagrees is denied.
+#[tokio::test]
+async fn long_names_are_found_through_the_annotations() {
+    let long_vc = format!("tenant1-{}", "v".repeat(245));
+    let long_plugin = format!("proxy-{}", "p".repeat(247));
+    let (plugins, mut plugin_writer) = reflector::store();
+    let (virtual_clusters, mut vc_writer) = reflector::store();
+    let mut plugin = seed_plugin();
+    plugin.metadata.name = Some(long_plugin.clone());
+    plugin_writer.apply_watcher_event(&watcher::Event::Apply(plugin));
+    let mut vc = VirtualCluster::new(&long_vc, Default::default());
+    vc.metadata.namespace = Some("tenants".into());
+    vc_writer.apply_watcher_event(&watcher::Event::Apply(vc));
+    let state = Arc::new(AdmissionState {
+        plugins,
+        virtual_clusters,
+        settings: Settings::default(),
+        operator_user: OPERATOR.into(),
+        metrics: Arc::new(Metrics::default()),
+        synced: AtomicBool::new(true),
+    });
+    let mut review: Value =
+        serde_json::from_slice(&fixture("executor-job-by-operator.json")).unwrap();
+    let meta = &mut review["request"]["object"]["metadata"];
+    for (key, name) in [
+        (contract::VIRTUAL_CLUSTER_LABEL, &long_vc),
+        (contract::PLUGIN_LABEL, &long_plugin),
+    ] {
+        meta["labels"][key] = contract::label_value(name).into();
+        meta["annotations"][key] = name.clone().into();
+    }
+    meta["annotations"][contract::KUBECONFIG_SECRET_ANNOTATION] =
+        contract::kubeconfig_secret_name(&long_vc).into();
+    let response = post(state.clone(), serde_json::to_vec(&review).unwrap()).await;
+    assert_eq!(response["allowed"], true, "{response}");
+    assert!(!decoded_patch(&response).0.is_empty());
+
+    // The annotation names another plugin than the label's hash: denied.
+    review["request"]["object"]["metadata"]["annotations"][contract::PLUGIN_LABEL] =
+        format!("{long_plugin}x").into();
+    let response = post(state, serde_json::to_vec(&review).unwrap()).await;
+    assert_eq!(response["allowed"], false, "{response}");
+}
