@@ -13,8 +13,9 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use futures::StreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use kosmos_api::{VirtualCluster, VirtualClusterPlugin};
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client};
@@ -242,15 +243,20 @@ pub fn caches(
         watcher(
             api::<VirtualClusterPlugin>(client, namespace),
             watcher::Config::default(),
-        ),
+        )
+        .modify(slim_plugin),
     )
     .default_backoff();
+    // Only the metadata of VirtualClusters: the mutation needs to know that one exists and its
+    // name, nothing more. Their specs carry admin kubeconfigs, which the webhook has no business
+    // holding (and which made up most of its memory with 1,000 of them).
     let vc_stream = reflector::reflector(
         vc_writer,
         watcher(
-            api::<VirtualCluster>(client, namespace),
+            api::<PartialObjectMeta<VirtualCluster>>(client, namespace),
             watcher::Config::default(),
-        ),
+        )
+        .map_ok(|event| map_event(event, virtual_cluster_from_metadata)),
     )
     .default_backoff();
     let task = tokio::spawn(async move {
@@ -266,6 +272,36 @@ pub fn caches(
         );
     });
     (plugins, virtual_clusters, task)
+}
+
+/// Drops what the mutation never reads from a cached plugin: managed fields, annotations (kubectl's
+/// last-applied-configuration is a second copy of the spec).
+pub fn slim_plugin(plugin: &mut VirtualClusterPlugin) {
+    plugin.metadata.managed_fields = None;
+    plugin.metadata.annotations = None;
+}
+
+/// The cached form of a VirtualCluster: its metadata without managed fields and annotations,
+/// an empty spec and no status.
+pub fn virtual_cluster_from_metadata(meta: PartialObjectMeta<VirtualCluster>) -> VirtualCluster {
+    let mut metadata = meta.metadata;
+    metadata.managed_fields = None;
+    metadata.annotations = None;
+    VirtualCluster {
+        metadata,
+        spec: Default::default(),
+        status: None,
+    }
+}
+
+fn map_event<A, B>(event: watcher::Event<A>, f: impl Fn(A) -> B) -> watcher::Event<B> {
+    match event {
+        watcher::Event::Apply(o) => watcher::Event::Apply(f(o)),
+        watcher::Event::Delete(o) => watcher::Event::Delete(f(o)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(o) => watcher::Event::InitApply(f(o)),
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
 }
 
 fn log_watch_error(kind: &'static str, error: Option<watcher::Error>) {
