@@ -452,10 +452,10 @@ pub async fn start(args: &ServeArgs, client: Client) -> Result<Running> {
         axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(rustls_config)),
     )
     .handshake_timeout(header_timeout)
-    .acceptor(limits::ConnectionLimit::new(
+    .acceptor(NoDelay(limits::ConnectionLimit::new(
         args.max_connections,
         metrics.connections_refused.clone(),
-    ));
+    )));
     let mut server = axum_server::bind(args.listen)
         .acceptor(acceptor)
         .first_request_timeout(header_timeout)
@@ -556,4 +556,26 @@ pub fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// Sets TCP_NODELAY on each accepted connection, then hands it on. An answer leaves as several
+/// TLS records; with Nagle's algorithm the last one waited for the client's delayed ACK (40 ms on
+/// Linux), which was the webhook's p99 at fixed rates over HTTP/1.1.
+#[derive(Clone)]
+struct NoDelay<A>(A);
+
+impl<A, S> axum_server::accept::Accept<tokio::net::TcpStream, S> for NoDelay<A>
+where
+    A: axum_server::accept::Accept<tokio::net::TcpStream, S>,
+{
+    type Stream = A::Stream;
+    type Service = A::Service;
+    type Future = A::Future;
+
+    fn accept(&self, stream: tokio::net::TcpStream, service: S) -> Self::Future {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+        self.0.accept(stream, service)
+    }
 }
