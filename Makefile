@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help build test drills unit lint fmt crds crds-check chart-docs chart-docs-check images images-check e2e-bins cluster-up cluster-down demo bench certs
+.PHONY: help build test drills unit lint fmt crds crds-check chart-docs chart-docs-check images images-check e2e-bins cluster-up cluster-down demo bench bench-quick certs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -24,7 +24,7 @@ lint: ## rustfmt check, clippy with warnings as errors, shellcheck of every scri
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	@command -v shellcheck > /dev/null || { echo "shellcheck is missing: apt-get install shellcheck (.ci/run installs it)" >&2; exit 1; }
-	shellcheck -x e2e/*.sh images/*.sh .ci/run
+	shellcheck -x e2e/*.sh images/*.sh bench/*.sh .ci/run
 	shellcheck -s sh crates/webhook/src/executor.sh
 
 fmt: ## format the code
@@ -60,8 +60,11 @@ cluster-down: ## stop the local control planes and remove their state
 demo: e2e-bins ## the main job: local cluster, CRDs, operator, webhook, the design's examples
 	e2e/demo.sh
 
-bench: ## benchmarks (ratios measured side by side in one run)
-	@echo "no benchmarks yet" >&2; exit 1
+bench: ## webhook and operator against their ceiling and peer, side by side (target/bench/report.md)
+	bench/run.sh
+
+bench-quick: ## a small run of every benchmark (a few minutes)
+	bench/run.sh --quick
 
 certs: ## development certificates for the webhook in certs/ (ca.crt, tls.crt, tls.key)
 	$(CARGO) run -q -p kosmos-webhook --bin plugin-webhook -- certs --out certs

@@ -1,0 +1,814 @@
+//! The operator's scale run: N VirtualClusters × M plugins flip to AllNodeReady at once against
+//! the local host apiserver. Measured: time until all N×M executor Jobs exist, until all
+//! VirtualClusters are Completed, the apiserver's request counts (from its /metrics), and the
+//! operator's RSS and CPU. Against, in the same run and alternating: the ceiling (a plain client
+//! creating the same Jobs, one task per VirtualCluster as the operator's controller does) and
+//! the peer (k3s's helm-controller turning N×M HelmCharts into its Jobs). Pods are finished by
+//! a kubelet stand-in; the real job controller completes the Jobs.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use futures::{StreamExt as _, TryStreamExt as _};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kosmos_api::contract::{self, Action};
+use kosmos_api::{VirtualCluster, VirtualClusterPlugin};
+use kosmos_e2e::{Cluster, PodOutcome, TestNamespace};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Api, Client, ResourceExt as _};
+use serde_json::{Value, json};
+
+use crate::machine::Machine;
+use crate::proc::{self, Server};
+use crate::stats::Spread;
+
+/// Flags of `kosmos-bench operator`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct OperatorArgs {
+    /// A small run: 20 VirtualClusters × 3 plugins, 2 rounds.
+    #[arg(long)]
+    pub quick: bool,
+    /// VirtualClusters.
+    #[arg(long)]
+    pub virtual_clusters: Option<usize>,
+    /// Plugins each VirtualCluster installs.
+    #[arg(long)]
+    pub plugins: Option<usize>,
+    /// Rounds.
+    #[arg(long)]
+    pub rounds: Option<usize>,
+    /// Seconds of the idle measurement after everything is Completed.
+    #[arg(long)]
+    pub idle_seconds: Option<u64>,
+    /// Give up on one target after this many seconds.
+    #[arg(long, default_value_t = 900)]
+    pub timeout_seconds: u64,
+    /// Where the JSON and Markdown go.
+    #[arg(long, default_value = "target/bench")]
+    pub out: PathBuf,
+}
+
+/// One target's figures in one round.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+struct Outcome {
+    round: usize,
+    target: String,
+    /// Seconds from the flip until the last Job was seen.
+    jobs_created_s: f64,
+    /// Seconds until all were done (VirtualClusters Completed; Jobs Complete for the others).
+    completed_s: f64,
+    /// Jobs per second until all existed.
+    jobs_per_s: f64,
+    /// Mutating requests the apiserver served during the run, per VirtualCluster, by
+    /// `VERB resource[/subresource]`, the driver's own flips taken out.
+    writes_per_vc: BTreeMap<String, f64>,
+    /// All requests per VirtualCluster, reads and watches included.
+    requests_per_vc: f64,
+    /// Largest RSS seen of the controller process, KiB (0 for the plain client: it runs in
+    /// the driver).
+    rss_kib: u64,
+    /// CPU seconds of the controller process during the run.
+    cpu_s: f64,
+    /// After everything finished: the controller's CPU share and the apiserver's request rate.
+    idle_cpu_percent: f64,
+    idle_requests_per_s: f64,
+}
+
+/// Runs the scale benchmark and writes `operator.json` and `operator.md`.
+pub async fn run(args: &OperatorArgs) -> Result<()> {
+    let n = args
+        .virtual_clusters
+        .unwrap_or(if args.quick { 20 } else { 1000 });
+    let m = args.plugins.unwrap_or(if args.quick { 3 } else { 5 });
+    let rounds = args.rounds.unwrap_or(if args.quick { 2 } else { 3 });
+    let idle = Duration::from_secs(args.idle_seconds.unwrap_or(if args.quick { 5 } else { 20 }));
+    let timeout = Duration::from_secs(args.timeout_seconds);
+    let machine = Machine::now();
+    std::fs::create_dir_all(&args.out)?;
+    let operator_binary = crate::webhook::sibling("virtual-cluster-operator")?;
+    let helm_controller = match std::env::var("BENCH_HELM_CONTROLLER") {
+        Ok(v) if v.starts_with("unavailable:") => Err(v["unavailable:".len()..].to_owned()),
+        Ok(v) if !v.is_empty() => Ok(PathBuf::from(v)),
+        _ => Err("BENCH_HELM_CONTROLLER is not set: run through `make bench`".to_owned()),
+    };
+    let client = kosmos_e2e::host().await?;
+    kosmos_e2e::install_crds(&client).await?;
+    let kubeconfig = kosmos_e2e::kubeconfig_yaml(Cluster::Virtual).await?;
+
+    let mut targets = vec!["operator", "ceiling"];
+    if helm_controller.is_ok() {
+        targets.push("peer");
+    }
+    let mut outcomes = Vec::new();
+    for round in 0..rounds {
+        for i in 0..targets.len() {
+            let target = targets[(i + round) % targets.len()];
+            eprintln!(
+                "operator bench: round {}/{rounds}, {target}, {n} × {m}",
+                round + 1
+            );
+            let namespace =
+                TestNamespace::create(Cluster::Host, &format!("bench-{target}")).await?;
+            let ns = namespace.name().to_owned();
+            let mut outcome = match target {
+                "operator" => {
+                    run_operator(
+                        &client,
+                        &ns,
+                        n,
+                        m,
+                        &kubeconfig,
+                        &operator_binary,
+                        idle,
+                        timeout,
+                        &args.out,
+                    )
+                    .await
+                }
+                "ceiling" => run_ceiling(&client, &ns, n, m, &kubeconfig, timeout).await,
+                _ => {
+                    let binary = helm_controller
+                        .as_ref()
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    run_peer(&client, &ns, n, m, binary, idle, timeout, &args.out).await
+                }
+            }
+            .with_context(|| format!("{target}, round {}", round + 1))?;
+            outcome.round = round;
+            outcome.target = target.to_owned();
+            eprintln!(
+                "operator bench: {target}: jobs in {:.2} s, done in {:.2} s",
+                outcome.jobs_created_s, outcome.completed_s
+            );
+            outcomes.push(outcome);
+            namespace.delete().await?;
+        }
+    }
+
+    let summary = summarize(&outcomes, &targets);
+    let report = json!({
+        "machine": machine,
+        "config": {"virtual_clusters": n, "plugins": m, "rounds": rounds, "idle_seconds": idle.as_secs()},
+        "peer_unavailable": helm_controller.err(),
+        "summary": summary,
+        "outcomes": outcomes,
+    });
+    std::fs::write(
+        args.out.join("operator.json"),
+        serde_json::to_vec_pretty(&report)?,
+    )?;
+    std::fs::write(args.out.join("operator.md"), markdown(&report))?;
+    eprintln!(
+        "operator bench: wrote {}/operator.json and operator.md",
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// Plugins `bench-0..m`: manifests from a claim (the walk-through shape).
+fn plugins(ns: &str, m: usize) -> Result<Vec<VirtualClusterPlugin>> {
+    (0..m)
+        .map(|i| {
+            Ok(serde_json::from_value(json!({
+                "apiVersion": "kosmos.io/v1alpha1",
+                "kind": "VirtualClusterPlugin",
+                "metadata": {"name": format!("bench-{i}"), "namespace": ns},
+                "spec": {"pluginSources": {"yaml": {"path": {"pvPath": format!("store-{i}:/pv/bench-{i}")}}}}
+            }))?)
+        })
+        .collect()
+}
+
+/// The VirtualClusters, waiting in phase Initialized.
+fn waiting_vcs(
+    ns: &str,
+    n: usize,
+    plugins: &[VirtualClusterPlugin],
+    kubeconfig: &str,
+) -> Result<Vec<VirtualCluster>> {
+    let names: Vec<String> = plugins.iter().map(|p| p.name_any()).collect();
+    let mut vcs = crate::fixture::virtual_clusters(ns, n, &names, kubeconfig)?;
+    for vc in &mut vcs {
+        vc.status = Some(serde_json::from_value(json!({"phase": "Initialized"}))?);
+    }
+    Ok(vcs)
+}
+
+/// Finishes every pod of `ns` as Succeeded, as a kubelet would once the container exited 0.
+fn kubelet_stand_in(client: &Client, ns: &str) -> tokio::task::JoinHandle<()> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let client = client.clone();
+    let ns = ns.to_owned();
+    tokio::spawn(async move {
+        let finished = Arc::new(Mutex::new(HashSet::new()));
+        let stream = watcher(pods, watcher::Config::default()).applied_objects();
+        let _ = stream
+            .try_filter(|pod| {
+                let pending = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.phase.as_deref())
+                    .is_none_or(|p| p == "Pending");
+                std::future::ready(pending && pod.metadata.deletion_timestamp.is_none())
+            })
+            .map_err(anyhow::Error::from)
+            .try_for_each_concurrent(16, |pod| {
+                let (client, ns, finished) = (client.clone(), ns.clone(), finished.clone());
+                async move {
+                    let name = pod.name_any();
+                    if !finished
+                        .lock()
+                        .map(|mut f| f.insert(name.clone()))
+                        .unwrap_or(false)
+                    {
+                        return Ok(());
+                    }
+                    let outcome = PodOutcome::Succeeded {
+                        message: "bench".into(),
+                    };
+                    if let Err(e) = kosmos_e2e::finish_pod(&client, &ns, &name, &outcome).await {
+                        eprintln!("kubelet stand-in: {e:#}");
+                    }
+                    Ok(())
+                }
+            })
+            .await;
+    })
+}
+
+/// Request counts of the apiserver by `VERB resource[/subresource]`.
+async fn request_counts(client: &Client) -> Result<BTreeMap<String, f64>> {
+    let request = http::Request::get("/metrics").body(Vec::new())?;
+    let text = client
+        .request_text(request)
+        .await
+        .context("reading the apiserver's /metrics")?;
+    let mut counts = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        let Some((labels, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let label = |name: &str| -> String {
+            labels
+                .split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let (verb, resource, sub) = (label("verb"), label("resource"), label("subresource"));
+        let key = if sub.is_empty() {
+            format!("{verb} {resource}")
+        } else {
+            format!("{verb} {resource}/{sub}")
+        };
+        *counts.entry(key).or_default() += value.parse::<f64>().unwrap_or_default();
+    }
+    Ok(counts)
+}
+
+fn delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or_default()))
+        .filter(|(_, v)| *v > 0.0)
+        .collect()
+}
+
+const WRITES: [&str; 5] = ["POST", "PUT", "PATCH", "DELETE", "APPLY"];
+
+/// Writes per VirtualCluster from a request delta, excluding what the driver and the kubelet
+/// stand-in wrote themselves (`own` by key) and the control plane's own bookkeeping.
+fn writes_per_vc(
+    d: &BTreeMap<String, f64>,
+    own: &BTreeMap<String, f64>,
+    n: usize,
+) -> BTreeMap<String, f64> {
+    d.iter()
+        .filter(|(k, _)| WRITES.iter().any(|w| k.starts_with(w)))
+        // Leases and events of every component tick regardless; pods and Job status are the job
+        // controller's and the stand-in's.
+        .filter(|(k, _)| {
+            !k.contains("leases")
+                && !k.contains(" pods")
+                && !k.contains("jobs/status")
+                && !k.contains("endpointslices")
+        })
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                (v - own.get(k).copied().unwrap_or_default()) / n as f64,
+            )
+        })
+        .filter(|(_, v)| *v > 0.001)
+        .collect()
+}
+
+/// Waits until `done` says so of the listed Jobs, polling a cheap list every 200 ms; returns the
+/// elapsed time since `start`.
+async fn wait_jobs(
+    api: &Api<Job>,
+    start: Instant,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&[Job]) -> bool,
+) -> Result<f64> {
+    loop {
+        let jobs = api.list(&ListParams::default()).await?.items;
+        if done(&jobs) {
+            return Ok(start.elapsed().as_secs_f64());
+        }
+        if start.elapsed() > timeout {
+            bail!(
+                "{what}: not reached within {timeout:?} ({} Jobs)",
+                jobs.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn complete(job: &Job) -> bool {
+    job.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.type_ == "Complete" && c.status == "True")
+        })
+}
+
+/// Samples a process's RSS every 200 ms until dropped.
+struct Sampler {
+    max_kib: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sampler {
+    fn start(pid: u32) -> Self {
+        let max_kib = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let max = max_kib.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                if let Ok(kib) = proc::status_field(pid, "VmRSS") {
+                    max.fetch_max(kib, std::sync::atomic::Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        Self { max_kib, task }
+    }
+
+    fn max(&self) -> u64 {
+        self.max_kib.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Flips every VirtualCluster to AllNodeReady (no status subresource: the status is written
+/// with the object, as Kosmos does), 32 at a time.
+async fn flip(client: &Client, ns: &str, n: usize) -> Result<()> {
+    let api: Api<VirtualCluster> = Api::namespaced(client.clone(), ns);
+    futures::stream::iter((0..n).map(|i| {
+        let api = api.clone();
+        async move {
+            api.patch(
+                &format!("tenant-{i:04}"),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"phase": "AllNodeReady"}})),
+            )
+            .await
+            .map(|_| ())
+        }
+    }))
+    .buffer_unordered(32)
+    .try_collect::<Vec<()>>()
+    .await?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_operator(
+    client: &Client,
+    ns: &str,
+    n: usize,
+    m: usize,
+    kubeconfig: &str,
+    binary: &std::path::Path,
+    idle: Duration,
+    timeout: Duration,
+    out: &std::path::Path,
+) -> Result<Outcome> {
+    let plugins = plugins(ns, m)?;
+    crate::fixture::create_all(client, ns, plugins.clone(), 16).await?;
+    crate::fixture::create_all(client, ns, waiting_vcs(ns, n, &plugins, kubeconfig)?, 16).await?;
+    let admin = proc::free_port()?;
+    let mut command = proc::pinned(proc::SERVER_CORE, binary);
+    command
+        .args(["--namespace", ns, "--leader-election", "false"])
+        .arg(format!("--admin-addr=127.0.0.1:{admin}"))
+        // Every plugin's Job at once: the run measures creation, not the per-cluster limit.
+        .arg(format!("--max-parallel-jobs={}", m.max(1)))
+        .args(["--executor-image", "registry.invalid/kosmos/executor:bench"])
+        .env(
+            "KUBECONFIG",
+            kosmos_e2e::kubeconfig_path(Cluster::Host).await?,
+        );
+    let mut operator = Server::start(
+        "virtual-cluster-operator",
+        command,
+        &out.join("operator.log"),
+    )?;
+    proc::wait_for_port(
+        &mut operator,
+        ([127, 0, 0, 1], admin).into(),
+        Duration::from_secs(60),
+    )?;
+    // Let it list and settle on the waiting VirtualClusters (it creates their kubeconfig Secrets).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stand_in = kubelet_stand_in(client, ns);
+    let sampler = Sampler::start(operator.pid());
+    let cpu_before = operator.cpu_seconds()?;
+    let before = request_counts(client).await?;
+    let start = Instant::now();
+    flip(client, ns, n).await?;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let total = n * m;
+    let jobs_created_s = wait_jobs(&jobs, start, timeout, "all Jobs created", |j| {
+        j.len() >= total
+    })
+    .await?;
+    let vcs: Api<VirtualCluster> = Api::namespaced(client.clone(), ns);
+    let completed_s = loop {
+        let list = vcs.list(&ListParams::default()).await?.items;
+        if list.iter().filter(|vc| vc.phase() == "Completed").count() >= n {
+            break start.elapsed().as_secs_f64();
+        }
+        operator.check_alive()?;
+        if start.elapsed() > timeout {
+            bail!("VirtualClusters not all Completed within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let after = request_counts(client).await?;
+    let cpu = operator.cpu_seconds()? - cpu_before;
+    let d = delta(&before, &after);
+    let own = BTreeMap::from([("PATCH virtualclusters".to_owned(), n as f64)]);
+    let (idle_cpu, idle_rate) = idle_figures(client, &operator, idle).await?;
+    stand_in.abort();
+    drop(operator);
+    let names = (0..n).map(|i| format!("tenant-{i:04}")).collect();
+    release_finalizers(Api::<VirtualCluster>::namespaced(client.clone(), ns), names).await?;
+    Ok(Outcome {
+        jobs_created_s,
+        completed_s,
+        jobs_per_s: total as f64 / jobs_created_s,
+        writes_per_vc: writes_per_vc(&d, &own, n),
+        requests_per_vc: d.values().sum::<f64>() / n as f64,
+        rss_kib: sampler.max(),
+        cpu_s: cpu,
+        idle_cpu_percent: idle_cpu,
+        idle_requests_per_s: idle_rate,
+        ..Outcome::default()
+    })
+}
+
+/// Takes the finalizers off objects once their controller is stopped, so that deleting the
+/// namespace deletes them instead of waiting for a controller that is gone.
+async fn release_finalizers<K>(api: Api<K>, names: Vec<String>) -> Result<()>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    futures::stream::iter(names.into_iter().map(|name| {
+        let api = api.clone();
+        async move {
+            match api
+                .patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+                )
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+    }))
+    .buffer_unordered(32)
+    .try_collect::<Vec<()>>()
+    .await?;
+    Ok(())
+}
+
+/// CPU share of the controller and the apiserver's request rate over `idle`, with nothing to do.
+async fn idle_figures(client: &Client, server: &Server, idle: Duration) -> Result<(f64, f64)> {
+    let cpu = server.cpu_seconds()?;
+    let before = request_counts(client).await?;
+    tokio::time::sleep(idle).await;
+    let after = request_counts(client).await?;
+    let cpu = server.cpu_seconds()? - cpu;
+    // The two /metrics reads are ours.
+    let requests = delta(&before, &after).values().sum::<f64>() - 1.0;
+    Ok((
+        cpu / idle.as_secs_f64() * 100.0,
+        requests.max(0.0) / idle.as_secs_f64(),
+    ))
+}
+
+/// The ceiling: the operator's own bare Jobs, created by a plain client, one task per
+/// VirtualCluster creating its Jobs one after the other, all tasks at once.
+async fn run_ceiling(
+    client: &Client,
+    ns: &str,
+    n: usize,
+    m: usize,
+    kubeconfig: &str,
+    timeout: Duration,
+) -> Result<Outcome> {
+    let plugins = plugins(ns, m)?;
+    let vcs = waiting_vcs(ns, n, &plugins, kubeconfig)?;
+    let stand_in = kubelet_stand_in(client, ns);
+    let api: Api<Job> = Api::namespaced(client.clone(), ns);
+    let jobs: Vec<Vec<Job>> = vcs
+        .iter()
+        .map(|vc| {
+            plugins
+                .iter()
+                .map(|p| {
+                    let spec_hash = contract::spec_hash(&p.spec);
+                    let new = kosmos_operator::plan::NewJob {
+                        name: contract::job_name(
+                            &vc.name_any(),
+                            &p.name_any(),
+                            &spec_hash,
+                            Action::Install,
+                            1,
+                        ),
+                        plugin: p.name_any(),
+                        action: Action::Install,
+                        spec_hash,
+                        attempt: 1,
+                        retry: String::new(),
+                        timeout_seconds: p.spec.timeout_seconds(),
+                        executor_image: None,
+                    };
+                    kosmos_operator::jobs::bare_job(
+                        vc,
+                        &new,
+                        "registry.invalid/kosmos/executor:bench",
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let before = request_counts(client).await?;
+    let start = Instant::now();
+    let params = PostParams {
+        dry_run: false,
+        field_manager: Some(contract::OPERATOR_FIELD_MANAGER.to_owned()),
+    };
+    futures::future::try_join_all(jobs.into_iter().map(|list| {
+        let (api, params) = (api.clone(), params.clone());
+        async move {
+            for mut job in list {
+                // The owner (a VirtualCluster) does not exist here; the garbage collector would
+                // delete Jobs whose owner is missing.
+                job.metadata.owner_references = None;
+                api.create(&params, &job).await?;
+            }
+            Ok::<_, kube::Error>(())
+        }
+    }))
+    .await?;
+    let jobs_created_s = start.elapsed().as_secs_f64();
+    let total = n * m;
+    let completed_s = wait_jobs(&api, start, timeout, "all Jobs Complete", |j| {
+        j.iter().filter(|j| complete(j)).count() >= total
+    })
+    .await?;
+    let after = request_counts(client).await?;
+    stand_in.abort();
+    let d = delta(&before, &after);
+    Ok(Outcome {
+        jobs_created_s,
+        completed_s,
+        jobs_per_s: total as f64 / jobs_created_s,
+        writes_per_vc: writes_per_vc(&d, &BTreeMap::new(), n),
+        requests_per_vc: d.values().sum::<f64>() / n as f64,
+        ..Outcome::default()
+    })
+}
+
+/// The peer: helm-controller with N×M HelmCharts; its Jobs are counted as they appear.
+#[allow(clippy::too_many_arguments)]
+async fn run_peer(
+    client: &Client,
+    ns: &str,
+    n: usize,
+    m: usize,
+    binary: &std::path::Path,
+    idle: Duration,
+    timeout: Duration,
+    out: &std::path::Path,
+) -> Result<Outcome> {
+    let kubeconfig = kosmos_e2e::kubeconfig_path(Cluster::Host).await?;
+    let mut command = proc::pinned(proc::SERVER_CORE, binary);
+    command
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["--namespace", ns]);
+    let mut controller =
+        Server::start("helm-controller", command, &out.join("helm-controller.log"))?;
+    // It installs its CRDs at start; wait for them to be served.
+    let charts = kube::discovery::ApiResource {
+        group: "helm.cattle.io".into(),
+        version: "v1".into(),
+        api_version: "helm.cattle.io/v1".into(),
+        kind: "HelmChart".into(),
+        plural: "helmcharts".into(),
+    };
+    let api: Api<kube::core::DynamicObject> = Api::namespaced_with(client.clone(), ns, &charts);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while api.list(&ListParams::default().limit(1)).await.is_err() {
+        controller.check_alive()?;
+        if Instant::now() > deadline {
+            bail!("helm-controller did not install the HelmChart CRD within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Created before the clock starts, as the VirtualClusters are for the operator; the
+    // controller sees them all at once when it starts its informers.
+    let stand_in = kubelet_stand_in(client, ns);
+    let sampler = Sampler::start(controller.pid());
+    let cpu_before = controller.cpu_seconds()?;
+    let before = request_counts(client).await?;
+    let start = Instant::now();
+    let charts: Vec<kube::core::DynamicObject> = (0..n * m)
+        .map(|i| {
+            serde_json::from_value(json!({
+                "apiVersion": "helm.cattle.io/v1",
+                "kind": "HelmChart",
+                "metadata": {"name": format!("chart-{i:05}"), "namespace": ns},
+                "spec": {"chart": "stable/bench", "repo": "https://charts.example.com", "targetNamespace": "default"}
+            }))
+        })
+        .collect::<Result<_, _>>()?;
+    futures::stream::iter(charts.into_iter().map(|chart| {
+        let api = api.clone();
+        async move { api.create(&PostParams::default(), &chart).await.map(|_| ()) }
+    }))
+    .buffer_unordered(32)
+    .try_collect::<Vec<()>>()
+    .await?;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let total = n * m;
+    let jobs_created_s = wait_jobs(
+        &jobs,
+        start,
+        timeout,
+        "all helm-controller Jobs created",
+        |j| j.len() >= total,
+    )
+    .await?;
+    let completed_s = wait_jobs(
+        &jobs,
+        start,
+        timeout,
+        "all helm-controller Jobs Complete",
+        |j| j.iter().filter(|j| complete(j)).count() >= total,
+    )
+    .await?;
+    let after = request_counts(client).await?;
+    let cpu = controller.cpu_seconds()? - cpu_before;
+    let d = delta(&before, &after);
+    let own = BTreeMap::from([("POST helmcharts".to_owned(), total as f64)]);
+    let (idle_cpu, idle_rate) = idle_figures(client, &controller, idle).await?;
+    stand_in.abort();
+    drop(controller);
+    release_finalizers(api, (0..total).map(|i| format!("chart-{i:05}")).collect()).await?;
+    Ok(Outcome {
+        jobs_created_s,
+        completed_s,
+        jobs_per_s: total as f64 / jobs_created_s,
+        writes_per_vc: writes_per_vc(&d, &own, n),
+        requests_per_vc: d.values().sum::<f64>() / n as f64,
+        rss_kib: sampler.max(),
+        cpu_s: cpu,
+        idle_cpu_percent: idle_cpu,
+        idle_requests_per_s: idle_rate,
+        ..Outcome::default()
+    })
+}
+
+fn summarize(outcomes: &[Outcome], targets: &[&str]) -> Value {
+    let mut out = serde_json::Map::new();
+    for target in targets {
+        let of: Vec<&Outcome> = outcomes.iter().filter(|o| o.target == *target).collect();
+        let pick =
+            |f: fn(&Outcome) -> f64| Spread::of(&of.iter().map(|o| f(o)).collect::<Vec<_>>());
+        out.insert(
+            (*target).to_owned(),
+            json!({
+                "jobs_created_s": pick(|o| o.jobs_created_s),
+                "completed_s": pick(|o| o.completed_s),
+                "jobs_per_s": pick(|o| o.jobs_per_s),
+                "requests_per_vc": pick(|o| o.requests_per_vc),
+                "writes_per_vc": pick(|o| o.writes_per_vc.values().sum()),
+                "rss_mib": pick(|o| o.rss_kib as f64 / 1024.0),
+                "cpu_s": pick(|o| o.cpu_s),
+                "idle_cpu_percent": pick(|o| o.idle_cpu_percent),
+                "idle_requests_per_s": pick(|o| o.idle_requests_per_s),
+            }),
+        );
+    }
+    let operator: Vec<&Outcome> = outcomes.iter().filter(|o| o.target == "operator").collect();
+    for other in targets.iter().filter(|t| **t != "operator") {
+        let ratios: Vec<f64> = operator
+            .iter()
+            .filter_map(|o| {
+                let x = outcomes
+                    .iter()
+                    .find(|x| x.target == *other && x.round == o.round)?;
+                Some(o.jobs_per_s / x.jobs_per_s)
+            })
+            .collect();
+        out.insert(
+            format!("operator_vs_{other}"),
+            json!({"jobs_per_s": Spread::of(&ratios)}),
+        );
+    }
+    Value::Object(out)
+}
+
+fn show(v: &Value, digits: usize) -> String {
+    match serde_json::from_value::<Spread>(v.clone()) {
+        Ok(s) if s.rounds > 0 => s.show(digits),
+        _ => "–".to_owned(),
+    }
+}
+
+fn markdown(report: &Value) -> String {
+    let cfg = &report["config"];
+    let s = &report["summary"];
+    let mut md = format!(
+        "### Operator\n\n{} VirtualClusters × {} plugins flip to AllNodeReady at once (local host apiserver; pods \
+         finished by a kubelet stand-in, Jobs completed by the real job controller); {} rounds, targets \
+         alternating. `median (min–max)`.\n\n",
+        cfg["virtual_clusters"], cfg["plugins"], cfg["rounds"]
+    );
+    if let Some(why) = report["peer_unavailable"].as_str() {
+        md.push_str(&format!("Peer not measured: {why}\n\n"));
+    }
+    md.push_str("| | all Jobs created (s) | Jobs/s | all done (s) | API requests / VC | writes / VC | RSS MiB | CPU s | idle CPU % | idle requests/s |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    for target in ["operator", "ceiling", "peer"] {
+        let t = &s[target];
+        if t.is_null() {
+            continue;
+        }
+        md.push_str(&format!(
+            "| {target} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            show(&t["jobs_created_s"], 2),
+            show(&t["jobs_per_s"], 0),
+            show(&t["completed_s"], 2),
+            show(&t["requests_per_vc"], 1),
+            show(&t["writes_per_vc"], 1),
+            show(&t["rss_mib"], 1),
+            show(&t["cpu_s"], 2),
+            show(&t["idle_cpu_percent"], 2),
+            show(&t["idle_requests_per_s"], 2),
+        ));
+    }
+    md.push_str(&format!(
+        "\nJobs/s, operator ÷ ceiling: {}; operator ÷ peer: {}.\n",
+        show(&s["operator_vs_ceiling"]["jobs_per_s"], 2),
+        show(&s["operator_vs_peer"]["jobs_per_s"], 2)
+    ));
+    if let Some(o) = report["outcomes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|o| o["target"] == "operator"))
+    {
+        md.push_str("\nThe operator's writes per VirtualCluster (first round), by request:\n\n");
+        if let Some(w) = o["writes_per_vc"].as_object() {
+            for (k, v) in w {
+                md.push_str(&format!("- `{k}`: {:.2}\n", v.as_f64().unwrap_or_default()));
+            }
+        }
+    }
+    md.push('\n');
+    md
+}
