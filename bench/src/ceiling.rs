@@ -49,7 +49,7 @@ pub fn run(args: &CeilingArgs) -> Result<()> {
     }
     let fallback = first.context("no --body given")?;
     let loaded = tls::load(&args.tls_cert, &args.tls_key)?;
-    let config = tls::server_config(Arc::new(tls::CertResolver::new(loaded.key)))?;
+    let config = tls::server_config(Arc::new(tls::CertResolver::new(loaded.key)), None)?;
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let bodies = Arc::new((bodies, fallback));
     // The webhook's runtime: tokio's multi-threaded scheduler with one worker per usable core.
