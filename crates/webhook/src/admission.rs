@@ -192,6 +192,9 @@ fn decide(state: &AdmissionState, body: &[u8], facts: &mut Facts) -> (Decision, 
     let response = AdmissionResponse::from(&request);
 
     let is_job = request.kind.group == "batch" && request.kind.kind == "Job";
+    if is_job && request.operation == Operation::Update {
+        return update(state, &request, response, facts);
+    }
     if !is_job || request.operation != Operation::Create {
         facts.message = "not the creation of a Job".to_owned();
         return (Decision::Ignored, response);
@@ -307,6 +310,79 @@ fn decide(state: &AdmissionState, body: &[u8], facts: &mut Facts) -> (Decision, 
         }
         Err(denial) => deny(facts, response, denial.0),
     }
+}
+
+/// The labels and annotations of the contract: on a Job, only the operator may set or change
+/// them after its creation, so nobody turns a Job the webhook never mutated into one the
+/// operator counts (by adding the executor label and a copied mark with a patch).
+const CONTRACT_LABELS: [&str; 4] = [
+    contract::EXECUTOR_LABEL,
+    contract::VIRTUAL_CLUSTER_LABEL,
+    contract::PLUGIN_LABEL,
+    contract::ACTION_LABEL,
+];
+/// See [`CONTRACT_LABELS`].
+const CONTRACT_ANNOTATIONS: [&str; 4] = [
+    contract::SPEC_HASH_ANNOTATION,
+    contract::ATTEMPT_ANNOTATION,
+    contract::KUBECONFIG_SECRET_ANNOTATION,
+    contract::INJECTED_ANNOTATION,
+];
+
+/// An update of a Job: allowed unless someone other than the operator changes a label or
+/// annotation of the contract. (The webhook is registered for UPDATE with an objectSelector on
+/// the executor label, which matches the old or the new object.)
+fn update(
+    state: &AdmissionState,
+    request: &AdmissionRequest<DynamicObject>,
+    response: AdmissionResponse,
+    facts: &mut Facts,
+) -> (Decision, AdmissionResponse) {
+    let metadata = |object: Option<&DynamicObject>| {
+        object.map(|o| (o.metadata.labels.clone(), o.metadata.annotations.clone()))
+    };
+    let (old_labels, old_annotations) = metadata(request.old_object.as_ref()).unwrap_or_default();
+    let (new_labels, new_annotations) = metadata(request.object.as_ref()).unwrap_or_default();
+    let (old_labels, new_labels) = (
+        old_labels.unwrap_or_default(),
+        new_labels.unwrap_or_default(),
+    );
+    let (old_annotations, new_annotations) = (
+        old_annotations.unwrap_or_default(),
+        new_annotations.unwrap_or_default(),
+    );
+    let changed: Vec<&str> = CONTRACT_LABELS
+        .iter()
+        .filter(|k| old_labels.get(**k) != new_labels.get(**k))
+        .chain(
+            // Long names live in annotations under the label's key (contract::name_in).
+            CONTRACT_ANNOTATIONS
+                .iter()
+                .chain(CONTRACT_LABELS.iter())
+                .filter(|k| old_annotations.get(**k) != new_annotations.get(**k)),
+        )
+        .copied()
+        .collect();
+    if changed.is_empty() || facts.user == state.operator_user {
+        facts.message = if changed.is_empty() {
+            "an update that leaves the contract alone".to_owned()
+        } else {
+            format!("the operator changed {}", changed.join(", "))
+        };
+        return (Decision::Ignored, response);
+    }
+    let message = format!(
+        "Job {}: only the operator may change {} after the Job is created, not {}",
+        facts.job,
+        changed.join(", "),
+        if facts.user.is_empty() {
+            "an anonymous user"
+        } else {
+            &facts.user
+        },
+    );
+    facts.message = message.clone();
+    (Decision::Denied, response.deny(message))
 }
 
 #[cfg(test)]

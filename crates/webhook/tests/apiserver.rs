@@ -119,7 +119,7 @@ impl Registered {
                 rules: Some(vec![RuleWithOperations {
                     api_groups: Some(vec!["batch".into()]),
                     api_versions: Some(vec!["v1".into()]),
-                    operations: Some(vec!["CREATE".into()]),
+                    operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
                     resources: Some(vec!["jobs".into()]),
                     scope: Some("Namespaced".into()),
                 }]),
@@ -290,6 +290,34 @@ async fn executor_jobs_are_mutated_for_the_operator_and_denied_for_others() {
         message.contains("only system:serviceaccount:kosmos-system:virtual-cluster-operator")
             && message.contains("not mallory"),
         "{message}"
+    );
+
+    // ... nor can they turn a plain Job into one the operator counts by a later patch.
+    let mut forged = stolen.clone();
+    forged.metadata.name = Some("forged-job".into());
+    forged.metadata.labels = None;
+    forged.metadata.annotations = None;
+    forged.spec.as_mut().unwrap().template.metadata = None;
+    let mallory_jobs = Api::<Job>::namespaced(as_mallory.clone(), ns.name());
+    mallory_jobs
+        .create(&PostParams::default(), &forged)
+        .await
+        .unwrap();
+    let patch = serde_json::json!({"metadata": {
+        "labels": {contract::EXECUTOR_LABEL: "true"},
+        "annotations": {contract::INJECTED_ANNOTATION: mark.clone()},
+    }});
+    let error = mallory_jobs
+        .patch(
+            "forged-job",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("only the operator may change"),
+        "{error}"
     );
 
     // A Job without the executor label is not the webhook's business.

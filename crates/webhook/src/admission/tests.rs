@@ -220,3 +220,79 @@ async fn long_names_are_found_through_the_annotations() {
     let response = post(state, serde_json::to_vec(&review).unwrap()).await;
     assert_eq!(response["allowed"], false, "{response}");
 }
+
+fn update_review(user: &str, old: Value, new: Value) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "update-1",
+            "kind": {"group": "batch", "version": "v1", "kind": "Job"},
+            "resource": {"group": "batch", "version": "v1", "resource": "jobs"},
+            "name": "j",
+            "namespace": "tenants",
+            "operation": "UPDATE",
+            "userInfo": {"username": user},
+            "oldObject": old,
+            "object": new,
+        }
+    }))
+    .unwrap()
+}
+
+fn job_meta(labels: Value, annotations: Value) -> Value {
+    serde_json::json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "j", "namespace": "tenants", "labels": labels, "annotations": annotations},
+    })
+}
+
+#[tokio::test]
+async fn only_the_operator_may_change_the_contract_by_update() {
+    let plain = job_meta(serde_json::json!({"app": "x"}), serde_json::json!({}));
+    // The forgery: an unlabelled Job gets the executor labels and a copied mark by a patch.
+    let forged = job_meta(
+        serde_json::json!({
+            "app": "x",
+            contract::EXECUTOR_LABEL: "true",
+            contract::PLUGIN_LABEL: "apiserver-network-proxy",
+        }),
+        serde_json::json!({contract::INJECTED_ANNOTATION: "0123456789abcdef"}),
+    );
+    let response = post(
+        state(true),
+        update_review("mallory", plain.clone(), forged.clone()),
+    )
+    .await;
+    assert_eq!(response["allowed"], false, "{response}");
+    let message = response["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(contract::EXECUTOR_LABEL)
+            && message.contains(contract::INJECTED_ANNOTATION)
+            && message.contains("not mallory"),
+        "{message}"
+    );
+    // Taking the mark off an executor Job is a change of the contract too.
+    let response = post(
+        state(true),
+        update_review("mallory", forged.clone(), plain.clone()),
+    )
+    .await;
+    assert_eq!(response["allowed"], false, "{response}");
+    // The operator may; anyone may change what is not the contract.
+    let response = post(
+        state(true),
+        update_review(OPERATOR, plain.clone(), forged.clone()),
+    )
+    .await;
+    assert_eq!(response["allowed"], true, "{response}");
+    let mut relabelled = forged.clone();
+    relabelled["metadata"]["labels"]["app"] = "y".into();
+    let response = post(state(true), update_review("mallory", forged, relabelled)).await;
+    assert_eq!(response["allowed"], true, "{response}");
+    assert!(
+        response.get("patch").is_none_or(Value::is_null),
+        "{response}"
+    );
+}
