@@ -505,6 +505,10 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
         watch.as_str(),
         "--set",
         host_paths.as_str(),
+        "--set",
+        "executor.imagePullSecrets={executor-registry}",
+        "--set",
+        "executor.resources.requests.cpu=10m",
     ])
     .await?;
     let configuration = format!("{WEBHOOK}-{rns}");
@@ -764,6 +768,30 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
                 .contains_key(contract::INJECTED_ANNOTATION),
             "{} lacks the webhook's mark",
             job.name_any()
+        );
+        // The chart's executor settings reached the pod, through the webhook's mutation.
+        let pod = job
+            .spec
+            .and_then(|s| s.template.spec)
+            .context("a Job without a pod")?;
+        ensure!(
+            pod.image_pull_secrets
+                .unwrap_or_default()
+                .iter()
+                .any(|s| s.name == "executor-registry"),
+            "{}: no executor pull secret",
+            plugin.name
+        );
+        let cpu = pod.containers[0]
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("cpu"))
+            .map(|q| q.0.clone());
+        ensure!(
+            cpu.as_deref() == Some("10m"),
+            "{}: executor cpu request {cpu:?}",
+            plugin.name
         );
     }
     Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(virtual_cluster, "demo")

@@ -207,6 +207,7 @@ async fn the_demo_virtual_cluster_completes_through_operator_webhook_job_control
                 ..Default::default()
             },
             executor_image: "registry.invalid/kosmos/executor:e2e".into(),
+            executor_pod: Default::default(),
             readiness: ReadinessMode::External,
             uninstall_on_delete: false,
             uninstall_timeout: Duration::from_secs(5),

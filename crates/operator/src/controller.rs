@@ -47,6 +47,8 @@ pub struct Config {
     pub plan: plan::Settings,
     /// Executor image for plugins that name none.
     pub executor_image: String,
+    /// Pull secrets and resources of every executor pod.
+    pub executor_pod: jobs::ExecutorPod,
     /// How `AllNodeReady` is reached.
     pub readiness: ReadinessMode,
     /// Uninstall plugins when a VirtualCluster is deleted (the annotation overrides it).
@@ -293,7 +295,10 @@ async fn reconcile_one(ns: &str, name: &str, ctx: &Context) -> Result<Action, Er
         for step in steps {
             match step {
                 Step::CreateJob(new) => {
-                    let job = jobs::bare_job(&vc, &new, &ctx.config.executor_image);
+                    let job = jobs::with_executor_pod(
+                        jobs::bare_job(&vc, &new, &ctx.config.executor_image),
+                        &ctx.config.executor_pod,
+                    );
                     let stored = match create_job(&jobs_api, &job, &new.name).await {
                         Ok(stored) => stored,
                         Err(Error::Kube {

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{
+    Container, LocalObjectReference, Pod, PodSpec, PodTemplateSpec, ResourceRequirements,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kosmos_api::VirtualCluster;
 use kosmos_api::contract::{self, Action};
@@ -37,6 +39,38 @@ pub fn owner_reference(vc: &VirtualCluster) -> Option<OwnerReference> {
     // Jobs whose pods never finish when the virtual cluster is gone).
     owner.block_owner_deletion = Some(false);
     Some(owner)
+}
+
+/// What the cluster admin sets for every executor pod (the chart's `executor.imagePullSecrets`
+/// and `executor.resources`). The webhook's mutation leaves both alone.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ExecutorPod {
+    /// Secrets (in the VirtualCluster's namespace) to pull the executor image with.
+    pub image_pull_secrets: Vec<String>,
+    /// Requests and limits of the executor container.
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// `job` with the admin's executor pod settings; settings left empty change nothing.
+pub fn with_executor_pod(mut job: Job, settings: &ExecutorPod) -> Job {
+    let Some(pod) = job.spec.as_mut().and_then(|s| s.template.spec.as_mut()) else {
+        return job;
+    };
+    if !settings.image_pull_secrets.is_empty() {
+        pod.image_pull_secrets = Some(
+            settings
+                .image_pull_secrets
+                .iter()
+                .map(|name| LocalObjectReference { name: name.clone() })
+                .collect(),
+        );
+    }
+    if let Some(resources) = &settings.resources {
+        for container in &mut pod.containers {
+            container.resources = Some(resources.clone());
+        }
+    }
+    job
 }
 
 /// The bare executor Job for `new`: contract labels and annotations, one container that fails
@@ -273,6 +307,29 @@ mod tests {
             timeout_seconds: 600,
             executor_image: image.map(Into::into),
         }
+    }
+
+    #[test]
+    fn executor_pod_settings_reach_the_pod_and_empty_ones_change_nothing() {
+        let bare = bare_job(&vc(), &new_job(None), "img");
+        assert_eq!(
+            with_executor_pod(bare.clone(), &ExecutorPod::default()),
+            bare
+        );
+        let resources: ResourceRequirements = serde_json::from_value(
+            serde_json::json!({"requests": {"cpu": "100m"}, "limits": {"memory": "1Gi"}}),
+        )
+        .unwrap();
+        let job = with_executor_pod(
+            bare,
+            &ExecutorPod {
+                image_pull_secrets: vec!["regcred".into()],
+                resources: Some(resources.clone()),
+            },
+        );
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.image_pull_secrets.unwrap()[0].name, "regcred");
+        assert_eq!(pod.containers[0].resources.as_ref(), Some(&resources));
     }
 
     #[test]

@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
+use k8s_openapi::api::core::v1::ResourceRequirements;
 use kosmos_operator::admin::{self, AdminState};
 use kosmos_operator::controller::{self, Config, Context, ReadinessMode};
+use kosmos_operator::jobs::ExecutorPod;
 use kosmos_operator::metrics::Metrics;
 use kosmos_operator::plan::Settings;
 use kube::Client;
@@ -38,6 +40,18 @@ struct Args {
         default_value = "docker.io/alpine/k8s:1.34.1"
     )]
     executor_image: String,
+    /// Secrets to pull executor images with (comma-separated names; each must exist in the
+    /// namespaces of the VirtualClusters).
+    #[arg(
+        long,
+        env = "OPERATOR_EXECUTOR_IMAGE_PULL_SECRETS",
+        value_delimiter = ','
+    )]
+    executor_image_pull_secrets: Vec<String>,
+    /// Requests and limits of the executor container, as JSON, e.g.
+    /// '{"requests":{"cpu":"100m","memory":"128Mi"},"limits":{"memory":"1Gi"}}'.
+    #[arg(long, env = "OPERATOR_EXECUTOR_RESOURCES", value_parser = parse_resources)]
+    executor_resources: Option<ResourceRequirements>,
     /// Failed attempts per plugin (and spec, and retry request) before it stays Failed.
     #[arg(long, env = "OPERATOR_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     max_attempts: u32,
@@ -92,6 +106,13 @@ struct Args {
 enum LogFormat {
     Text,
     Json,
+}
+
+/// `--executor-resources`: a ResourceRequirements as JSON (the Kubernetes field names).
+fn parse_resources(text: &str) -> Result<ResourceRequirements, String> {
+    serde_json::from_str(text).map_err(|e| {
+        format!("not a JSON ResourceRequirements ({{\"requests\": {{\"cpu\": \"100m\"}}}}): {e}")
+    })
 }
 
 fn init_logging(format: LogFormat) {
@@ -151,6 +172,15 @@ async fn run(args: Args) -> Result<()> {
             backoff_max: Duration::from_secs(args.max_backoff_seconds.max(args.backoff_seconds)),
         },
         executor_image: args.executor_image.clone(),
+        executor_pod: ExecutorPod {
+            image_pull_secrets: args
+                .executor_image_pull_secrets
+                .iter()
+                .filter(|s| !s.is_empty())
+                .cloned()
+                .collect(),
+            resources: args.executor_resources.clone(),
+        },
         readiness: args.readiness,
         uninstall_on_delete: args.uninstall_on_delete,
         uninstall_timeout: Duration::from_secs(args.uninstall_timeout_seconds),
