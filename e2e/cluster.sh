@@ -556,8 +556,13 @@ case "${cmd}" in
     ensure_binaries
     take_lock
     do_up
-    # Started or reused on purpose: with-cluster.sh must not stop it when its command ends.
-    rm -f "${STATE_DIR}/started-by-acquire"
+    # Started or reused on purpose: with-cluster.sh must not stop it when its command ends. But a
+    # test that calls `up` inside a with-cluster.sh run is not such a purpose: while users are
+    # registered the marker stays, or `make test` would leave the cluster running.
+    prune_users
+    if [[ -z "$(ls -A "${USERS}" 2> /dev/null)" ]]; then
+      rm -f "${STATE_DIR}/started-by-acquire"
+    fi
     ;;
   down)
     take_lock
