@@ -5,7 +5,7 @@ use anyhow::{Context as _, Result};
 use base64::Engine as _;
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::batch::v1::Job;
-use kosmos_api::contract::{self, Action};
+use kosmos_api::contract::{self, Action, ExecutorJobId};
 use kosmos_api::{VirtualCluster, VirtualClusterPlugin};
 use kosmos_operator::plan::NewJob;
 use kube::api::PostParams;
@@ -147,18 +147,14 @@ pub async fn admitted_job(
     let namespace = vc.namespace().unwrap_or_default();
     let spec_hash = contract::spec_hash(&plugin.spec);
     let new = NewJob {
-        name: contract::job_name(
+        id: ExecutorJobId::new(
             &vc.name_any(),
             &plugin.name_any(),
-            &spec_hash,
             Action::Install,
+            &spec_hash,
             1,
+            "",
         ),
-        plugin: plugin.name_any(),
-        action: Action::Install,
-        spec_hash,
-        attempt: 1,
-        retry: String::new(),
         timeout_seconds: plugin.spec.timeout_seconds(),
         executor_image: plugin.spec.executor_image.clone(),
     };
@@ -170,7 +166,7 @@ pub async fn admitted_job(
     };
     jobs.create(&dry_run, &job)
         .await
-        .with_context(|| format!("dry-run create of Job {namespace}/{}", new.name))
+        .with_context(|| format!("dry-run create of Job {namespace}/{}", new.name()))
 }
 
 /// The AdmissionReview the apiserver sends for the creation of `job` by `user`.

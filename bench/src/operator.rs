@@ -552,18 +552,14 @@ async fn run_ceiling(
                 .map(|p| {
                     let spec_hash = contract::spec_hash(&p.spec);
                     let new = kosmos_operator::plan::NewJob {
-                        name: contract::job_name(
+                        id: contract::ExecutorJobId::new(
                             &vc.name_any(),
                             &p.name_any(),
-                            &spec_hash,
                             Action::Install,
+                            &spec_hash,
                             1,
+                            "",
                         ),
-                        plugin: p.name_any(),
-                        action: Action::Install,
-                        spec_hash,
-                        attempt: 1,
-                        retry: String::new(),
                         timeout_seconds: p.spec.timeout_seconds(),
                         executor_image: None,
                     };

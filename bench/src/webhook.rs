@@ -479,17 +479,19 @@ fn peer_fixture(
     for plugin in plugins {
         let spec_hash = kosmos_api::contract::spec_hash(&plugin.spec);
         let new = kosmos_operator::plan::NewJob {
-            name: format!("bench-{}", plugin.name_any()),
-            plugin: plugin.name_any(),
-            action: kosmos_api::contract::Action::Install,
-            spec_hash,
-            attempt: 1,
-            retry: String::new(),
+            id: kosmos_api::contract::ExecutorJobId::new(
+                &vc.name_any(),
+                &plugin.name_any(),
+                kosmos_api::contract::Action::Install,
+                &spec_hash,
+                1,
+                "",
+            ),
             timeout_seconds: plugin.spec.timeout_seconds(),
             executor_image: None,
         };
         let job = kosmos_operator::jobs::bare_job(vc, &new, "docker.io/alpine/k8s:1.34.1");
-        let mutation = kosmos_webhook::mutate(&job, plugin, vc, &Default::default())
+        let mutation = kosmos_webhook::mutate_job(&job, plugin, vc, &Default::default())
             .map_err(|d| anyhow::anyhow!("mutating the {} Job: {d}", plugin.name_any()))?;
         let mut mutated = serde_json::to_value(&job)?;
         json_patch::patch(&mut mutated, &mutation.patch)?;

@@ -19,14 +19,12 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Volume};
+use kosmos_api::contract::EXECUTOR_SELECTOR;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
 use crate::kubelet::{PodOutcome, finish_pod};
-
-/// Label that marks executor pods (the contract's executor label, copied onto the pod template).
-pub const EXECUTOR_POD_LABEL: &str = "plugin.kosmos.io/executor=true";
 
 /// Where the runner keeps pod folders and finds claim contents.
 #[derive(Clone, Debug)]
@@ -82,7 +80,7 @@ pub async fn run(client: Client, config: RunnerConfig) -> Result<()> {
     let config = Arc::new(config);
     loop {
         let list = pods
-            .list(&ListParams::default().labels(EXECUTOR_POD_LABEL))
+            .list(&ListParams::default().labels(EXECUTOR_SELECTOR))
             .await
             .context("listing executor pods")?;
         for pod in list.items {

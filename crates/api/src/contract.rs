@@ -7,9 +7,13 @@
 //! mounts and environment, and sets [`INJECTED_ANNOTATION`]. The operator deletes any executor
 //! Job that lacks that mark, so a Job the webhook never saw can neither succeed nor count.
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use sha2::{Digest, Sha256};
 
 use crate::plugin::VirtualClusterPluginSpec;
+use crate::validation::is_dns_subdomain;
 
 /// Label on every executor Job (value `"true"`); the webhook's objectSelector matches it.
 pub const EXECUTOR_LABEL: &str = "plugin.kosmos.io/executor";
@@ -143,6 +147,199 @@ pub fn name_in(
     match annotations.get(key).filter(|v| !v.is_empty()) {
         Some(name) => (label_value(name) == *label).then(|| name.clone()),
         None => (!label.contains('_')).then(|| label.clone()),
+    }
+}
+
+/// The identity of one executor Job: every label and annotation the operator writes on it and the
+/// webhook and operator read back. The operator builds a Job's metadata from it
+/// ([`Self::labels`], [`Self::annotations`]); the webhook and the operator read a Job through
+/// [`Self::parse`], once, and pass the typed value on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecutorJobId {
+    /// Name of the VirtualCluster the Job works for ([`VIRTUAL_CLUSTER_LABEL`]).
+    pub virtual_cluster: String,
+    /// Name of the VirtualClusterPlugin it installs or uninstalls ([`PLUGIN_LABEL`]).
+    pub plugin: String,
+    /// Install or uninstall ([`ACTION_LABEL`]).
+    pub action: Action,
+    /// The plugin's [`spec_hash`] the Job was made for ([`SPEC_HASH_ANNOTATION`]).
+    pub spec_hash: String,
+    /// The Job's place in its plugin's sequence of Jobs ([`ATTEMPT_ANNOTATION`]).
+    pub attempt: u32,
+    /// The VirtualCluster's retry request the Job was created under ([`RETRY_ANNOTATION`];
+    /// empty when the VirtualCluster has none).
+    pub retry: String,
+    /// The Secret with the virtual cluster's kubeconfig ([`KUBECONFIG_SECRET_ANNOTATION`]).
+    pub kubeconfig_secret: String,
+}
+
+/// Why a Job's metadata does not describe an executor Job; names the label or annotation.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ContractError {
+    /// A label the contract requires is absent or empty.
+    #[error("label {0} is missing")]
+    MissingLabel(&'static str),
+    /// An annotation the contract requires is absent or empty.
+    #[error("annotation {0} is missing")]
+    MissingAnnotation(&'static str),
+    /// A label holds a value the contract does not allow.
+    #[error("label {key} is {value:?}, expected {expected}")]
+    InvalidLabel {
+        /// The label.
+        key: &'static str,
+        /// What it holds.
+        value: String,
+        /// What it should hold.
+        expected: &'static str,
+    },
+    /// An annotation holds a value the contract does not allow.
+    #[error("annotation {key} is {value:?}, expected {expected}")]
+    InvalidAnnotation {
+        /// The annotation.
+        key: &'static str,
+        /// What it holds.
+        value: String,
+        /// What it should hold.
+        expected: &'static str,
+    },
+}
+
+/// Label selector of every executor Job (and executor pod: the template carries the label).
+pub const EXECUTOR_SELECTOR: &str = "plugin.kosmos.io/executor=true";
+
+impl ExecutorJobId {
+    /// The identity of a new Job; its kubeconfig Secret is the operator's for `virtual_cluster`.
+    pub fn new(
+        virtual_cluster: &str,
+        plugin: &str,
+        action: Action,
+        spec_hash: &str,
+        attempt: u32,
+        retry: &str,
+    ) -> Self {
+        Self {
+            virtual_cluster: virtual_cluster.to_owned(),
+            plugin: plugin.to_owned(),
+            action,
+            spec_hash: spec_hash.to_owned(),
+            attempt,
+            retry: retry.to_owned(),
+            kubeconfig_secret: kubeconfig_secret_name(virtual_cluster),
+        }
+    }
+
+    /// The Job's name (see [`job_name`]).
+    pub fn job_name(&self) -> String {
+        job_name(
+            &self.virtual_cluster,
+            &self.plugin,
+            &self.spec_hash,
+            self.action,
+            self.attempt,
+        )
+    }
+
+    /// Label selector of every executor Job of one VirtualCluster.
+    pub fn selector(virtual_cluster: &str) -> String {
+        format!(
+            "{EXECUTOR_SELECTOR},{VIRTUAL_CLUSTER_LABEL}={}",
+            label_value(virtual_cluster)
+        )
+    }
+
+    /// The labels of the Job (and of its pod template).
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        [
+            (EXECUTOR_LABEL, "true".to_owned()),
+            (VIRTUAL_CLUSTER_LABEL, label_value(&self.virtual_cluster)),
+            (PLUGIN_LABEL, label_value(&self.plugin)),
+            (ACTION_LABEL, self.action.as_str().to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// The annotations of the Job.
+    pub fn annotations(&self) -> BTreeMap<String, String> {
+        [
+            // The full names, under the label keys: a label holds a hash of a long name.
+            (VIRTUAL_CLUSTER_LABEL, self.virtual_cluster.clone()),
+            (PLUGIN_LABEL, self.plugin.clone()),
+            (SPEC_HASH_ANNOTATION, self.spec_hash.clone()),
+            (ATTEMPT_ANNOTATION, self.attempt.to_string()),
+            (KUBECONFIG_SECRET_ANNOTATION, self.kubeconfig_secret.clone()),
+            (RETRY_ANNOTATION, self.retry.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// Reads the identity back from a Job's metadata; the error names the first label or
+    /// annotation that is missing or malformed.
+    pub fn parse(meta: &ObjectMeta) -> Result<Self, ContractError> {
+        let empty = BTreeMap::new();
+        let labels = meta.labels.as_ref().unwrap_or(&empty);
+        let annotations = meta.annotations.as_ref().unwrap_or(&empty);
+        let label = |key: &'static str| -> Result<&String, ContractError> {
+            labels
+                .get(key)
+                .filter(|v| !v.is_empty())
+                .ok_or(ContractError::MissingLabel(key))
+        };
+        let annotation = |key: &'static str| -> Result<&String, ContractError> {
+            annotations
+                .get(key)
+                .filter(|v| !v.is_empty())
+                .ok_or(ContractError::MissingAnnotation(key))
+        };
+        label(EXECUTOR_LABEL)?;
+        let name = |key: &'static str| -> Result<String, ContractError> {
+            label(key)?;
+            name_in(labels, annotations, key).ok_or(ContractError::InvalidLabel {
+                key,
+                value: labels.get(key).cloned().unwrap_or_default(),
+                expected: "the label value of the name in the annotation of the same key",
+            })
+        };
+        let plugin = name(PLUGIN_LABEL)?;
+        let virtual_cluster = name(VIRTUAL_CLUSTER_LABEL)?;
+        let action_value = label(ACTION_LABEL)?;
+        let action = Action::parse(action_value).ok_or_else(|| ContractError::InvalidLabel {
+            key: ACTION_LABEL,
+            value: action_value.clone(),
+            expected: "install or uninstall",
+        })?;
+        let spec_hash = annotation(SPEC_HASH_ANNOTATION)?.clone();
+        let attempt_value = annotation(ATTEMPT_ANNOTATION)?;
+        let attempt = attempt_value
+            .parse()
+            .map_err(|_| ContractError::InvalidAnnotation {
+                key: ATTEMPT_ANNOTATION,
+                value: attempt_value.clone(),
+                expected: "a whole number",
+            })?;
+        let kubeconfig_secret = annotation(KUBECONFIG_SECRET_ANNOTATION)?.clone();
+        if !is_dns_subdomain(&kubeconfig_secret) {
+            return Err(ContractError::InvalidAnnotation {
+                key: KUBECONFIG_SECRET_ANNOTATION,
+                value: kubeconfig_secret,
+                expected: "a Secret name",
+            });
+        }
+        Ok(Self {
+            virtual_cluster,
+            plugin,
+            action,
+            spec_hash,
+            attempt,
+            retry: annotations
+                .get(RETRY_ANNOTATION)
+                .cloned()
+                .unwrap_or_default(),
+            kubeconfig_secret,
+        })
     }
 }
 
@@ -313,6 +510,104 @@ mod tests {
         spec.success_state_command = Some("true".into());
         assert_ne!(before, spec_hash(&spec));
         assert_eq!(spec_hash(&spec), spec_hash(&spec.clone()));
+    }
+
+    fn id() -> ExecutorJobId {
+        ExecutorJobId::new("tenant1-cluster", "dns", Action::Install, "h1", 2, "r")
+    }
+
+    fn meta(id: &ExecutorJobId) -> ObjectMeta {
+        ObjectMeta {
+            labels: Some(id.labels()),
+            annotations: Some(id.annotations()),
+            ..ObjectMeta::default()
+        }
+    }
+
+    #[test]
+    fn executor_job_id_round_trips_through_metadata() {
+        let id = id();
+        assert_eq!(ExecutorJobId::parse(&meta(&id)), Ok(id.clone()));
+        let labels = id.labels();
+        assert_eq!(labels[EXECUTOR_LABEL], "true");
+        assert_eq!(labels[VIRTUAL_CLUSTER_LABEL], "tenant1-cluster");
+        assert_eq!(labels[PLUGIN_LABEL], "dns");
+        assert_eq!(labels[ACTION_LABEL], "install");
+        let annotations = id.annotations();
+        assert_eq!(annotations[SPEC_HASH_ANNOTATION], "h1");
+        assert_eq!(annotations[ATTEMPT_ANNOTATION], "2");
+        assert_eq!(annotations[RETRY_ANNOTATION], "r");
+        assert_eq!(
+            annotations[KUBECONFIG_SECRET_ANNOTATION],
+            kubeconfig_secret_name("tenant1-cluster")
+        );
+        assert_eq!(
+            id.job_name(),
+            job_name("tenant1-cluster", "dns", "h1", Action::Install, 2)
+        );
+        assert_eq!(EXECUTOR_SELECTOR, format!("{EXECUTOR_LABEL}=true"));
+        assert_eq!(
+            ExecutorJobId::selector("vc"),
+            "plugin.kosmos.io/executor=true,plugin.kosmos.io/virtual-cluster=vc"
+        );
+    }
+
+    #[test]
+    fn parse_names_what_is_missing_or_malformed() {
+        type Change = Box<dyn Fn(&mut ObjectMeta)>;
+        let cases: Vec<(&str, Change)> = vec![
+            (
+                "label plugin.kosmos.io/plugin is missing",
+                Box::new(|m| {
+                    m.labels.as_mut().map(|l| l.remove(PLUGIN_LABEL));
+                }),
+            ),
+            (
+                "label plugin.kosmos.io/action is \"delete\", expected install or uninstall",
+                Box::new(|m| {
+                    m.labels
+                        .as_mut()
+                        .map(|l| l.insert(ACTION_LABEL.into(), "delete".into()));
+                }),
+            ),
+            (
+                "annotation plugin.kosmos.io/attempt is \"x\", expected a whole number",
+                Box::new(|m| {
+                    m.annotations
+                        .as_mut()
+                        .map(|a| a.insert(ATTEMPT_ANNOTATION.into(), "x".into()));
+                }),
+            ),
+            (
+                "annotation plugin.kosmos.io/kubeconfig-secret is missing",
+                Box::new(|m| {
+                    m.annotations
+                        .as_mut()
+                        .map(|a| a.remove(KUBECONFIG_SECRET_ANNOTATION));
+                }),
+            ),
+            (
+                "annotation plugin.kosmos.io/kubeconfig-secret is \"Not/A/Name\", expected a Secret name",
+                Box::new(|m| {
+                    m.annotations.as_mut().map(|a| {
+                        a.insert(KUBECONFIG_SECRET_ANNOTATION.into(), "Not/A/Name".into())
+                    });
+                }),
+            ),
+        ];
+        for (expected, change) in cases {
+            let mut m = meta(&id());
+            change(&mut m);
+            let err = ExecutorJobId::parse(&m).map(|_| ()).err();
+            assert_eq!(err.map(|e| e.to_string()).as_deref(), Some(expected));
+        }
+        // The retry request is optional: a VirtualCluster without one gives an empty value.
+        let mut m = meta(&id());
+        m.annotations.as_mut().map(|a| a.remove(RETRY_ANNOTATION));
+        assert_eq!(
+            ExecutorJobId::parse(&m).map(|id| id.retry),
+            Ok(String::new())
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use k8s_openapi::api::events;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
-use kosmos_api::contract;
+use kosmos_api::contract::{self, ExecutorJobId};
 use kosmos_api::kubeconfig::SafeKubeconfig;
 use kosmos_api::{VirtualCluster, VirtualClusterPlugin, VirtualClusterStatus, phase};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
@@ -143,8 +143,7 @@ pub async fn run(
         };
     let controller = Controller::new(vcs, watcher::Config::default());
     let store = controller.store();
-    let executor_jobs =
-        watcher::Config::default().labels(&format!("{}=true", contract::EXECUTOR_LABEL));
+    let executor_jobs = watcher::Config::default().labels(contract::EXECUTOR_SELECTOR);
     ready.store(true, Ordering::SeqCst);
     controller
         .owns(jobs, executor_jobs)
@@ -299,25 +298,26 @@ async fn reconcile_one(ns: &str, name: &str, ctx: &Context) -> Result<Action, Er
                         jobs::bare_job(&vc, &new, &ctx.config.executor_image),
                         &ctx.config.executor_pod,
                     );
-                    let stored = match create_job(&jobs_api, &job, &new.name).await {
+                    let job_name = new.name();
+                    let stored = match create_job(&jobs_api, &job, &job_name).await {
                         Ok(stored) => stored,
                         Err(Error::Kube {
                             source: kube::Error::Api(status),
                             ..
                         }) if webhook_not_called(&status) => {
-                            warn!(plugin = %new.plugin, job = %new.name, code = status.code,
+                            warn!(plugin = %new.id.plugin, job = %job_name, code = status.code,
                                 message = %status.message, "the API server could not call the webhook for the executor job");
                             webhook_unavailable = Some(status.message.clone());
-                            rejected.push((new.plugin.clone(), status.message.clone()));
+                            rejected.push((new.id.plugin.clone(), status.message.clone()));
                             continue;
                         }
                         Err(Error::Kube {
                             source: kube::Error::Api(status),
                             ..
                         }) if (400..500).contains(&status.code) && status.code != 409 => {
-                            warn!(plugin = %new.plugin, job = %new.name, code = status.code,
+                            warn!(plugin = %new.id.plugin, job = %job_name, code = status.code,
                                 message = %status.message, "the API server refused the executor job");
-                            rejected.push((new.plugin.clone(), status.message.clone()));
+                            rejected.push((new.id.plugin.clone(), status.message.clone()));
                             continue;
                         }
                         Err(e) => return Err(e),
@@ -330,11 +330,10 @@ async fn reconcile_one(ns: &str, name: &str, ctx: &Context) -> Result<Action, Er
                         // Left by an earlier VirtualCluster of the same name; the garbage
                         // collector removes it, then the name is free.
                         return Err(Error::Conflict(format!(
-                            "job {ns}/{} of an earlier virtualcluster {name}",
-                            new.name
+                            "job {ns}/{job_name} of an earlier virtualcluster {name}"
                         )));
                     }
-                    info!(plugin = %new.plugin, job = %new.name, action = %new.action, attempt = new.attempt,
+                    info!(plugin = %new.id.plugin, job = %job_name, action = %new.id.action, attempt = new.id.attempt,
                         injected = stored.annotations().contains_key(contract::INJECTED_ANNOTATION),
                         "executor job created");
                     if let Some(view) = jobs::job_view(&stored, None) {
@@ -444,7 +443,7 @@ async fn observe_jobs(
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let list = jobs_api
-        .list(&ListParams::default().labels(&jobs::selector(name)))
+        .list(&ListParams::default().labels(&ExecutorJobId::selector(name)))
         .await
         .map_err(kube_err(format!("listing executor jobs in {ns}")))?;
     let uid = vc.uid();

@@ -1,15 +1,13 @@
 //! Bare executor Jobs (what the operator creates for the webhook to mutate) and what it reads
 //! back from Jobs and their Pods. Pure: the controller does the API calls.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Container, LocalObjectReference, Pod, PodSpec, PodTemplateSpec, ResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kosmos_api::VirtualCluster;
-use kosmos_api::contract::{self, Action};
+use kosmos_api::contract::{self, ExecutorJobId};
 use kube::Resource;
 
 use crate::plan::{JobOutcome, JobView, NewJob};
@@ -21,16 +19,6 @@ pub const DEADLINE_MARGIN_SECONDS: i64 = 120;
 
 /// Longest failure message kept in status and events (events cap their note at 1 kB).
 const MAX_MESSAGE: usize = 800;
-
-/// Labels that select every executor Job of one VirtualCluster.
-pub fn selector(virtual_cluster: &str) -> String {
-    format!(
-        "{}=true,{}={}",
-        contract::EXECUTOR_LABEL,
-        contract::VIRTUAL_CLUSTER_LABEL,
-        contract::label_value(virtual_cluster)
-    )
-}
 
 /// An owner reference that makes the VirtualCluster own (and garbage-collect) an object.
 pub fn owner_reference(vc: &VirtualCluster) -> Option<OwnerReference> {
@@ -76,44 +64,17 @@ pub fn with_executor_pod(mut job: Job, settings: &ExecutorPod) -> Job {
 /// The bare executor Job for `new`: contract labels and annotations, one container that fails
 /// on purpose until the webhook replaces its command, bounded in time and retries.
 pub fn bare_job(vc: &VirtualCluster, new: &NewJob, default_image: &str) -> Job {
-    let vc_name = vc.metadata.name.clone().unwrap_or_default();
-    let labels: BTreeMap<String, String> = [
-        (contract::EXECUTOR_LABEL, "true".to_owned()),
-        (
-            contract::VIRTUAL_CLUSTER_LABEL,
-            contract::label_value(&vc_name),
-        ),
-        (contract::PLUGIN_LABEL, contract::label_value(&new.plugin)),
-        (contract::ACTION_LABEL, new.action.as_str().to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    let annotations: BTreeMap<String, String> = [
-        // The names in full; the labels may only hold hashes of them.
-        (contract::VIRTUAL_CLUSTER_LABEL, vc_name.clone()),
-        (contract::PLUGIN_LABEL, new.plugin.clone()),
-        (contract::SPEC_HASH_ANNOTATION, new.spec_hash.clone()),
-        (contract::ATTEMPT_ANNOTATION, new.attempt.to_string()),
-        (
-            contract::KUBECONFIG_SECRET_ANNOTATION,
-            contract::kubeconfig_secret_name(&vc_name),
-        ),
-        (contract::RETRY_ANNOTATION, new.retry.clone()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let labels = new.id.labels();
     let image = new
         .executor_image
         .clone()
         .unwrap_or_else(|| default_image.to_owned());
     Job {
         metadata: ObjectMeta {
-            name: Some(new.name.clone()),
+            name: Some(new.name()),
             namespace: vc.metadata.namespace.clone(),
             labels: Some(labels.clone()),
-            annotations: Some(annotations),
+            annotations: Some(new.id.annotations()),
             owner_references: owner_reference(vc).map(|o| vec![o]),
             ..ObjectMeta::default()
         },
@@ -164,12 +125,17 @@ pub fn has_failed(job: &Job) -> bool {
     has_condition(job, "Failed")
 }
 
-/// What the operator needs of an executor Job, or None when it is not one (labels missing or
-/// garbled: such a Job is ignored, never counted). `pod_message` is the executor pod's
+/// What the operator needs of an executor Job, or None when it is not one (labels or
+/// annotations missing or garbled, see [`ExecutorJobId::parse`]: such a Job is ignored, never
+/// counted). `pod_message` is the executor pod's
 /// termination message, read by the caller for failed Jobs.
 pub fn job_view(job: &Job, pod_message: Option<String>) -> Option<JobView> {
-    let labels = job.metadata.labels.as_ref()?;
-    let annotations = job.metadata.annotations.clone().unwrap_or_default();
+    let id = ExecutorJobId::parse(&job.metadata).ok()?;
+    let injected = job
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(contract::INJECTED_ANNOTATION));
     let status = job.status.clone().unwrap_or_default();
     let outcome = if has_condition(job, "Complete") {
         JobOutcome::Succeeded
@@ -207,21 +173,8 @@ pub fn job_view(job: &Job, pod_message: Option<String>) -> Option<JobView> {
     });
     Some(JobView {
         name: job.metadata.name.clone()?,
-        plugin: contract::name_in(labels, &annotations, contract::PLUGIN_LABEL)?,
-        action: Action::parse(labels.get(contract::ACTION_LABEL)?)?,
-        spec_hash: annotations
-            .get(contract::SPEC_HASH_ANNOTATION)
-            .cloned()
-            .unwrap_or_default(),
-        attempt: annotations
-            .get(contract::ATTEMPT_ANNOTATION)?
-            .parse()
-            .ok()?,
-        retry: annotations
-            .get(contract::RETRY_ANNOTATION)
-            .cloned()
-            .unwrap_or_default(),
-        injected: annotations.contains_key(contract::INJECTED_ANNOTATION),
+        id,
+        injected,
         deleting: job.metadata.deletion_timestamp.is_some(),
         outcome,
         started_at: job.metadata.creation_timestamp.as_ref().map(|t| t.0),
@@ -285,6 +238,7 @@ fn cut(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use kosmos_api::VirtualClusterSpec;
+    use kosmos_api::contract::Action;
     use serde_json::json;
 
     use super::*;
@@ -298,12 +252,7 @@ mod tests {
 
     fn new_job(image: Option<&str>) -> NewJob {
         NewJob {
-            name: "tenant1-cluster-dns-install-abc".into(),
-            plugin: "dns".into(),
-            action: Action::Install,
-            spec_hash: "h1".into(),
-            attempt: 2,
-            retry: "r".into(),
+            id: ExecutorJobId::new("tenant1-cluster", "dns", Action::Install, "h1", 2, "r"),
             timeout_seconds: 600,
             executor_image: image.map(Into::into),
         }
@@ -391,10 +340,10 @@ mod tests {
     #[test]
     fn job_view_reads_labels_annotations_and_outcome() {
         let running = job_view(&with_status(json!({}), true), None).unwrap();
-        assert_eq!(running.plugin, "dns");
-        assert_eq!(running.action, Action::Install);
-        assert_eq!(running.attempt, 2);
-        assert_eq!(running.retry, "r");
+        assert_eq!(running.id.plugin, "dns");
+        assert_eq!(running.id.action, Action::Install);
+        assert_eq!(running.id.attempt, 2);
+        assert_eq!(running.id.retry, "r");
         assert!(running.injected);
         assert_eq!(running.outcome, JobOutcome::Running);
 

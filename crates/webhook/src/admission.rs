@@ -16,12 +16,13 @@ use base64::Engine as _;
 use k8s_openapi::api::batch::v1::Job;
 use kosmos_api::contract;
 use kosmos_api::{VirtualCluster, VirtualClusterPlugin};
+use kube::ResourceExt;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::metrics::{Decision, Metrics};
-use crate::mutation::{Settings, mutate};
+use crate::mutation::{Settings, job_name, mutate, parse_job};
 
 /// Largest AdmissionReview body read; the apiserver's own limit on an object is 3 MiB.
 pub const MAX_REVIEW_BYTES: usize = 8 * 1024 * 1024;
@@ -209,23 +210,18 @@ fn decide(state: &AdmissionState, body: &[u8], facts: &mut Facts) -> (Decision, 
         Ok(job) => job,
         Err(e) => return invalid(facts, format!("the object is not a batch/v1 Job: {e}")),
     };
-    if let Some(name) = &job.metadata.name {
-        facts.job = format!("{namespace}/{name}");
-    } else if let Some(prefix) = &job.metadata.generate_name {
-        facts.job = format!("{namespace}/{prefix}<generated>");
-    }
-    let labels = job.metadata.labels.clone().unwrap_or_default();
-    if !labels.contains_key(contract::EXECUTOR_LABEL) {
+    facts.job = format!("{namespace}/{}", job_name(&job));
+    if !job.labels().contains_key(contract::EXECUTOR_LABEL) {
         facts.message = "no executor label".to_owned();
         return (Decision::Ignored, response);
     }
-    // Names in full from the annotations (labels may hold only hashes of long names).
-    let annotations = job.metadata.annotations.clone().unwrap_or_default();
-    facts.plugin =
-        contract::name_in(&labels, &annotations, contract::PLUGIN_LABEL).unwrap_or_default();
-    facts.virtual_cluster =
-        contract::name_in(&labels, &annotations, contract::VIRTUAL_CLUSTER_LABEL)
-            .unwrap_or_default();
+    // Parsed once here; a Job that breaks the contract is denied after the checks below, which
+    // concern anyone creating executor Jobs.
+    let id = parse_job(&job);
+    if let Ok(id) = &id {
+        facts.plugin.clone_from(&id.plugin);
+        facts.virtual_cluster.clone_from(&id.virtual_cluster);
+    }
     let deny = |facts: &mut Facts, response: AdmissionResponse, message: String| {
         facts.message = message.clone();
         (Decision::Denied, response.deny(message))
@@ -253,46 +249,35 @@ fn decide(state: &AdmissionState, body: &[u8], facts: &mut Facts) -> (Decision, 
         );
         return deny(facts, response, message);
     }
-    for (label, empty) in [
-        (contract::PLUGIN_LABEL, facts.plugin.is_empty()),
-        (
-            contract::VIRTUAL_CLUSTER_LABEL,
-            facts.virtual_cluster.is_empty(),
-        ),
-    ] {
-        if empty {
-            let message = format!(
-                "Job {}: label {label} is missing, or does not agree with the annotation {label}",
-                facts.job
-            );
-            return deny(facts, response, message);
-        }
-    }
+    let id = match id {
+        Ok(id) => id,
+        Err(denial) => return deny(facts, response, denial.0),
+    };
     let Some(plugin) = state
         .plugins
-        .get(&ObjectRef::new(&facts.plugin).within(&namespace))
+        .get(&ObjectRef::new(&id.plugin).within(&namespace))
     else {
         let message = format!(
             "Job {}: VirtualClusterPlugin {namespace}/{} (label {}) not found",
             facts.job,
-            facts.plugin,
+            id.plugin,
             contract::PLUGIN_LABEL
         );
         return deny(facts, response, message);
     };
     let Some(virtual_cluster) = state
         .virtual_clusters
-        .get(&ObjectRef::new(&facts.virtual_cluster).within(&namespace))
+        .get(&ObjectRef::new(&id.virtual_cluster).within(&namespace))
     else {
         let message = format!(
             "Job {}: VirtualCluster {namespace}/{} (label {}) not found",
             facts.job,
-            facts.virtual_cluster,
+            id.virtual_cluster,
             contract::VIRTUAL_CLUSTER_LABEL
         );
         return deny(facts, response, message);
     };
-    match mutate(&job, &plugin, &virtual_cluster, &state.settings) {
+    match mutate(&job, &id, &plugin, &virtual_cluster, &state.settings) {
         Ok(mutation) if mutation.patch.0.is_empty() => {
             facts.message = format!("already injected ({})", mutation.mark);
             (Decision::Unchanged, response)

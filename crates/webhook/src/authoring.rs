@@ -2,7 +2,7 @@
 //! VirtualClusters offline, `plugin-webhook render` prints the executor Job the webhook would
 //! make of a plugin. Both run the code the cluster runs: the CRD's own schema (for unknown
 //! fields), `kosmos_api`'s validation (the CRD's CEL rules and what CEL cannot express) and the
-//! pure [`mutate`] of the webhook, on the operator's bare Job.
+//! pure [`mutate`](crate::mutation::mutate) of the webhook, on the operator's bare Job.
 //!
 //! Every finding names the file, the object and the field, so a CI log points at the line to fix.
 
@@ -21,7 +21,7 @@ use kosmos_api::{
 use kube::{CustomResourceExt, ResourceExt};
 use serde::Deserialize;
 
-use crate::mutation::{Settings, mutate};
+use crate::mutation::{Settings, mutate_job};
 
 /// API version of both kinds.
 const API_VERSION: &str = "kosmos.io/v1alpha1";
@@ -421,7 +421,7 @@ pub struct Report {
 
 /// Checks every plugin and VirtualCluster among `documents` as the apiserver (schema and CEL),
 /// the operator and the webhook would: a plugin is also turned into an install and an uninstall
-/// Job by [`mutate`], so a source the webhook would refuse is found here.
+/// Job by [`mutate`](crate::mutation::mutate), so a source the webhook would refuse is found here.
 pub fn validate(documents: &[Document], namespace: &str, settings: &Settings) -> Report {
     let mut report = Report::default();
     for document in documents {
@@ -506,7 +506,7 @@ pub fn render_job(
     options: &RenderOptions,
 ) -> Result<Job, String> {
     let job = bare_job(plugin, virtual_cluster, action, &options.executor_image);
-    let mutation = mutate(&job, plugin, virtual_cluster, &options.settings).map_err(|d| d.0)?;
+    let mutation = mutate_job(&job, plugin, virtual_cluster, &options.settings).map_err(|d| d.0)?;
     let mut value = serde_json::to_value(&job).map_err(|e| e.to_string())?;
     json_patch::patch(&mut value, &mutation.patch).map_err(|e| e.to_string())?;
     serde_json::from_value(value).map_err(|e| e.to_string())

@@ -4,10 +4,11 @@
 pub mod admission;
 pub mod authoring;
 pub mod bootstrap;
+pub mod executor_env;
 pub mod limits;
 pub mod metrics;
 pub mod mutation;
 pub mod server;
 pub mod tls;
 
-pub use mutation::{Denial, Mutation, RecursiveReadOnly, Settings, mutate};
+pub use mutation::{Denial, Mutation, RecursiveReadOnly, Settings, mutate, mutate_job, parse_job};

@@ -20,18 +20,18 @@ use k8s_openapi::api::core::v1::{
     NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaimVolumeSource,
     PodSpec, SecretVolumeSource, Volume, VolumeMount,
 };
-use kosmos_api::contract::{self, Action};
-use kosmos_api::validation::{is_dns_label, is_dns_subdomain};
+use kosmos_api::contract::{self, Action, ExecutorJobId};
+use kosmos_api::validation::is_dns_label;
 use kosmos_api::{Storage, VirtualCluster, VirtualClusterPlugin, validate_plugin};
 use kube::ResourceExt;
 use serde::Serialize;
+
+use crate::executor_env as env;
 
 /// The executor script: one constant, so what runs is reviewed once and never built from CR
 /// values.
 pub const EXECUTOR_SCRIPT: &str = include_str!("executor.sh");
 
-/// Root of everything the webhook mounts, out of the way of the image's own folders.
-pub const KOSMOS_ROOT: &str = "/kosmos";
 /// Folder of the kubeconfig Secret volume.
 pub const KUBECONFIG_DIR: &str = "/kosmos/kubeconfig";
 /// The writable work folder (an emptyDir): HOME, caches, fetched sources, the values file.
@@ -116,87 +116,65 @@ struct Injection {
     script: &'static str,
 }
 
-/// Turns a bare executor Job into an install or uninstall of `plugin` into `virtual_cluster`.
-pub fn mutate(
+/// Reads the executor Job's identity from its labels and annotations, once, at the edge; the
+/// denial names the Job and the label or annotation at fault.
+pub fn parse_job(job: &Job) -> Result<ExecutorJobId, Denial> {
+    ExecutorJobId::parse(&job.metadata).map_err(|e| Denial(format!("{}: {e}", job_ref(job))))
+}
+
+/// [`parse_job`] then [`mutate`]: for callers that hold only the Job (tests, documentation
+/// examples); the admission endpoint parses first because it needs the identity to look up the
+/// plugin.
+pub fn mutate_job(
     job: &Job,
     plugin: &VirtualClusterPlugin,
     virtual_cluster: &VirtualCluster,
     settings: &Settings,
 ) -> Result<Mutation, Denial> {
-    let job_ref = format!(
-        "Job {}/{}",
-        job.namespace().unwrap_or_default(),
-        job_display_name(job)
-    );
+    mutate(job, &parse_job(job)?, plugin, virtual_cluster, settings)
+}
+
+/// Turns a bare executor Job (whose identity `id` the caller parsed with [`parse_job`]) into an
+/// install or uninstall of `plugin` into `virtual_cluster`.
+pub fn mutate(
+    job: &Job,
+    id: &ExecutorJobId,
+    plugin: &VirtualClusterPlugin,
+    virtual_cluster: &VirtualCluster,
+    settings: &Settings,
+) -> Result<Mutation, Denial> {
+    let job_ref = job_ref(job);
     let plugin_ref = format!(
         "VirtualClusterPlugin {}/{}",
         plugin.namespace().unwrap_or_default(),
         plugin.name_any()
     );
-    let labels = job.labels();
-    let label = |key: &str| -> Result<&str, Denial> {
-        labels
-            .get(key)
-            .map(String::as_str)
-            .ok_or_else(|| Denial(format!("{job_ref}: label {key} is missing")))
-    };
-    if label(contract::PLUGIN_LABEL)? != contract::label_value(&plugin.name_any()) {
+    if id.plugin != plugin.name_any() {
         return Err(Denial(format!(
             "{job_ref}: label {} does not name {plugin_ref}",
             contract::PLUGIN_LABEL
         )));
     }
-    if label(contract::VIRTUAL_CLUSTER_LABEL)? != contract::label_value(&virtual_cluster.name_any())
-    {
+    if id.virtual_cluster != virtual_cluster.name_any() {
         return Err(Denial(format!(
             "{job_ref}: label {} does not name VirtualCluster {}",
             contract::VIRTUAL_CLUSTER_LABEL,
             virtual_cluster.name_any()
         )));
     }
-    let action_value = label(contract::ACTION_LABEL)?;
-    let action = Action::parse(action_value).ok_or_else(|| {
-        Denial(format!(
-            "{job_ref}: label {} is {action_value:?}, expected install or uninstall",
-            contract::ACTION_LABEL
-        ))
-    })?;
-
-    let annotations = job.annotations();
+    let action = id.action;
     let want_hash = contract::spec_hash(&plugin.spec);
-    match annotations.get(contract::SPEC_HASH_ANNOTATION) {
-        Some(hash) if *hash == want_hash => {}
-        Some(hash) => {
-            // The current hash is not echoed: a caller that is not the apiserver (no mutual
-            // TLS) could otherwise learn it and forge a Job for the current spec.
-            return Err(Denial(format!(
-                "{job_ref}: annotation {} is {hash}, which is not the current spec of \
-                 {plugin_ref}; the Job was made for an older spec and the operator will create \
-                 a new one",
-                contract::SPEC_HASH_ANNOTATION
-            )));
-        }
-        None => {
-            return Err(Denial(format!(
-                "{job_ref}: annotation {} is missing",
-                contract::SPEC_HASH_ANNOTATION
-            )));
-        }
-    }
-    let secret = annotations
-        .get(contract::KUBECONFIG_SECRET_ANNOTATION)
-        .ok_or_else(|| {
-            Denial(format!(
-                "{job_ref}: annotation {} is missing",
-                contract::KUBECONFIG_SECRET_ANNOTATION
-            ))
-        })?;
-    if !is_dns_subdomain(secret) {
+    if id.spec_hash != want_hash {
+        // The current hash is not echoed: a caller that is not the apiserver (no mutual TLS)
+        // could otherwise learn it and forge a Job for the current spec.
         return Err(Denial(format!(
-            "{job_ref}: annotation {} is {secret:?}, not a Secret name",
-            contract::KUBECONFIG_SECRET_ANNOTATION
+            "{job_ref}: annotation {} is {}, which is not the current spec of {plugin_ref}; the \
+             Job was made for an older spec and the operator will create a new one",
+            contract::SPEC_HASH_ANNOTATION,
+            id.spec_hash
         )));
     }
+    let secret = &id.kubeconfig_secret;
 
     validate_plugin(plugin).map_err(|e| Denial(e.to_string()))?;
 
@@ -204,7 +182,7 @@ pub fn mutate(
         .map_err(|e| Denial(format!("{plugin_ref}: {e}")))?;
     let mark = mark_of(&injection);
 
-    if annotations.get(contract::INJECTED_ANNOTATION) == Some(&mark) {
+    if job.annotations().get(contract::INJECTED_ANNOTATION) == Some(&mark) {
         return Ok(Mutation {
             patch: json_patch::Patch(Vec::new()),
             mark,
@@ -223,7 +201,17 @@ pub fn mutate(
     })
 }
 
-fn job_display_name(job: &Job) -> String {
+/// `Job <namespace>/<name>`, for messages; a Job named by the server shows its prefix.
+pub fn job_ref(job: &Job) -> String {
+    format!(
+        "Job {}/{}",
+        job.namespace().unwrap_or_default(),
+        job_name(job)
+    )
+}
+
+/// The Job's name, or `<prefix><generated>` when the server is to name it.
+pub fn job_name(job: &Job) -> String {
     match (&job.metadata.name, &job.metadata.generate_name) {
         (Some(name), _) if !name.is_empty() => name.clone(),
         (_, Some(prefix)) => format!("{prefix}<generated>"),
@@ -245,13 +233,12 @@ enum Role {
 }
 
 impl Role {
-    fn var(self, suffix: &str) -> String {
-        let prefix = match self {
-            Self::Chart => "CHART",
-            Self::Values => "VALUES",
-            Self::Yaml => "YAML",
-        };
-        format!("{prefix}_{suffix}")
+    fn env(self) -> env::Source {
+        match self {
+            Self::Chart => env::CHART,
+            Self::Values => env::VALUES,
+            Self::Yaml => env::YAML,
+        }
     }
 
     fn folder(self) -> &'static str {
@@ -355,7 +342,7 @@ impl Builder {
                     );
                 }
             }
-            self.env(role.var("PATH"), normalize(path));
+            self.env(role.env().path, normalize(path));
         } else if let Some(host_path) = &storage.host_path {
             let field = format!("{field}.hostPath");
             let path = normalize(&host_path.path);
@@ -406,7 +393,7 @@ impl Builder {
                 mount_path.clone(),
                 settings.recursive_read_only,
             );
-            self.env(role.var("PATH"), mount_path);
+            self.env(role.env().path, mount_path);
         } else if let Some(uri) = &storage.uri {
             let dir = format!("{WORK_DIR}/fetched/{}", role.folder());
             let bare = uri
@@ -441,15 +428,15 @@ impl Builder {
                     (file.clone(), file, false)
                 }
             };
-            self.env(role.var("URI"), uri.clone());
+            self.env(role.env().uri, uri.clone());
             if let Some(sha) = &storage.sha256 {
-                self.env(role.var("SHA256"), sha.clone());
+                self.env(role.env().sha256, sha.clone());
             }
-            self.env(role.var("DOWNLOAD"), download);
+            self.env(role.env().download, download);
             if unpack {
-                self.env(role.var("UNPACK"), "true");
+                self.env(role.env().unpack, "true");
             }
-            self.env(role.var("PATH"), path);
+            self.env(role.env().path, path);
         } else {
             return Err(format!(
                 "{field}: exactly one of pvPath, hostPath or uri must be set"
@@ -527,20 +514,23 @@ fn build_injection(
         ..VolumeMount::default()
     });
 
-    b.env("PLUGIN_ACTION", action.as_str());
-    b.env("PLUGIN_NAME", plugin.name_any());
-    b.env("VIRTUAL_CLUSTER", virtual_cluster.name_any());
-    b.env("PLUGIN_TIMEOUT_SECONDS", spec.timeout_seconds().to_string());
-    b.env("PLUGIN_WORK_DIR", WORK_DIR);
+    b.env(env::PLUGIN_ACTION, action.as_str());
+    b.env(env::PLUGIN_NAME, plugin.name_any());
+    b.env(env::VIRTUAL_CLUSTER, virtual_cluster.name_any());
     b.env(
-        "KUBECONFIG",
+        env::PLUGIN_TIMEOUT_SECONDS,
+        spec.timeout_seconds().to_string(),
+    );
+    b.env(env::PLUGIN_WORK_DIR, WORK_DIR);
+    b.env(
+        env::KUBECONFIG,
         format!("{KUBECONFIG_DIR}/{}", contract::KUBECONFIG_SECRET_KEY),
     );
     // Helm and kubectl write caches and config below HOME/XDG; the image's may be read-only.
-    b.env("HOME", format!("{WORK_DIR}/home"));
-    b.env("XDG_CACHE_HOME", format!("{WORK_DIR}/home/.cache"));
-    b.env("XDG_CONFIG_HOME", format!("{WORK_DIR}/home/.config"));
-    b.env("XDG_DATA_HOME", format!("{WORK_DIR}/home/.local/share"));
+    b.env(env::HOME, format!("{WORK_DIR}/home"));
+    b.env(env::XDG_CACHE_HOME, format!("{WORK_DIR}/home/.cache"));
+    b.env(env::XDG_CONFIG_HOME, format!("{WORK_DIR}/home/.config"));
+    b.env(env::XDG_DATA_HOME, format!("{WORK_DIR}/home/.local/share"));
 
     if let Some(chart) = &spec.plugin_sources.chart {
         let at = "spec.pluginSources.chart";
@@ -557,22 +547,22 @@ fn build_injection(
                 ));
             }
         };
-        b.env("CHART_RELEASE", release);
+        b.env(env::CHART_RELEASE, release);
         b.env(
-            "CHART_NAMESPACE",
+            env::CHART_NAMESPACE,
             chart.namespace.clone().unwrap_or_else(|| "default".into()),
         );
         if let Some(storage) = &chart.storage {
             b.storage(storage, &format!("{at}.storage"), Role::Chart, settings)?;
         } else {
             if let Some(repo) = &chart.repo {
-                b.env("CHART_REPO", repo.clone());
+                b.env(env::CHART_REPO, repo.clone());
             }
             if let Some(name) = &chart.name {
-                b.env("CHART_NAME", name.clone());
+                b.env(env::CHART_NAME, name.clone());
             }
             if let Some(version) = &chart.version {
-                b.env("CHART_VERSION", version.clone());
+                b.env(env::CHART_VERSION, version.clone());
             }
         }
         if action == Action::Install {
@@ -592,10 +582,10 @@ fn build_injection(
                         values.len()
                     ));
                 }
-                b.env("CHART_VALUES", values.clone());
+                b.env(env::CHART_VALUES, values.clone());
             }
             if chart.wait {
-                b.env("CHART_WAIT", "true");
+                b.env(env::CHART_WAIT, "true");
             }
         }
     }
@@ -607,13 +597,13 @@ fn build_injection(
             settings,
         )?;
         if let Some(ns) = &yaml.namespace {
-            b.env("YAML_NAMESPACE", ns.clone());
+            b.env(env::YAML_NAMESPACE, ns.clone());
         }
     }
     if action == Action::Install
         && let Some(command) = &spec.success_state_command
     {
-        b.env("SUCCESS_STATE_COMMAND", command.clone());
+        b.env(env::SUCCESS_STATE_COMMAND, command.clone());
     }
     Ok(b.injection)
 }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use kosmos_api::contract::Action;
 use kosmos_api::{VirtualCluster, VirtualClusterPlugin, validate_plugin, validate_virtual_cluster};
 use kosmos_e2e::{Cluster, TestNamespace};
-use kosmos_webhook::mutate;
+use kosmos_webhook::mutate_job;
 use serde::Deserialize;
 
 fn examples() -> Vec<(PathBuf, String)> {
@@ -50,7 +50,7 @@ fn every_example_validates_and_mutates() {
                     let vc = common::virtual_cluster("tenants", "tenant1-cluster");
                     for action in [Action::Install, Action::Uninstall] {
                         let job = common::bare_job("tenants", "tenant1-cluster", &plugin, action);
-                        let mutation = mutate(&job, &plugin, &vc, &common::any_host_path())
+                        let mutation = mutate_job(&job, &plugin, &vc, &common::any_host_path())
                             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                         let job = common::apply_patch(&job, &mutation.patch);
                         let pod = job.spec.unwrap().template.spec.unwrap();

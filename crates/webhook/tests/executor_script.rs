@@ -14,7 +14,8 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kosmos_api::contract::Action;
 use kosmos_e2e::{Cluster, TestNamespace};
-use kosmos_webhook::mutate;
+use kosmos_webhook::mutation::EXECUTOR_SCRIPT;
+use kosmos_webhook::{executor_env, mutate_job};
 use kube::Api;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -83,7 +84,7 @@ impl World {
         let plugin = common::plugin_from_yaml("tenants", plugin_yaml);
         let job = common::bare_job("tenants", VC, &plugin, action);
         let vc = common::virtual_cluster("tenants", VC);
-        let mutation = mutate(&job, &plugin, &vc, &common::any_host_path()).unwrap();
+        let mutation = mutate_job(&job, &plugin, &vc, &common::any_host_path()).unwrap();
         let job = common::apply_patch(&job, &mutation.patch);
         self.execute(&job).await
     }
@@ -178,9 +179,14 @@ impl World {
         cmd.args(&command[1..])
             .env_clear()
             .env("PATH", std::env::join_paths(path).unwrap())
-            .env("TERMINATION_LOG", &termination_log)
+            .env(executor_env::TERMINATION_LOG, &termination_log)
             .kill_on_drop(true);
         for env in container.env.as_ref().unwrap() {
+            assert!(
+                executor_env::is_known(&env.name),
+                "the mutation set {}, which crates/webhook/src/executor_env.rs does not declare",
+                env.name
+            );
             cmd.env(&env.name, remap(env.value.as_deref().unwrap_or_default()));
         }
         let output = tokio::time::timeout(Duration::from_secs(180), cmd.output())
@@ -192,6 +198,41 @@ impl World {
             message: std::fs::read_to_string(&termination_log).unwrap_or_default(),
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         }
+    }
+}
+
+/// The script reads every input the list declares, so a renamed variable cannot leave one side
+/// behind: a source's names are read as `${source}_<SUFFIX>` after `fetch <SOURCE>`.
+#[test]
+fn the_script_reads_every_declared_input() {
+    let reads = |name: &str| {
+        EXECUTOR_SCRIPT.contains(&format!("${{{name}"))
+            || EXECUTOR_SCRIPT.contains(&format!("${name}"))
+    };
+    for name in executor_env::INPUTS {
+        assert!(reads(name), "executor.sh never reads {name}");
+    }
+    for source in executor_env::SOURCES {
+        assert!(
+            reads(source.path),
+            "executor.sh never reads {}",
+            source.path
+        );
+        let prefix = source.path.trim_end_matches("_PATH");
+        assert!(
+            EXECUTOR_SCRIPT.contains(&format!("fetch {prefix}")),
+            "executor.sh never fetches {prefix}"
+        );
+        for name in [source.uri, source.sha256, source.download, source.unpack] {
+            let suffix = name.strip_prefix(prefix).unwrap();
+            assert!(
+                EXECUTOR_SCRIPT.contains(&format!("${{source}}{suffix}")),
+                "executor.sh never reads <source>{suffix} ({name})"
+            );
+        }
+    }
+    for name in executor_env::CONTEXT {
+        assert!(!reads(name), "executor.sh reads {name}; move it to INPUTS");
     }
 }
 
@@ -727,7 +768,7 @@ async fn shell_injection_corpus_through_the_mutation_stays_inert() {
         for payload in &corpus {
             let plugin = planted_plugin(field, payload, w.ns(), &base);
             let job = common::bare_job("tenants", VC, &plugin, Action::Install);
-            let Ok(mutation) = mutate(&job, &plugin, &vc, &common::any_host_path()) else {
+            let Ok(mutation) = mutate_job(&job, &plugin, &vc, &common::any_host_path()) else {
                 refused += 1;
                 continue;
             };
@@ -956,7 +997,7 @@ async fn shell_injection_corpus_as_helm_values_arrives_as_data() {
     });
     let job = common::bare_job("tenants", VC, &plugin, Action::Install);
     let vc = common::virtual_cluster("tenants", VC);
-    let mutation = mutate(&job, &plugin, &vc, &common::any_host_path()).unwrap();
+    let mutation = mutate_job(&job, &plugin, &vc, &common::any_host_path()).unwrap();
     let outcome = w.execute(&common::apply_patch(&job, &mutation.patch)).await;
     assert_ok(&outcome);
     assert!(!mark.exists(), "a value was run as a command: {outcome:#?}");

@@ -29,7 +29,7 @@ use kosmos_api::{
 };
 use kosmos_webhook::admission::{self, AdmissionState};
 use kosmos_webhook::metrics::Metrics;
-use kosmos_webhook::{Settings, mutate};
+use kosmos_webhook::{Settings, mutate_job};
 use kube::runtime::{reflector, watcher};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
@@ -669,13 +669,13 @@ fn check_structured((plugin, action, noise): Structured) -> Result<(), TestCaseE
     let body = serde_json::to_vec(&review_of(&job, "fuzz-uid")).unwrap();
     let patched = check_review(&state, &body)?;
     // The handler and the pure core agree.
-    let direct = mutate(&job, &plugin, &virtual_cluster(), &Settings::default());
+    let direct = mutate_job(&job, &plugin, &virtual_cluster(), &Settings::default());
     let valid = kosmos_api::validate_plugin(&plugin).is_ok();
     prop_assert!(valid || direct.is_err(), "an invalid plugin was mutated");
     if let (Some(patched), Ok(_)) = (&patched, &direct) {
         MUTATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Idempotent: a second pass over the mutated Job changes nothing.
-        let again = mutate(patched, &plugin, &virtual_cluster(), &Settings::default())
+        let again = mutate_job(patched, &plugin, &virtual_cluster(), &Settings::default())
             .map_err(|e| TestCaseError::fail(format!("the mutated Job is refused: {e}")))?;
         prop_assert!(
             again.patch.0.is_empty(),
@@ -716,7 +716,7 @@ fn check_validate_and_mutate(plugin: VirtualClusterPlugin) -> Result<(), TestCas
     }
     for action in [Action::Install, Action::Uninstall] {
         let job = common::bare_job(NAMESPACE, VC, &plugin, action);
-        match mutate(&job, &plugin, &virtual_cluster(), &Settings::default()) {
+        match mutate_job(&job, &plugin, &virtual_cluster(), &Settings::default()) {
             Ok(m) => {
                 prop_assert!(verdict.is_ok(), "an invalid plugin was mutated");
                 let mut value = serde_json::to_value(&job).unwrap();

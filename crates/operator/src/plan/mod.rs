@@ -13,7 +13,7 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 #[cfg(doc)]
 use kosmos_api::contract;
-use kosmos_api::contract::Action;
+use kosmos_api::contract::ExecutorJobId;
 use kosmos_api::{PluginStatus, VirtualCluster, VirtualClusterPlugin, VirtualClusterStatus};
 
 pub use resolve::resolve;
@@ -63,17 +63,8 @@ pub enum JobOutcome {
 pub struct JobView {
     /// The Job's name.
     pub name: String,
-    /// Value of [`contract::PLUGIN_LABEL`].
-    pub plugin: String,
-    /// Value of [`contract::ACTION_LABEL`].
-    pub action: Action,
-    /// Value of [`contract::SPEC_HASH_ANNOTATION`].
-    pub spec_hash: String,
-    /// Value of [`contract::ATTEMPT_ANNOTATION`]: the Job's place in the plugin's sequence.
-    pub attempt: u32,
-    /// Value of [`contract::RETRY_ANNOTATION`] on the Job: the VirtualCluster's retry request
-    /// the Job was created under.
-    pub retry: String,
+    /// Its labels and annotations, parsed.
+    pub id: ExecutorJobId,
     /// Whether the Job carries the webhook's [`contract::INJECTED_ANNOTATION`].
     pub injected: bool,
     /// Whether the Job is being deleted.
@@ -147,22 +138,19 @@ pub struct Observed<'a> {
 /// A bare executor Job to create (the `jobs` module turns it into a Job).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewJob {
-    /// Name from [`contract::job_name`].
-    pub name: String,
-    /// The plugin.
-    pub plugin: String,
-    /// Install or uninstall.
-    pub action: Action,
-    /// The plugin's current spec hash.
-    pub spec_hash: String,
-    /// Place in the plugin's sequence of Jobs.
-    pub attempt: u32,
-    /// The VirtualCluster's retry request at creation.
-    pub retry: String,
+    /// Its labels and annotations.
+    pub id: ExecutorJobId,
     /// The plugin's time limit for one attempt.
     pub timeout_seconds: i64,
     /// The plugin's executor image, if it names one.
     pub executor_image: Option<String>,
+}
+
+impl NewJob {
+    /// The Job's name, from [`contract::job_name`].
+    pub fn name(&self) -> String {
+        self.id.job_name()
+    }
 }
 
 /// One thing to do against the API.

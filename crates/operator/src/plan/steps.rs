@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kosmos_api::contract::{self, Action};
+use kosmos_api::contract::{self, Action, ExecutorJobId};
 use kosmos_api::{PluginPhase, PluginStatus, VirtualClusterPlugin, condition, phase};
 
 use super::{
@@ -93,9 +93,9 @@ impl<'a, 'o> Planner<'a, 'o> {
             .obs
             .jobs
             .iter()
-            .filter(|j| j.plugin == plugin)
+            .filter(|j| j.id.plugin == plugin)
             .collect();
-        jobs.sort_by_key(|j| j.attempt);
+        jobs.sort_by_key(|j| j.id.attempt);
         jobs
     }
 
@@ -164,7 +164,7 @@ impl<'a, 'o> Planner<'a, 'o> {
             .cloned();
         let jobs = self.jobs_of(&name);
         let latest = jobs.last().copied();
-        let next_attempt = latest.map_or(1, |j| j.attempt + 1);
+        let next_attempt = latest.map_or(1, |j| j.id.attempt + 1);
         let mut entry = PluginStatus {
             name: name.clone(),
             phase: PluginPhase::Pending,
@@ -176,7 +176,7 @@ impl<'a, 'o> Planner<'a, 'o> {
             finished_at: None,
             next_retry_at: None,
         };
-        let current = latest.filter(|j| j.action == Action::Install && j.spec_hash == hash);
+        let current = latest.filter(|j| j.id.action == Action::Install && j.id.spec_hash == hash);
         match current {
             Some(job) => {
                 if entry.job_name.as_deref() != Some(job.name.as_str()) {
@@ -335,14 +335,10 @@ impl<'a, 'o> Planner<'a, 'o> {
         }
         self.slots -= 1;
         let vc = self.obs.vc.metadata.name.clone().unwrap_or_default();
-        let job_name = contract::job_name(&vc, &name, hash, action, attempt);
+        let id = ExecutorJobId::new(&vc, &name, action, hash, attempt, &self.retry);
+        let job_name = id.job_name();
         self.steps.push(Step::CreateJob(NewJob {
-            name: job_name.clone(),
-            plugin: name.clone(),
-            action,
-            spec_hash: hash.to_owned(),
-            attempt,
-            retry: self.retry.clone(),
+            id,
             timeout_seconds: plugin.spec.timeout_seconds(),
             executor_image: plugin.spec.executor_image.clone(),
         }));
@@ -408,8 +404,8 @@ impl<'a, 'o> Planner<'a, 'o> {
                 // Finished installs of older specs have served their purpose; without this
                 // every spec change would leave a Job behind for the cluster's lifetime.
                 for old_job in jobs.iter().filter(|j| {
-                    j.action == Action::Install
-                        && j.spec_hash != job.spec_hash
+                    j.id.action == Action::Install
+                        && j.id.spec_hash != job.id.spec_hash
                         && !j.deleting
                         && j.outcome != JobOutcome::Running
                 }) {
@@ -436,9 +432,9 @@ impl<'a, 'o> Planner<'a, 'o> {
                 let failures = jobs
                     .iter()
                     .filter(|j| {
-                        j.action == Action::Install
-                            && j.spec_hash == job.spec_hash
-                            && j.retry == self.retry
+                        j.id.action == Action::Install
+                            && j.id.spec_hash == job.id.spec_hash
+                            && j.id.retry == self.retry
                             && j.injected
                             && matches!(j.outcome, JobOutcome::Failed { .. })
                     })
@@ -503,12 +499,12 @@ impl<'a, 'o> Planner<'a, 'o> {
                     return;
                 }
                 entry.message = Some(format!("attempt failed: {message}"));
-                let hash = job.spec_hash.clone();
+                let hash = job.id.spec_hash.clone();
                 self.start(
                     plugin,
                     &hash,
                     Action::Install,
-                    job.attempt + 1,
+                    job.id.attempt + 1,
                     entry,
                     may_act,
                 );
@@ -601,7 +597,7 @@ impl<'a, 'o> Planner<'a, 'o> {
         let name = old.name.clone();
         let hash = contract::spec_hash(&plugin.spec);
         let latest = jobs.last().copied();
-        let next_attempt = latest.map_or(1, |j| j.attempt + 1);
+        let next_attempt = latest.map_or(1, |j| j.id.attempt + 1);
         let mut entry = PluginStatus {
             phase: PluginPhase::Uninstalling,
             spec_hash: Some(hash.clone()),
@@ -609,7 +605,7 @@ impl<'a, 'o> Planner<'a, 'o> {
             ..old.clone()
         };
         match latest {
-            Some(job) if job.action == Action::Uninstall => {
+            Some(job) if job.id.action == Action::Uninstall => {
                 if entry.job_name.as_deref() != Some(job.name.as_str()) {
                     entry.job_name = Some(job.name.clone());
                 }
@@ -652,16 +648,16 @@ impl<'a, 'o> Planner<'a, 'o> {
                         entry.finished_at = job.finished_at.map(Time);
                         let last_install = jobs
                             .iter()
-                            .filter(|j| j.action == Action::Install)
-                            .map(|j| j.attempt)
+                            .filter(|j| j.id.action == Action::Install)
+                            .map(|j| j.id.attempt)
                             .max()
                             .unwrap_or(0);
                         let failures = jobs
                             .iter()
                             .filter(|j| {
-                                j.action == Action::Uninstall
-                                    && j.attempt > last_install
-                                    && j.retry == self.retry
+                                j.id.action == Action::Uninstall
+                                    && j.id.attempt > last_install
+                                    && j.id.retry == self.retry
                                     && matches!(j.outcome, JobOutcome::Failed { .. })
                             })
                             .count();
@@ -710,7 +706,7 @@ impl<'a, 'o> Planner<'a, 'o> {
                             plugin,
                             &hash,
                             Action::Uninstall,
-                            job.attempt + 1,
+                            job.id.attempt + 1,
                             entry,
                             may_act,
                         );

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kosmos_api::contract::{self, Action};
+use kosmos_api::contract::{self, Action, ExecutorJobId};
 use kosmos_api::{
     PluginPhase, PluginRef, PluginSet, PluginStatus, VirtualCluster, VirtualClusterPlugin,
     VirtualClusterPluginSpec, VirtualClusterSpec, VirtualClusterStatus, condition, phase,
@@ -81,13 +81,10 @@ fn entry(
 fn job(p: &VirtualClusterPlugin, action: Action, attempt: u32, outcome: JobOutcome) -> JobView {
     let name = p.metadata.name.clone().unwrap();
     let h = hash(p);
+    let id = ExecutorJobId::new("vc1", &name, action, &h, attempt, "");
     JobView {
-        name: contract::job_name("vc1", &name, &h, action, attempt),
-        plugin: name,
-        action,
-        spec_hash: h,
-        attempt,
-        retry: String::new(),
+        name: id.job_name(),
+        id,
         injected: true,
         deleting: false,
         finished_at: (outcome != JobOutcome::Running).then(|| at(NOW - 5)),
@@ -137,7 +134,7 @@ fn created(plan: &Plan) -> Vec<(String, Action, u32)> {
     plan.steps
         .iter()
         .filter_map(|s| match s {
-            Step::CreateJob(j) => Some((j.plugin.clone(), j.action, j.attempt)),
+            Step::CreateJob(j) => Some((j.id.plugin.clone(), j.id.action, j.id.attempt)),
             Step::DeleteJob { .. } => None,
         })
         .collect()
@@ -374,7 +371,7 @@ fn all_independent_plugins_start_at_once_with_attempt_one() {
         panic!("not a create")
     };
     assert_eq!(
-        first.name,
+        first.name(),
         contract::job_name("vc1", "a", &hash(&plugins[0]), Action::Install, 1)
     );
     assert_eq!(first.timeout_seconds, 600);
@@ -567,7 +564,7 @@ fn retry_annotation_starts_over_after_giving_up() {
     let Step::CreateJob(new) = &plan.steps[0] else {
         panic!()
     };
-    assert_eq!(new.retry, "1");
+    assert_eq!(new.id.retry, "1");
 }
 
 #[test]
@@ -591,7 +588,7 @@ fn spec_change_reinstalls_with_a_new_job() {
     let Step::CreateJob(j) = &plan.steps[0] else {
         panic!()
     };
-    assert_eq!(j.spec_hash, hash(&new));
+    assert_eq!(j.id.spec_hash, hash(&new));
     assert_eq!(j.timeout_seconds, 30);
     // Completed no longer holds while reinstalling.
     assert_eq!(plan.status.phase.as_deref(), Some(phase::ALL_NODE_READY));

@@ -194,7 +194,7 @@ fn render_is_the_webhook_patch_on_the_bare_job() {
     };
     let vc = stand_in_virtual_cluster("tenants");
     let bare = bare_job(&plugin, &vc, Action::Install, DEFAULT_EXECUTOR_IMAGE);
-    let mutation = mutate(&bare, &plugin, &vc, &Settings::default()).unwrap();
+    let mutation = mutate_job(&bare, &plugin, &vc, &Settings::default()).unwrap();
     let mut expected = serde_json::to_value(&bare).unwrap();
     json_patch::patch(&mut expected, &mutation.patch).unwrap();
     assert_eq!(serde_json::to_value(&job).unwrap(), expected);

@@ -88,7 +88,7 @@ pub(crate) fn any_host_path() -> Settings {
 
 fn mutated(plugin: &VirtualClusterPlugin, action: Action) -> Job {
     let job = bare_job(plugin, action);
-    let m = mutate(&job, plugin, &virtual_cluster(), &any_host_path()).unwrap();
+    let m = mutate_job(&job, plugin, &virtual_cluster(), &any_host_path()).unwrap();
     apply_patch(&job, &m.patch)
 }
 
@@ -159,7 +159,7 @@ fn uri(uri: &str, sha: Option<&str>) -> Storage {
 
 fn deny(plugin: &VirtualClusterPlugin, settings: &Settings) -> String {
     let job = bare_job(plugin, Action::Install);
-    mutate(&job, plugin, &virtual_cluster(), settings)
+    mutate_job(&job, plugin, &virtual_cluster(), settings)
         .unwrap_err()
         .0
 }
@@ -306,7 +306,7 @@ fn host_path_outside_the_allowed_prefixes_is_denied() {
     };
     let job = bare_job(&yaml_plugin(host("/data/plugins/x", None)), Action::Install);
     assert!(
-        mutate(
+        mutate_job(
             &job,
             &yaml_plugin(host("/data/plugins/x", None)),
             &virtual_cluster(),
@@ -336,7 +336,7 @@ fn host_path_is_closed_unless_the_admin_lists_folders() {
     // The same plugin from a claim or a uri needs no admin.
     let job = bare_job(&yaml_plugin(pv("store:/pv/x.yaml")), Action::Install);
     assert!(
-        mutate(
+        mutate_job(
             &job,
             &yaml_plugin(pv("store:/pv/x.yaml")),
             &virtual_cluster(),
@@ -423,7 +423,7 @@ fn storage_mounts_are_recursively_read_only_as_configured() {
             ..any_host_path()
         };
         let bare = bare_job(&p, Action::Install);
-        let m = mutate(&bare, &p, &virtual_cluster(), &settings).unwrap();
+        let m = mutate_job(&bare, &p, &virtual_cluster(), &settings).unwrap();
         let job = apply_patch(&bare, &m.patch);
         assert_eq!(recursive(&job)["kosmos-pv-0"], value, "{setting:?}");
         assert_eq!(recursive(&job)["kosmos-host-0"], value, "{setting:?}");
@@ -560,14 +560,14 @@ fn success_state_command_is_passed_for_install_only() {
 fn reinvocation_with_the_mark_is_an_empty_patch_and_never_duplicates() {
     let p = yaml_plugin(pv("store:/pv"));
     let job = bare_job(&p, Action::Install);
-    let first = mutate(&job, &p, &virtual_cluster(), &Settings::default()).unwrap();
+    let first = mutate_job(&job, &p, &virtual_cluster(), &Settings::default()).unwrap();
     assert!(!first.patch.0.is_empty());
     let once = apply_patch(&job, &first.patch);
     assert_eq!(
         once.annotations().get(contract::INJECTED_ANNOTATION),
         Some(&first.mark)
     );
-    let second = mutate(&once, &p, &virtual_cluster(), &Settings::default()).unwrap();
+    let second = mutate_job(&once, &p, &virtual_cluster(), &Settings::default()).unwrap();
     assert!(second.patch.0.is_empty(), "{:?}", second.patch);
     assert_eq!(second.mark, first.mark);
 
@@ -579,7 +579,7 @@ fn reinvocation_with_the_mark_is_an_empty_patch_and_never_duplicates() {
         .as_mut()
         .unwrap()
         .insert(contract::INJECTED_ANNOTATION.into(), "other".into());
-    let third = mutate(&unmarked, &p, &virtual_cluster(), &Settings::default()).unwrap();
+    let third = mutate_job(&unmarked, &p, &virtual_cluster(), &Settings::default()).unwrap();
     let twice = apply_patch(&unmarked, &third.patch);
     assert_eq!(
         serde_json::to_value(&twice).unwrap(),
@@ -592,7 +592,7 @@ fn the_mark_follows_the_injection() {
     let a = yaml_plugin(pv("store:/pv"));
     let b = yaml_plugin(pv("store:/pv/other"));
     let mark = |p: &VirtualClusterPlugin| {
-        mutate(
+        mutate_job(
             &bare_job(p, Action::Install),
             p,
             &virtual_cluster(),
@@ -664,7 +664,7 @@ fn contract_violations_are_denied_naming_the_job_and_field() {
     for (expected, change) in cases {
         let mut job = bare_job(&p, Action::Install);
         change(&mut job);
-        let message = mutate(&job, &p, &vc, &s).unwrap_err().0;
+        let message = mutate_job(&job, &p, &vc, &s).unwrap_err().0;
         assert!(
             message.contains(&format!("Job tenants/{job_name}")) && message.contains(expected),
             "{expected}: {message}"
@@ -680,7 +680,7 @@ fn a_stale_spec_hash_is_denied_without_echoing_the_current_one() {
         contract::SPEC_HASH_ANNOTATION.into(),
         "0123456789abcdef".into(),
     );
-    let message = mutate(&job, &p, &virtual_cluster(), &Settings::default())
+    let message = mutate_job(&job, &p, &virtual_cluster(), &Settings::default())
         .unwrap_err()
         .0;
     assert!(
