@@ -9,6 +9,8 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use sha2::{Digest, Sha256};
 
@@ -65,6 +67,15 @@ pub const UNMUTATED_COMMAND: [&str; 3] = [
     "msg='this executor Job was not mutated by the plugin webhook: check that plugin-webhook is running and its MutatingWebhookConfiguration matches the Job'; \
      echo \"$msg\" >&2; echo \"$msg\" > /dev/termination-log; exit 1",
 ];
+
+/// Seconds added to a plugin's time limit for the Job's `activeDeadlineSeconds`: the executor
+/// applies the limit to the install and success wait itself; this margin covers pulling the image
+/// and fetching sources, so the executor's own (clearer) timeout message usually wins.
+pub const DEADLINE_MARGIN_SECONDS: i64 = 120;
+
+/// The executor image for plugins that name none (`--executor-image` of the operator): kubectl,
+/// helm and kustomize in one image.
+pub const DEFAULT_EXECUTOR_IMAGE: &str = "docker.io/alpine/k8s:1.34.1";
 
 /// Whether an executor Job installs or removes a plugin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -192,6 +203,14 @@ pub enum ContractError {
         /// What it should hold.
         expected: &'static str,
     },
+    /// A name label is not the label value of the name in the annotation of the same key.
+    #[error("label {key} does not name {name:?}, the name in annotation {key}")]
+    Disagree {
+        /// The label (and annotation) key.
+        key: &'static str,
+        /// The name in the annotation.
+        name: String,
+    },
     /// An annotation holds a value the contract does not allow.
     #[error("annotation {key} is {value:?}, expected {expected}")]
     InvalidAnnotation {
@@ -276,6 +295,53 @@ impl ExecutorJobId {
         .collect()
     }
 
+    /// The bare executor Job in `namespace` (without owner; the operator adds the VirtualCluster):
+    /// the labels (also on the pod template) and annotations of `self`, one container running
+    /// `image` that fails on purpose until the webhook replaces its command, and bounds in time
+    /// and retries.
+    pub fn bare_job(&self, namespace: &str, timeout_seconds: i64, image: &str) -> Job {
+        let labels = self.labels();
+        Job {
+            metadata: ObjectMeta {
+                name: Some(self.job_name()),
+                namespace: Some(namespace.to_owned()),
+                labels: Some(labels.clone()),
+                annotations: Some(self.annotations()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(JobSpec {
+                // One pod per Job: the operator retries with a new Job after its own backoff, so
+                // every attempt has its own name, status entry and pod log.
+                backoff_limit: Some(0),
+                active_deadline_seconds: Some(
+                    timeout_seconds.saturating_add(DEADLINE_MARGIN_SECONDS),
+                ),
+                template: PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(labels),
+                        ..ObjectMeta::default()
+                    }),
+                    spec: Some(PodSpec {
+                        restart_policy: Some("Never".into()),
+                        automount_service_account_token: Some(false),
+                        containers: vec![Container {
+                            name: EXECUTOR_CONTAINER.into(),
+                            image: Some(image.to_owned()),
+                            command: Some(
+                                UNMUTATED_COMMAND.iter().map(|s| (*s).to_owned()).collect(),
+                            ),
+                            termination_message_policy: Some("FallbackToLogsOnError".into()),
+                            ..Container::default()
+                        }],
+                        ..PodSpec::default()
+                    }),
+                },
+                ..JobSpec::default()
+            }),
+            status: None,
+        }
+    }
+
     /// Reads the identity back from a Job's metadata; the error names the first label or
     /// annotation that is missing or malformed.
     pub fn parse(meta: &ObjectMeta) -> Result<Self, ContractError> {
@@ -297,10 +363,14 @@ impl ExecutorJobId {
         label(EXECUTOR_LABEL)?;
         let name = |key: &'static str| -> Result<String, ContractError> {
             label(key)?;
-            name_in(labels, annotations, key).ok_or(ContractError::InvalidLabel {
-                key,
-                value: labels.get(key).cloned().unwrap_or_default(),
-                expected: "the label value of the name in the annotation of the same key",
+            name_in(labels, annotations, key).ok_or_else(|| {
+                match annotations.get(key).filter(|v| !v.is_empty()) {
+                    Some(name) => ContractError::Disagree {
+                        key,
+                        name: name.clone(),
+                    },
+                    None => ContractError::MissingAnnotation(key),
+                }
             })
         };
         let plugin = name(PLUGIN_LABEL)?;

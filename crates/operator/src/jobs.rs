@@ -1,21 +1,14 @@
 //! Bare executor Jobs (what the operator creates for the webhook to mutate) and what it reads
 //! back from Jobs and their Pods. Pure: the controller does the API calls.
 
-use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::api::core::v1::{
-    Container, LocalObjectReference, Pod, PodSpec, PodTemplateSpec, ResourceRequirements,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{LocalObjectReference, Pod, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kosmos_api::VirtualCluster;
 use kosmos_api::contract::{self, ExecutorJobId};
 use kube::Resource;
 
 use crate::plan::{JobOutcome, JobView, NewJob};
-
-/// Seconds added to a plugin's time limit for the Job's `activeDeadlineSeconds`: the executor
-/// applies the limit to the install and success wait itself; this margin covers pulling the image
-/// and fetching sources, so the executor's own (clearer) timeout message usually wins.
-pub const DEADLINE_MARGIN_SECONDS: i64 = 120;
 
 /// Longest failure message kept in status and events (events cap their note at 1 kB).
 const MAX_MESSAGE: usize = 800;
@@ -61,55 +54,13 @@ pub fn with_executor_pod(mut job: Job, settings: &ExecutorPod) -> Job {
     job
 }
 
-/// The bare executor Job for `new`: contract labels and annotations, one container that fails
-/// on purpose until the webhook replaces its command, bounded in time and retries.
+/// The bare executor Job for `new` ([`ExecutorJobId::bare_job`]), owned by the VirtualCluster.
 pub fn bare_job(vc: &VirtualCluster, new: &NewJob, default_image: &str) -> Job {
-    let labels = new.id.labels();
-    let image = new
-        .executor_image
-        .clone()
-        .unwrap_or_else(|| default_image.to_owned());
-    Job {
-        metadata: ObjectMeta {
-            name: Some(new.name()),
-            namespace: vc.metadata.namespace.clone(),
-            labels: Some(labels.clone()),
-            annotations: Some(new.id.annotations()),
-            owner_references: owner_reference(vc).map(|o| vec![o]),
-            ..ObjectMeta::default()
-        },
-        spec: Some(JobSpec {
-            // One pod per Job: the operator retries with a new Job after its own backoff, so
-            // every attempt has its own name, status entry and pod log.
-            backoff_limit: Some(0),
-            active_deadline_seconds: Some(new.timeout_seconds + DEADLINE_MARGIN_SECONDS),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    restart_policy: Some("Never".into()),
-                    automount_service_account_token: Some(false),
-                    containers: vec![Container {
-                        name: contract::EXECUTOR_CONTAINER.into(),
-                        image: Some(image),
-                        command: Some(
-                            contract::UNMUTATED_COMMAND
-                                .iter()
-                                .map(|s| (*s).to_owned())
-                                .collect(),
-                        ),
-                        termination_message_policy: Some("FallbackToLogsOnError".into()),
-                        ..Container::default()
-                    }],
-                    ..PodSpec::default()
-                }),
-            },
-            ..JobSpec::default()
-        }),
-        status: None,
-    }
+    let image = new.executor_image.as_deref().unwrap_or(default_image);
+    let namespace = vc.metadata.namespace.as_deref().unwrap_or_default();
+    let mut job = new.id.bare_job(namespace, new.timeout_seconds, image);
+    job.metadata.owner_references = owner_reference(vc).map(|o| vec![o]);
+    job
 }
 
 /// True when the Job has condition `type_` with status True.

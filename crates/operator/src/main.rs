@@ -37,7 +37,7 @@ struct Args {
     #[arg(
         long,
         env = "OPERATOR_EXECUTOR_IMAGE",
-        default_value = "docker.io/alpine/k8s:1.34.1"
+        default_value = kosmos_api::contract::DEFAULT_EXECUTOR_IMAGE
     )]
     executor_image: String,
     /// Secrets to pull executor images with (comma-separated names; each must exist in the

@@ -13,7 +13,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
 };
-use kosmos_api::contract::{self, Action};
+use kosmos_api::contract::{self, Action, ExecutorJobId};
 use kosmos_api::validation::is_dns_subdomain;
 use kosmos_api::{
     InvalidSpec, VirtualCluster, VirtualClusterPlugin, validate_plugin, validate_virtual_cluster,
@@ -484,8 +484,7 @@ pub struct RenderOptions {
     pub executor_image: String,
 }
 
-/// The operator's default executor image (`--executor-image` of virtual-cluster-operator).
-pub const DEFAULT_EXECUTOR_IMAGE: &str = "docker.io/alpine/k8s:1.34.1";
+pub use kosmos_api::contract::DEFAULT_EXECUTOR_IMAGE;
 
 impl RenderOptions {
     /// Options with the operator's default image.
@@ -512,63 +511,31 @@ pub fn render_job(
     serde_json::from_value(value).map_err(|e| e.to_string())
 }
 
-/// The operator's bare Job for the first attempt of `action`.
+/// The operator's bare Job for the first attempt of `action` ([`ExecutorJobId::bare_job`]).
 pub fn bare_job(
     plugin: &VirtualClusterPlugin,
     virtual_cluster: &VirtualCluster,
     action: Action,
     default_image: &str,
 ) -> Job {
-    let hash = contract::spec_hash(&plugin.spec);
-    let vc_name = virtual_cluster.name_any();
-    let plugin_name = plugin.name_any();
-    let name = contract::job_name(&vc_name, &plugin_name, &hash, action, 1);
+    let id = ExecutorJobId::new(
+        &virtual_cluster.name_any(),
+        &plugin.name_any(),
+        action,
+        &contract::spec_hash(&plugin.spec),
+        1,
+        "",
+    );
     let image = plugin
         .spec
         .executor_image
-        .clone()
-        .unwrap_or_else(|| default_image.to_owned());
-    let labels = serde_json::json!({
-        contract::EXECUTOR_LABEL: "true",
-        contract::VIRTUAL_CLUSTER_LABEL: contract::label_value(&vc_name),
-        contract::PLUGIN_LABEL: contract::label_value(&plugin_name),
-        contract::ACTION_LABEL: action.as_str(),
-    });
-    let value = serde_json::json!({
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": name,
-            "namespace": virtual_cluster.namespace(),
-            "labels": labels,
-            "annotations": {
-                contract::VIRTUAL_CLUSTER_LABEL: vc_name.clone(),
-                contract::PLUGIN_LABEL: plugin_name.clone(),
-                contract::SPEC_HASH_ANNOTATION: hash,
-                contract::ATTEMPT_ANNOTATION: "1",
-                contract::KUBECONFIG_SECRET_ANNOTATION: contract::kubeconfig_secret_name(&vc_name),
-                contract::RETRY_ANNOTATION: "",
-            },
-        },
-        "spec": {
-            "backoffLimit": 0,
-            "activeDeadlineSeconds": plugin.spec.timeout_seconds() + 120,
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "automountServiceAccountToken": false,
-                    "containers": [{
-                        "name": contract::EXECUTOR_CONTAINER,
-                        "image": image,
-                        "command": contract::UNMUTATED_COMMAND,
-                        "terminationMessagePolicy": "FallbackToLogsOnError",
-                    }],
-                },
-            },
-        },
-    });
-    serde_json::from_value(value).unwrap_or_default()
+        .as_deref()
+        .unwrap_or(default_image);
+    id.bare_job(
+        &virtual_cluster.namespace().unwrap_or_default(),
+        plugin.spec.timeout_seconds(),
+        image,
+    )
 }
 
 /// What render was asked for.

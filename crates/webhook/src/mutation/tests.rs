@@ -26,50 +26,14 @@ pub(crate) fn virtual_cluster() -> VirtualCluster {
     vc
 }
 
-/// A bare executor Job as the operator creates it, per the contract.
+/// A bare executor Job as the operator creates it (first attempt).
 pub(crate) fn bare_job(plugin: &VirtualClusterPlugin, action: Action) -> Job {
-    let name = contract::job_name(
-        VIRTUAL_CLUSTER,
-        &plugin.name_any(),
-        &contract::spec_hash(&plugin.spec),
+    crate::authoring::bare_job(
+        plugin,
+        &virtual_cluster(),
         action,
-        1,
-    );
-    serde_json::from_value(json!({
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": name,
-            "namespace": NAMESPACE,
-            "labels": {
-                contract::EXECUTOR_LABEL: "true",
-                contract::VIRTUAL_CLUSTER_LABEL: VIRTUAL_CLUSTER,
-                contract::PLUGIN_LABEL: plugin.name_any(),
-                contract::ACTION_LABEL: action.as_str(),
-            },
-            "annotations": {
-                contract::SPEC_HASH_ANNOTATION: contract::spec_hash(&plugin.spec),
-                contract::ATTEMPT_ANNOTATION: "1",
-                contract::KUBECONFIG_SECRET_ANNOTATION: contract::kubeconfig_secret_name(VIRTUAL_CLUSTER),
-            },
-        },
-        "spec": {
-            "backoffLimit": 0,
-            "activeDeadlineSeconds": 900,
-            "template": {
-                "metadata": {"labels": {contract::EXECUTOR_LABEL: "true"}},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "containers": [{
-                        "name": contract::EXECUTOR_CONTAINER,
-                        "image": "kosmos/plugin-executor:dev",
-                        "command": contract::UNMUTATED_COMMAND,
-                    }],
-                },
-            },
-        },
-    }))
-    .unwrap()
+        crate::authoring::DEFAULT_EXECUTOR_IMAGE,
+    )
 }
 
 pub(crate) fn apply_patch(job: &Job, patch: &json_patch::Patch) -> Job {

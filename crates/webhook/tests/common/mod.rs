@@ -4,55 +4,22 @@
 use std::path::PathBuf;
 
 use k8s_openapi::api::batch::v1::Job;
-use kosmos_api::contract::{self, Action};
+use kosmos_api::contract::Action;
 use kosmos_api::{VirtualCluster, VirtualClusterPlugin};
-use kube::ResourceExt;
-use serde_json::json;
 
-/// A bare executor Job for `plugin` as the operator creates it, following the contract.
+/// A bare executor Job for `plugin` as the operator creates it (first attempt).
 pub fn bare_job(
     namespace: &str,
     virtual_cluster: &str,
     plugin: &VirtualClusterPlugin,
     action: Action,
 ) -> Job {
-    let hash = contract::spec_hash(&plugin.spec);
-    let name = contract::job_name(virtual_cluster, &plugin.name_any(), &hash, action, 1);
-    serde_json::from_value(json!({
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {
-                contract::EXECUTOR_LABEL: "true",
-                contract::VIRTUAL_CLUSTER_LABEL: virtual_cluster,
-                contract::PLUGIN_LABEL: plugin.name_any(),
-                contract::ACTION_LABEL: action.as_str(),
-            },
-            "annotations": {
-                contract::SPEC_HASH_ANNOTATION: hash,
-                contract::ATTEMPT_ANNOTATION: "1",
-                contract::KUBECONFIG_SECRET_ANNOTATION: contract::kubeconfig_secret_name(virtual_cluster),
-            },
-        },
-        "spec": {
-            "backoffLimit": 0,
-            "activeDeadlineSeconds": 900,
-            "template": {
-                "metadata": {"labels": {contract::EXECUTOR_LABEL: "true"}},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "containers": [{
-                        "name": contract::EXECUTOR_CONTAINER,
-                        "image": "kosmos/plugin-executor:dev",
-                        "command": contract::UNMUTATED_COMMAND,
-                    }],
-                },
-            },
-        },
-    }))
-    .unwrap()
+    kosmos_webhook::authoring::bare_job(
+        plugin,
+        &self::virtual_cluster(namespace, virtual_cluster),
+        action,
+        kosmos_webhook::authoring::DEFAULT_EXECUTOR_IMAGE,
+    )
 }
 
 /// A VirtualCluster called `name` in `namespace` with an empty spec.
