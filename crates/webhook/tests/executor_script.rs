@@ -104,11 +104,11 @@ impl World {
             .arg(kosmos_webhook::mutation::EXECUTOR_SCRIPT)
             .env_clear()
             .env("PATH", std::env::join_paths(path).unwrap())
-            .env("HOME", run_dir.path())
-            .env("TERMINATION_LOG", &termination_log)
-            .env("KUBECONFIG", kubeconfig)
-            .env("PLUGIN_WORK_DIR", run_dir.path().join("work"))
-            .env("PLUGIN_TIMEOUT_SECONDS", "30")
+            .env(executor_env::HOME, run_dir.path())
+            .env(executor_env::TERMINATION_LOG, &termination_log)
+            .env(executor_env::KUBECONFIG, kubeconfig)
+            .env(executor_env::PLUGIN_WORK_DIR, run_dir.path().join("work"))
+            .env(executor_env::PLUGIN_TIMEOUT_SECONDS, "30")
             .current_dir(run_dir.path())
             .kill_on_drop(true);
         for (name, value) in env {
@@ -830,9 +830,9 @@ async fn shell_injection_corpus_in_the_environment_stays_inert() {
     // A real chart, release and namespace; `extra` replaces or adds variables.
     let chart_env = |extra: &[(&str, &str)]| -> Vec<(String, String)> {
         let mut env = owned(&[
-            ("CHART_PATH", chart.as_str()),
-            ("CHART_RELEASE", "inj"),
-            ("CHART_NAMESPACE", ns.as_str()),
+            (executor_env::CHART.path, chart.as_str()),
+            (executor_env::CHART_RELEASE, "inj"),
+            (executor_env::CHART_NAMESPACE, ns.as_str()),
         ]);
         for (k, v) in owned(extra) {
             env.retain(|(name, _)| *name != k);
@@ -847,71 +847,95 @@ async fn shell_injection_corpus_in_the_environment_stays_inert() {
         let p = payload.as_str();
         let url = format!("{base}/{p}");
         let cases: Vec<(&str, Vec<(String, String)>)> = vec![
-            ("YAML_PATH", owned(&[("YAML_PATH", p)])),
             (
-                "YAML_NAMESPACE",
-                owned(&[("YAML_PATH", "/nonexistent"), ("YAML_NAMESPACE", p)]),
+                executor_env::YAML.path,
+                owned(&[(executor_env::YAML.path, p)]),
             ),
             (
-                "YAML_URI",
+                executor_env::YAML_NAMESPACE,
                 owned(&[
-                    ("YAML_URI", p),
-                    ("YAML_DOWNLOAD", &download),
-                    ("YAML_PATH", &download),
+                    (executor_env::YAML.path, "/nonexistent"),
+                    (executor_env::YAML_NAMESPACE, p),
+                ]),
+            ),
+            (
+                executor_env::YAML.uri,
+                owned(&[
+                    (executor_env::YAML.uri, p),
+                    (executor_env::YAML.download, &download),
+                    (executor_env::YAML.path, &download),
                 ]),
             ),
             (
                 "YAML_URI (after a base URL)",
                 owned(&[
-                    ("YAML_URI", &url),
-                    ("YAML_DOWNLOAD", &download),
-                    ("YAML_PATH", &download),
+                    (executor_env::YAML.uri, &url),
+                    (executor_env::YAML.download, &download),
+                    (executor_env::YAML.path, &download),
                 ]),
             ),
-            ("CHART_PATH", chart_env(&[("CHART_PATH", p)])),
+            (
+                executor_env::CHART.path,
+                chart_env(&[(executor_env::CHART.path, p)]),
+            ),
             // An invalid namespace beside the payload: a release that got through must still fail.
             (
-                "CHART_RELEASE",
-                chart_env(&[("CHART_RELEASE", p), ("CHART_NAMESPACE", "-")]),
-            ),
-            (
-                "CHART_NAMESPACE",
-                chart_env(&[("CHART_NAMESPACE", p), ("CHART_RELEASE", "-")]),
-            ),
-            (
-                "CHART_NAME",
+                executor_env::CHART_RELEASE,
                 chart_env(&[
-                    ("CHART_PATH", ""),
-                    ("CHART_NAME", p),
-                    ("CHART_REPO", "http://127.0.0.1:1/"),
+                    (executor_env::CHART_RELEASE, p),
+                    (executor_env::CHART_NAMESPACE, "-"),
                 ]),
             ),
             (
-                "CHART_REPO",
+                executor_env::CHART_NAMESPACE,
                 chart_env(&[
-                    ("CHART_PATH", ""),
-                    ("CHART_NAME", "demo"),
-                    ("CHART_REPO", p),
+                    (executor_env::CHART_NAMESPACE, p),
+                    (executor_env::CHART_RELEASE, "-"),
                 ]),
             ),
             (
-                "CHART_VERSION",
+                executor_env::CHART_NAME,
                 chart_env(&[
-                    ("CHART_PATH", ""),
-                    ("CHART_NAME", "demo"),
-                    ("CHART_REPO", "http://127.0.0.1:1/"),
-                    ("CHART_VERSION", p),
+                    (executor_env::CHART.path, ""),
+                    (executor_env::CHART_NAME, p),
+                    (executor_env::CHART_REPO, "http://127.0.0.1:1/"),
                 ]),
             ),
             (
-                "VALUES_PATH",
-                chart_env(&[("VALUES_PATH", p), ("CHART_RELEASE", "-")]),
+                executor_env::CHART_REPO,
+                chart_env(&[
+                    (executor_env::CHART.path, ""),
+                    (executor_env::CHART_NAME, "demo"),
+                    (executor_env::CHART_REPO, p),
+                ]),
             ),
             (
-                "CHART_VALUES",
-                chart_env(&[("CHART_VALUES", p), ("CHART_RELEASE", "-")]),
+                executor_env::CHART_VERSION,
+                chart_env(&[
+                    (executor_env::CHART.path, ""),
+                    (executor_env::CHART_NAME, "demo"),
+                    (executor_env::CHART_REPO, "http://127.0.0.1:1/"),
+                    (executor_env::CHART_VERSION, p),
+                ]),
             ),
-            ("PLUGIN_ACTION", owned(&[("PLUGIN_ACTION", p)])),
+            (
+                executor_env::VALUES.path,
+                chart_env(&[
+                    (executor_env::VALUES.path, p),
+                    (executor_env::CHART_RELEASE, "-"),
+                ]),
+            ),
+            (
+                executor_env::CHART_VALUES,
+                chart_env(&[
+                    (executor_env::CHART_VALUES, p),
+                    (executor_env::CHART_RELEASE, "-"),
+                ]),
+            ),
+            (
+                executor_env::PLUGIN_ACTION,
+                owned(&[(executor_env::PLUGIN_ACTION, p)]),
+            ),
         ];
         for (var, env) in cases {
             runs += 1;
@@ -919,8 +943,8 @@ async fn shell_injection_corpus_in_the_environment_stays_inert() {
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect();
-            if !env.iter().any(|(k, _)| k == "PLUGIN_ACTION") {
-                env.push(("PLUGIN_ACTION".to_owned(), "install".to_owned()));
+            if !env.iter().any(|(k, _)| k == executor_env::PLUGIN_ACTION) {
+                env.push((executor_env::PLUGIN_ACTION.to_owned(), "install".to_owned()));
             }
             let outcome = w.run_script(&env).await;
             if mark.exists() {
@@ -934,8 +958,8 @@ async fn shell_injection_corpus_in_the_environment_stays_inert() {
         // Only in messages: the install succeeds and the message carries the name as it is.
         let outcome = w
             .run_script(&[
-                ("PLUGIN_ACTION".to_owned(), "install".to_owned()),
-                ("PLUGIN_NAME".to_owned(), p.to_owned()),
+                (executor_env::PLUGIN_ACTION.to_owned(), "install".to_owned()),
+                (executor_env::PLUGIN_NAME.to_owned(), p.to_owned()),
             ])
             .await;
         runs += 1;
