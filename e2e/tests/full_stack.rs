@@ -19,7 +19,8 @@ use kosmos_api::contract;
 use kosmos_api::{PluginPhase, VirtualCluster, VirtualClusterPlugin, phase};
 use kosmos_e2e::runner::{RunnerConfig, cached_tool_dirs};
 use kosmos_e2e::{Cluster, TestNamespace, wait_for};
-use kosmos_operator::controller::{self, Config, Context, ReadinessMode};
+use kosmos_operator::context::{self, Config, Context, ReadinessMode};
+use kosmos_operator::controller;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
@@ -200,7 +201,7 @@ async fn the_demo_virtual_cluster_completes_through_operator_webhook_job_control
     let operator_client = start_operator_as_service_account(&admin, &ns_name).await;
     let ctx = Arc::new(Context {
         client: operator_client,
-        reporter: controller::reporter(),
+        reporter: context::reporter(),
         metrics: Arc::default(),
         config: Config {
             plan: kosmos_operator::plan::Settings {

@@ -4,10 +4,22 @@
 //!
 //! - [`plan`]: the decisions, pure, unit-tested;
 //! - [`jobs`]: bare executor Jobs and what the operator reads back from Jobs and Pods;
-//! - [`controller`]: the reconciler that observes, plans and carries the plan out.
+//! - [`controller`]: the reconciler that observes, plans and carries the plan out ([`settle`]
+//!   is its step loop), with what it observes and writes in their own modules: [`kubeconfig`],
+//!   [`readiness`], [`finalizer`], [`status`], [`events`]; [`context`] and [`error`] are what
+//!   every reconciliation shares.
+//!
+//! [`settle`]: controller#settle
 
 pub mod admin;
+pub mod context;
 pub mod controller;
+pub mod error;
+pub mod events;
+pub mod finalizer;
 pub mod jobs;
+pub mod kubeconfig;
 pub mod metrics;
 pub mod plan;
+pub mod readiness;
+pub mod status;

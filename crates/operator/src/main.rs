@@ -11,7 +11,8 @@ use anyhow::{Context as _, Result};
 use clap::Parser;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use kosmos_operator::admin::{self, AdminState};
-use kosmos_operator::controller::{self, Config, Context, ReadinessMode};
+use kosmos_operator::context::{self, Config, Context, ReadinessMode};
+use kosmos_operator::controller;
 use kosmos_operator::jobs::ExecutorPod;
 use kosmos_operator::metrics::Metrics;
 use kosmos_operator::plan::Settings;
@@ -189,7 +190,7 @@ async fn run(args: Args) -> Result<()> {
     info!(?config, "starting");
     let ctx = Arc::new(Context {
         client: client.clone(),
-        reporter: controller::reporter(),
+        reporter: context::reporter(),
         metrics,
         config,
         probes: Arc::default(),

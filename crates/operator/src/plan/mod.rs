@@ -127,12 +127,39 @@ pub struct Observed<'a> {
     pub deletion: Option<Deletion>,
     /// Plugins whose Job the API server refused in this reconciliation (an admission webhook
     /// denied it, or it was invalid), with the server's message.
-    pub rejected: &'a [(String, String)],
+    pub rejected: &'a [Rejection],
     /// Set when the API server refused a Job in this reconciliation because it could not call
     /// an admission webhook (down, unreachable, timing out), with the server's message.
     pub webhook_unavailable: Option<String>,
     /// The time of the decision.
     pub now: Timestamp,
+}
+
+/// A plugin whose executor Job the API server refused in this reconciliation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// The plugin.
+    pub plugin: String,
+    /// The API server's message.
+    pub message: String,
+}
+
+/// A plugin that succeeded in this decision, for the install-duration metric.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Installed {
+    /// The plugin.
+    pub plugin: String,
+    /// From the Job's creation to its completion.
+    pub took: Duration,
+}
+
+/// What this decision saw of the webhook's mark on executor Jobs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum WebhookSeen {
+    /// A Job carries the mark.
+    Mutating,
+    /// A Job lacked the mark; the message says which and what to check.
+    Missing(String),
 }
 
 /// A bare executor Job to create (the `jobs` module turns it into a Job).
@@ -203,7 +230,7 @@ pub struct Plan {
     /// While deleting: nothing is left to wait for, the finalizer may go.
     pub cleanup_done: bool,
     /// Plugins that succeeded in this decision, with the install's duration (for the metric).
-    pub installed: Vec<(String, Duration)>,
+    pub installed: Vec<Installed>,
 }
 
 /// Why the plugin set cannot be resolved.
@@ -301,8 +328,8 @@ struct Planner<'a, 'o> {
     notes: Vec<Note>,
     entries: Vec<PluginStatus>,
     wake: Option<Timestamp>,
-    webhook: Option<(bool, String)>,
-    installed: Vec<(String, Duration)>,
+    webhook: Option<WebhookSeen>,
+    installed: Vec<Installed>,
 }
 
 #[cfg(test)]

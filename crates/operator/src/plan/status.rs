@@ -8,8 +8,8 @@ use k8s_openapi::jiff::Timestamp;
 use kosmos_api::{PluginPhase, PluginStatus, VirtualClusterStatus, condition, phase};
 
 use super::{
-    Kubeconfig, Note, NoteKind, Plan, Planner, Problem, Readiness, WEBHOOK_UNAVAILABLE, resolve,
-    until,
+    Kubeconfig, Note, NoteKind, Plan, Planner, Problem, Readiness, WEBHOOK_UNAVAILABLE,
+    WebhookSeen, resolve, until,
 };
 
 impl<'a, 'o> Planner<'a, 'o> {
@@ -124,13 +124,12 @@ impl<'a, 'o> Planner<'a, 'o> {
             .find(|c| c.type_ == condition::WEBHOOK_MUTATING)
             .map(|c| (c.status.clone(), c.reason.clone()));
         let outage = obs.webhook_unavailable.clone().map(|why| {
-            (
-                false,
-                format!("the API server could not call the webhook to create executor Jobs: {why}"),
-            )
+            WebhookSeen::Missing(format!(
+                "the API server could not call the webhook to create executor Jobs: {why}"
+            ))
         });
         match outage.or_else(|| self.webhook.clone()) {
-            Some((true, _)) => {
+            Some(WebhookSeen::Mutating) => {
                 if webhook_was.as_ref().is_some_and(|(s, _)| s == "False") {
                     self.notes.push(Note {
                         kind: NoteKind::Normal,
@@ -146,7 +145,7 @@ impl<'a, 'o> Planner<'a, 'o> {
                     "executor Jobs carry the webhook's mark".into(),
                 );
             }
-            Some((false, message)) if obs.webhook_unavailable.is_some() => {
+            Some(WebhookSeen::Missing(message)) if obs.webhook_unavailable.is_some() => {
                 let ongoing = webhook_was
                     .as_ref()
                     .is_some_and(|(s, r)| s == "False" && r == WEBHOOK_UNAVAILABLE);
@@ -166,7 +165,7 @@ impl<'a, 'o> Planner<'a, 'o> {
                     message,
                 );
             }
-            Some((false, message)) => {
+            Some(WebhookSeen::Missing(message)) => {
                 set(condition::WEBHOOK_MUTATING, false, "NotMutated", message)
             }
             None => {

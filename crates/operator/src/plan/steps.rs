@@ -9,8 +9,8 @@ use kosmos_api::contract::{self, Action, ExecutorJobId};
 use kosmos_api::{PluginPhase, PluginStatus, VirtualClusterPlugin, condition, phase};
 
 use super::{
-    JobOutcome, JobView, Kubeconfig, NewJob, Note, NoteKind, Observed, Planner, Readiness,
-    Settings, Step, WEBHOOK_UNAVAILABLE, add, resolve, until,
+    Installed, JobOutcome, JobView, Kubeconfig, NewJob, Note, NoteKind, Observed, Planner,
+    Readiness, Rejection, Settings, Step, WEBHOOK_UNAVAILABLE, WebhookSeen, add, resolve, until,
 };
 
 /// Delay before retry number `failures` (1 = after the first failure): base, doubling, capped.
@@ -282,7 +282,7 @@ impl<'a, 'o> Planner<'a, 'o> {
         }
         if let (Some(why), true) = (
             self.obs.webhook_unavailable.as_ref(),
-            self.obs.rejected.iter().any(|(p, _)| *p == name),
+            self.obs.rejected.iter().any(|r| r.plugin == name),
         ) {
             // The webhook is down: not this plugin's fault, and the same for every plugin. One
             // event for the outage (see finish), retries spaced by how long it has lasted.
@@ -301,7 +301,9 @@ impl<'a, 'o> Planner<'a, 'o> {
             self.entries.push(entry);
             return;
         }
-        if let Some((_, why)) = self.obs.rejected.iter().find(|(p, _)| *p == name) {
+        if let Some(Rejection { message: why, .. }) =
+            self.obs.rejected.iter().find(|r| r.plugin == name)
+        {
             // Not a plugin failure the executor could report: the Job never existed. Try again
             // after backoff; the message tells what the API server (often the webhook) said.
             let attempts = u32::try_from(entry.attempts.max(1)).unwrap_or(1);
@@ -385,7 +387,7 @@ impl<'a, 'o> Planner<'a, 'o> {
             self.entries.push(entry);
             return;
         }
-        self.webhook = Some((true, String::new()));
+        self.webhook = Some(WebhookSeen::Mutating);
         if job.deleting {
             entry.message = Some(format!("job {} is being deleted", job.name));
             self.entries.push(entry);
@@ -422,7 +424,10 @@ impl<'a, 'o> Planner<'a, 'o> {
                         format!("plugin {name} installed by job {}", job.name),
                     );
                     if let (Some(s), Some(f)) = (job.started_at, job.finished_at) {
-                        self.installed.push((name.clone(), until(s, f)));
+                        self.installed.push(Installed {
+                            plugin: name.clone(),
+                            took: until(s, f),
+                        });
                     }
                 }
                 self.entries.push(entry);
@@ -523,7 +528,7 @@ impl<'a, 'o> Planner<'a, 'o> {
             "job {} was not mutated by the plugin webhook and was deleted: check that plugin-webhook is running and its MutatingWebhookConfiguration matches executor Jobs",
             job.name
         );
-        self.webhook = Some((false, message.clone()));
+        self.webhook = Some(WebhookSeen::Missing(message.clone()));
         let known = old
             .filter(|o| o.job_name.as_deref() == Some(job.name.as_str()))
             .and_then(|o| o.next_retry_at.clone());
@@ -622,7 +627,7 @@ impl<'a, 'o> Planner<'a, 'o> {
                     self.entries.push(entry);
                     return;
                 }
-                self.webhook = Some((true, String::new()));
+                self.webhook = Some(WebhookSeen::Mutating);
                 match &job.outcome {
                     _ if job.deleting => {
                         entry.message = Some(format!("job {} is being deleted", job.name));

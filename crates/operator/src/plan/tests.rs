@@ -656,7 +656,7 @@ fn completed_only_when_every_plugin_succeeded() {
     );
     assert!(plan.notes.iter().any(|n| n.reason == "Completed"));
     assert_eq!(plan.installed.len(), 3);
-    assert_eq!(plan.installed[0].1, Duration::from_secs(55));
+    assert_eq!(plan.installed[0].took, Duration::from_secs(55));
 }
 
 #[test]
@@ -896,10 +896,11 @@ fn backoff_doubles_and_is_capped() {
 fn a_rejected_job_is_reported_and_retried_after_backoff() {
     let plugins = [plugin("a", false, &[])];
     let v = vc(phase::ALL_NODE_READY, &["a"], &[]);
-    let rejected = [(
-        "a".to_owned(),
-        "admission webhook denied the request: plugin a: hostPath /etc is not allowed".to_owned(),
-    )];
+    let rejected = [Rejection {
+        plugin: "a".to_owned(),
+        message: "admission webhook denied the request: plugin a: hostPath /etc is not allowed"
+            .to_owned(),
+    }];
     let mut obs = observe(&v, &plugins, &[]);
     obs.rejected = &rejected;
     let plan = plan(&obs, &settings());
@@ -1060,7 +1061,10 @@ fn with_condition(
 
 /// The plan for a reconciliation in which the API server could not call the webhook for `a`.
 fn outage_plan(v: &VirtualCluster, plugins: &[VirtualClusterPlugin]) -> Plan {
-    let rejected = [("a".to_owned(), OUTAGE.to_owned())];
+    let rejected = [Rejection {
+        plugin: "a".to_owned(),
+        message: OUTAGE.to_owned(),
+    }];
     let mut obs = observe(v, plugins, &[]);
     obs.rejected = &rejected;
     obs.webhook_unavailable = Some(OUTAGE.into());

@@ -1,0 +1,63 @@
+//! What every reconciliation shares: the settings of the reconciler and its [`Context`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kosmos_api::contract;
+use kube::Client;
+use kube::runtime::events::Reporter;
+
+use crate::jobs;
+use crate::metrics::Metrics;
+use crate::plan;
+use crate::readiness::Probes;
+
+/// How the operator learns that a VirtualCluster is ready for plugins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReadinessMode {
+    /// Another controller (Kosmos) sets `AllNodeReady`.
+    External,
+    /// The operator checks the virtual cluster itself and sets `AllNodeReady`.
+    Builtin,
+}
+
+/// Settings of the reconciler.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Decision settings.
+    pub plan: plan::Settings,
+    /// Executor image for plugins that name none.
+    pub executor_image: String,
+    /// Pull secrets and resources of every executor pod.
+    pub executor_pod: jobs::ExecutorPod,
+    /// How `AllNodeReady` is reached.
+    pub readiness: ReadinessMode,
+    /// Uninstall plugins when a VirtualCluster is deleted (the annotation overrides it).
+    pub uninstall_on_delete: bool,
+    /// Bound on waiting for uninstall Jobs when a VirtualCluster is deleted.
+    pub uninstall_timeout: Duration,
+    /// Watch only this namespace (all when None).
+    pub namespace: Option<String>,
+}
+
+/// What every reconciliation shares.
+pub struct Context {
+    /// Client of the host cluster.
+    pub client: Client,
+    /// Names this operator (and replica) on the events it publishes.
+    pub reporter: Reporter,
+    /// Metrics for the admin port.
+    pub metrics: Arc<Metrics>,
+    /// Settings.
+    pub config: Config,
+    /// Builtin readiness probes, run beside the reconciler.
+    pub probes: Arc<Probes>,
+}
+
+/// The reporter of this operator's events: the controller name and, in a pod, the pod's name.
+pub fn reporter() -> Reporter {
+    Reporter {
+        controller: contract::OPERATOR_FIELD_MANAGER.to_owned(),
+        instance: std::env::var("POD_NAME").ok().filter(|s| !s.is_empty()),
+    }
+}
