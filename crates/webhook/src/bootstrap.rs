@@ -4,12 +4,12 @@
 //! MutatingWebhookConfiguration's `caBundle` by server-side apply.
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kosmos_api::contract;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -55,13 +55,6 @@ pub struct Material {
     pub ca_bundle_pem: String,
 }
 
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
-}
-
 fn text(secret: &Secret, key: &str) -> Option<String> {
     let data = secret.data.as_ref()?.get(key)?;
     String::from_utf8(data.0.clone()).ok()
@@ -78,7 +71,8 @@ fn usable(secret: &Secret, config: &BootstrapConfig) -> Option<Material> {
         .next()?
         .ok()?;
     let not_after = tls::not_after(&cert).ok()?;
-    (not_after - now() > i64::from(config.renew_before_days) * 86400).then_some(material)
+    let renew_before = SignedDuration::from_hours(24 * i64::from(config.renew_before_days));
+    (not_after.duration_since(Timestamp::now()) > renew_before).then_some(material)
 }
 
 fn new_secret_data(

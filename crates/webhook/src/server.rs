@@ -396,7 +396,7 @@ pub async fn start(args: &ServeArgs, client: Client) -> Result<Running> {
         }));
     }
     let loaded = tls::load(&args.tls_cert, &args.tls_key)?;
-    metrics.cert_expiry.set(loaded.not_after);
+    metrics.cert_expiry.set(loaded.not_after.as_second());
     let fingerprint = loaded.fingerprint();
     let resolver = Arc::new(tls::CertResolver::new(loaded.key));
     let client_ca = args
@@ -434,7 +434,7 @@ pub async fn start(args: &ServeArgs, client: Client) -> Result<Running> {
         fingerprint,
         Duration::from_secs(args.cert_poll_seconds.max(1)),
         move |loaded| {
-            expiry_metrics.cert_expiry.set(loaded.not_after);
+            expiry_metrics.cert_expiry.set(loaded.not_after.as_second());
         },
     ));
 

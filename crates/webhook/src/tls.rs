@@ -3,10 +3,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use arc_swap::ArcSwap;
+use k8s_openapi::jiff::{SignedDuration, Timestamp, tz::TimeZone};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -41,8 +42,8 @@ impl ResolvesServerCert for CertResolver {
 pub struct LoadedCert {
     /// Ready for rustls.
     pub key: CertifiedKey,
-    /// The leaf certificate's notAfter, in seconds since the Unix epoch.
-    pub not_after: i64,
+    /// The leaf certificate's notAfter.
+    pub not_after: Timestamp,
     /// The bytes read, to tell whether the files changed since.
     fingerprint: Vec<u8>,
 }
@@ -105,7 +106,7 @@ pub async fn watch(
             Ok(loaded) => {
                 tracing::info!(
                     cert = %cert.display(),
-                    not_after = loaded.not_after,
+                    not_after = %loaded.not_after,
                     "serving a new certificate"
                 );
                 on_load(&loaded);
@@ -196,15 +197,24 @@ pub fn generate(names: &[String], days: u32) -> Result<DevCerts> {
         BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
         IsCa, KeyPair, KeyUsagePurpose,
     };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default();
-    let date = |unix: i64| {
-        let (y, m, d) = civil_from_days(unix.div_euclid(86400));
-        rcgen::date_time_ymd(y as i32, m as u8, d as u8)
+    // rcgen takes whole days; the certificate starts a day early so a clock a little behind
+    // the issuer's still accepts it.
+    let day = |from_now: SignedDuration| -> Result<_> {
+        let day = Timestamp::now()
+            .checked_add(from_now)
+            .with_context(|| format!("a certificate valid for {days} days ends after year 9999"))?
+            .to_zoned(TimeZone::UTC)
+            .date();
+        Ok(rcgen::date_time_ymd(
+            i32::from(day.year()),
+            day.month().unsigned_abs(),
+            day.day().unsigned_abs(),
+        ))
     };
-    let (not_before, not_after) = (date(now - 86400), date(now + i64::from(days) * 86400));
+    let (not_before, not_after) = (
+        day(-SignedDuration::from_hours(24))?,
+        day(SignedDuration::from_hours(24 * i64::from(days)))?,
+    );
 
     let mut ca = CertificateParams::new(Vec::<String>::new()).context("CA parameters")?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -294,94 +304,12 @@ pub fn write_file(path: &Path, text: &str, private: bool) -> Result<()> {
     Ok(())
 }
 
-/// Proleptic Gregorian (year, month, day) of a day count since 1970-01-01 (H. Hinnant's
-/// algorithm).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (the inverse of [`civil_from_days`]).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// One DER element: (tag, content, rest).
-fn der_next(input: &[u8]) -> Result<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input
-        .split_first()
-        .ok_or_else(|| anyhow!("truncated DER"))?;
-    let (&first, mut rest) = rest.split_first().ok_or_else(|| anyhow!("truncated DER"))?;
-    let len = if first < 0x80 {
-        usize::from(first)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 || rest.len() < n {
-            bail!("unsupported DER length");
-        }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-        rest = &rest[n..];
-        len
-    };
-    if rest.len() < len {
-        bail!("truncated DER");
-    }
-    Ok((tag, &rest[..len], &rest[len..]))
-}
-
-/// The notAfter of a certificate, in seconds since the Unix epoch. Read by hand from the DER
-/// (Certificate > TBSCertificate > [version] serial signature issuer validity) to keep an X.509
-/// parser out of the dependencies for one field.
-pub fn not_after(cert: &CertificateDer<'_>) -> Result<i64> {
-    let (_, certificate, _) = der_next(cert.as_ref())?;
-    let (_, tbs, _) = der_next(certificate)?;
-    let mut rest = tbs;
-    let (tag, _, after) = der_next(rest)?;
-    if tag == 0xa0 {
-        rest = after; // explicit version
-    }
-    for _ in 0..3 {
-        let (_, _, after) = der_next(rest)?; // serial, signature algorithm, issuer
-        rest = after;
-    }
-    let (_, validity, _) = der_next(rest)?;
-    let (_, _, after_not_before) = der_next(validity)?;
-    let (tag, time, _) = der_next(after_not_before)?;
-    let text = std::str::from_utf8(time).context("certificate time is not ASCII")?;
-    let digits = |s: &str| -> Result<i64> { s.parse::<i64>().context("certificate time") };
-    let (year, rest) = match tag {
-        0x17 => {
-            let yy = digits(text.get(0..2).unwrap_or_default())?;
-            (
-                if yy < 50 { 2000 + yy } else { 1900 + yy },
-                text.get(2..).unwrap_or_default(),
-            )
-        }
-        0x18 => (
-            digits(text.get(0..4).unwrap_or_default())?,
-            text.get(4..).unwrap_or_default(),
-        ),
-        _ => bail!("unexpected time tag {tag:#x}"),
-    };
-    let field = |i: usize| digits(rest.get(i..i + 2).unwrap_or_default());
-    let (month, day, hour, minute, second) =
-        (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
-    Ok(days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second)
+/// The notAfter of a certificate.
+pub fn not_after(cert: &CertificateDer<'_>) -> Result<Timestamp> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| anyhow!("not an X.509 certificate: {e}"))?;
+    let seconds = parsed.validity().not_after.timestamp();
+    Timestamp::from_second(seconds).with_context(|| format!("notAfter {seconds} is out of range"))
 }
 
 #[cfg(test)]
@@ -390,29 +318,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn calendar_round_trips() {
-        for days in [-1, 0, 1, 59, 365, 11_016, 20_000, 47_482, 2_932_896] {
-            let (y, m, d) = civil_from_days(days);
-            assert_eq!(days_from_civil(y, m, d), days, "{y}-{m}-{d}");
-        }
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
-    }
-
-    #[test]
     fn generated_certs_load_and_expire_when_asked() {
         let certs = generate(&dev_names("plugin-webhook", "kosmos-system"), 30).unwrap();
         let dir = tempfile::tempdir().unwrap();
         write(&certs, dir.path()).unwrap();
         let loaded = load(&dir.path().join("tls.crt"), &dir.path().join("tls.key")).unwrap();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
-        let expected = now + 30 * 86400;
+        let expected = Timestamp::now() + SignedDuration::from_hours(30 * 24);
         // The certificate's notAfter is midnight of the day, so within a day of the request.
         assert!(
-            (expected - 86400..=expected).contains(&loaded.not_after),
+            (expected - SignedDuration::from_hours(24)..=expected).contains(&loaded.not_after),
             "{} vs {expected}",
             loaded.not_after
         );
