@@ -42,6 +42,11 @@ pub const KUBECONFIG_SECRET_ANNOTATION: &str = "plugin.kosmos.io/kubeconfig-secr
 /// already there (reinvocation), so the webhook returns an empty patch.
 pub const INJECTED_ANNOTATION: &str = "plugin.kosmos.io/injected";
 
+/// Annotation the operator sets on an executor Job it had to create under a later attempt's name
+/// because the names before were held by Jobs the VirtualCluster does not own: those names,
+/// comma-separated, so the plugin's status keeps saying why while it follows the Job.
+pub const TAKEN_NAMES_ANNOTATION: &str = "plugin.kosmos.io/taken-names";
+
 /// Annotation on a VirtualCluster: setting it to a new value retries every failed plugin. The
 /// operator copies the value onto each executor Job, so it counts failures per retry request.
 pub const RETRY_ANNOTATION: &str = "plugin.kosmos.io/retry";

@@ -26,7 +26,8 @@ use crate::finalizer::{add_finalizer, remove_finalizer};
 use crate::jobs;
 use crate::kubeconfig::ensure_kubeconfig;
 use crate::plan::{
-    self, Deletion, JobView, Kubeconfig, Observed, Plan, Readiness, Rejection, Step,
+    self, Deletion, JobView, Kubeconfig, NewJob, Observed, Plan, Readiness, Rejection, Step,
+    TakenName,
 };
 use crate::readiness::{POLL, PROBE_POLL, PROBING, check_readiness};
 use crate::status::write_status;
@@ -258,6 +259,7 @@ async fn settle(
     let mut last: Option<Plan> = None;
     let mut rejected: Vec<Rejection> = Vec::new();
     let mut webhook_unavailable: Option<String> = None;
+    let mut taken: Vec<TakenName> = Vec::new();
     for _ in 0..SETTLE_PASSES {
         let obs = Observed {
             vc,
@@ -268,6 +270,7 @@ async fn settle(
             deletion: outside.deletion.clone(),
             rejected: &rejected,
             webhook_unavailable: webhook_unavailable.clone(),
+            taken: &taken,
             now: now(),
         };
         let plan = plan::plan(&obs, &ctx.config.plan);
@@ -285,22 +288,38 @@ async fn settle(
         for step in steps {
             match step {
                 Step::CreateJob(new) => {
-                    let job = jobs::with_executor_pod(
-                        jobs::bare_job(vc, &new, &ctx.config.executor_image),
-                        &ctx.config.executor_pod,
-                    );
-                    let job_name = new.name();
-                    let stored = match create_job(&jobs_api, &job, &job_name).await {
-                        Ok(stored) => stored,
+                    let plugin = new.id.plugin.clone();
+                    let stored = match create_free_job(ctx, vc, &jobs_api, new, &mut taken).await {
+                        Ok(Some(stored)) => stored,
+                        Ok(None) => {
+                            let names: Vec<String> = taken
+                                .iter()
+                                .filter(|t| t.plugin == plugin)
+                                .map(|t| format!("{ns}/{}", t.job))
+                                .collect();
+                            warn!(plugin = %plugin, jobs = ?names, "every job name tried is taken by a job this virtualcluster does not own");
+                            // Nothing created: back off as for a refused Job; the next try
+                            // starts past these names only once a Job of ours exists, so the
+                            // message names them all.
+                            taken.retain(|t| t.plugin != plugin);
+                            rejected.push(Rejection {
+                                plugin: plugin.clone(),
+                                message: format!(
+                                    "job names {} are taken by Jobs that VirtualCluster {name} does not own: delete them",
+                                    names.join(", ")
+                                ),
+                            });
+                            continue;
+                        }
                         Err(Error::Kube {
                             source: kube::Error::Api(status),
                             ..
                         }) if webhook_not_called(&status) => {
-                            warn!(plugin = %new.id.plugin, job = %job_name, code = status.code,
+                            warn!(plugin = %plugin, code = status.code,
                                 message = %status.message, "the API server could not call the webhook for the executor job");
                             webhook_unavailable = Some(status.message.clone());
                             rejected.push(Rejection {
-                                plugin: new.id.plugin.clone(),
+                                plugin,
                                 message: status.message.clone(),
                             });
                             continue;
@@ -309,30 +328,16 @@ async fn settle(
                             source: kube::Error::Api(status),
                             ..
                         }) if (400..500).contains(&status.code) && status.code != 409 => {
-                            warn!(plugin = %new.id.plugin, job = %job_name, code = status.code,
+                            warn!(plugin = %plugin, code = status.code,
                                 message = %status.message, "the API server refused the executor job");
                             rejected.push(Rejection {
-                                plugin: new.id.plugin.clone(),
+                                plugin,
                                 message: status.message.clone(),
                             });
                             continue;
                         }
                         Err(e) => return Err(e),
                     };
-                    let ours = stored
-                        .owner_references()
-                        .iter()
-                        .any(|o| Some(&o.uid) == vc.metadata.uid.as_ref());
-                    if !ours {
-                        // Left by an earlier VirtualCluster of the same name; the garbage
-                        // collector removes it, then the name is free.
-                        return Err(Error::Conflict(format!(
-                            "job {ns}/{job_name} of an earlier virtualcluster {name}"
-                        )));
-                    }
-                    info!(plugin = %new.id.plugin, job = %job_name, action = %new.id.action, attempt = new.id.attempt,
-                        injected = stored.annotations().contains_key(contract::INJECTED_ANNOTATION),
-                        "executor job created");
                     if let Some(view) = jobs::job_view(&stored, None) {
                         views.retain(|v| v.name != view.name);
                         views.push(view);
@@ -362,6 +367,67 @@ async fn settle(
         }
     }
     Ok(last.map(|plan| Settled { plan, notes }))
+}
+
+/// Names tried for one new Job before giving up for this reconciliation: each taken name moves
+/// the Job to the next attempt's name.
+const NAME_TRIES: u32 = 5;
+
+/// Creates the bare Job for `new`. A name held by a Job this VirtualCluster does not own (a
+/// squatter without the owner reference, or a Job of an earlier VirtualCluster of the same name)
+/// is recorded in `taken` and the Job moves to the next attempt's name, so a taken name never
+/// holds the plugin up. None when [`NAME_TRIES`] names were all taken.
+async fn create_free_job(
+    ctx: &Context,
+    vc: &VirtualCluster,
+    jobs_api: &Api<Job>,
+    mut new: NewJob,
+    taken: &mut Vec<TakenName>,
+) -> Result<Option<Job>, Error> {
+    let mut moved_from: Vec<String> = Vec::new();
+    for _ in 0..NAME_TRIES {
+        let mut job = jobs::with_executor_pod(
+            jobs::bare_job(vc, &new, &ctx.config.executor_image),
+            &ctx.config.executor_pod,
+        );
+        if !moved_from.is_empty() {
+            job.metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(
+                    contract::TAKEN_NAMES_ANNOTATION.to_owned(),
+                    moved_from.join(","),
+                );
+        }
+        let job_name = new.name();
+        let stored = create_job(jobs_api, &job, &job_name).await?;
+        let ours = stored
+            .owner_references()
+            .iter()
+            .any(|o| Some(&o.uid) == vc.metadata.uid.as_ref());
+        if !ours {
+            warn!(plugin = %new.id.plugin, job = %job_name,
+                "the executor job's name is taken by a job this virtualcluster does not own; moving to the next name");
+            moved_from.push(job_name);
+            new.id.attempt = new.id.attempt.saturating_add(1);
+            continue;
+        }
+        info!(plugin = %new.id.plugin, job = %job_name, action = %new.id.action, attempt = new.id.attempt,
+            injected = stored.annotations().contains_key(contract::INJECTED_ANNOTATION),
+            "executor job created");
+        taken.extend(moved_from.into_iter().map(|job| TakenName {
+            plugin: new.id.plugin.clone(),
+            job,
+            instead: Some(job_name.clone()),
+        }));
+        return Ok(Some(stored));
+    }
+    taken.extend(moved_from.into_iter().map(|job| TakenName {
+        plugin: new.id.plugin.clone(),
+        job,
+        instead: None,
+    }));
+    Ok(None)
 }
 
 /// Whether the API server refused a request because it could not call an admission webhook

@@ -126,6 +126,19 @@ pub fn job_view(job: &Job, pod_message: Option<String>) -> Option<JobView> {
         name: job.metadata.name.clone()?,
         id,
         injected,
+        taken_names: job
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(contract::TAKEN_NAMES_ANNOTATION))
+            .map(|names| {
+                names
+                    .split(',')
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
         deleting: job.metadata.deletion_timestamp.is_some(),
         outcome,
         started_at: job.metadata.creation_timestamp.as_ref().map(|t| t.0),

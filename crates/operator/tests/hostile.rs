@@ -1,5 +1,7 @@
 //! What a tenant who may write a VirtualCluster must not get from the operator: a command run
-//! by it, a file of its host sent away, or an executor that reads its own pod's files.
+//! by it, a file of its host sent away, or an executor that reads its own pod's files; and what
+//! someone who may create Jobs in its namespace must not get: a plugin held up by a Job that
+//! squats the name of the operator's next Job.
 
 #![allow(clippy::unwrap_used)]
 
@@ -12,8 +14,10 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, ensure};
 use base64::Engine as _;
 use common::*;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event, Secret};
-use kosmos_api::{VirtualCluster, condition, contract, phase};
+use kosmos_api::contract::Action;
+use kosmos_api::{PluginPhase, VirtualCluster, VirtualClusterPlugin, condition, contract, phase};
 use kosmos_e2e::{Cluster, TestNamespace, host, install_crds, wait_for};
 use kube::Api;
 use serde_json::json;
@@ -232,5 +236,98 @@ async fn a_token_file_kubeconfig_sends_nothing_anywhere() -> Result<()> {
         "the log holds the token"
     );
     drop(op);
+    ns.delete().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_squatting_the_next_names_are_reported_and_passed_by() -> Result<()> {
+    let (ns, client, _sweep) = setup("op-squat").await?;
+    let n = ns.name();
+    let webhook = MarkingWebhook::start(&client, n).await?;
+    apply_plugin(&client, n, "dns", yaml_plugin(json!({}))).await?;
+    let plugin = Api::<VirtualClusterPlugin>::namespaced(client.clone(), n)
+        .get("dns")
+        .await?;
+    let hash = contract::spec_hash(&plugin.spec);
+    // Someone who may create Jobs takes the names of attempts 1 and 2 first: no owner
+    // reference, no labels (the webhook refuses executor labels from anyone but the operator).
+    let jobs: Api<Job> = Api::namespaced(client.clone(), n);
+    let squatted: Vec<String> = (1..=2)
+        .map(|attempt| contract::job_name("vc", "dns", &hash, Action::Install, attempt))
+        .collect();
+    for name in &squatted {
+        let squatter: Job = serde_json::from_value(json!({
+            "metadata": { "name": name },
+            "spec": { "suspend": true, "template": { "spec": {
+                "restartPolicy": "Never",
+                "containers": [{ "name": "x", "image": "registry.invalid/x" }],
+            }}},
+        }))?;
+        jobs.create(&Default::default(), &squatter).await?;
+    }
+    let op = Operator::start(n, &[]).await?;
+    create_vc(
+        &client,
+        n,
+        "vc",
+        phase::ALL_NODE_READY,
+        json!({ "pluginSet": { "enabled": [{"name": "dns"}] } }),
+    )
+    .await
+    .context("creating the virtual cluster")?;
+    // The operator moves past both names to attempt 3's.
+    let job = wait_job(&client, n, "dns", "install", 3).await?;
+    ensure!(!squatted.contains(&job), "{job} is a squatted name");
+    let vc = wait_vc(
+        &client,
+        n,
+        "vc",
+        "a status that names the squatted jobs",
+        |vc| {
+            entry(vc, "dns")
+                .and_then(|e| e.message.as_deref())
+                .is_some_and(|m| squatted.iter().all(|s| m.contains(s.as_str())))
+        },
+    )
+    .await?;
+    let message = entry(&vc, "dns")
+        .unwrap()
+        .message
+        .clone()
+        .unwrap_or_default();
+    ensure!(message.contains(&job), "{message}");
+    let events: Api<Event> = Api::namespaced(client.clone(), n);
+    wait_for("a JobNameTaken event per squatted name", STEP, || async {
+        let list = events.list(&Default::default()).await?;
+        Ok(squatted
+            .iter()
+            .all(|s| {
+                list.items.iter().any(|e| {
+                    e.reason.as_deref() == Some("JobNameTaken")
+                        && e.type_.as_deref() == Some("Warning")
+                        && e.message.as_deref().is_some_and(|m| m.contains(s.as_str()))
+                })
+            })
+            .then_some(()))
+    })
+    .await?;
+    // The squatters are left alone; the plugin goes on with the Job of its own.
+    for name in &squatted {
+        let squatter = jobs.get(name).await?;
+        ensure!(squatter.metadata.deletion_timestamp.is_none(), "{name}");
+    }
+    finish(&client, n, &job, ok()).await?;
+    let vc = wait_vc(&client, n, "vc", "phase Completed", |vc| {
+        vc.phase() == phase::COMPLETED
+    })
+    .await?;
+    ensure!(plugin_phase(&vc, "dns") == Some(PluginPhase::Succeeded));
+    ensure!(
+        !op.log_text().contains("reconcile failed"),
+        "the operator spun on the taken names:\n{}",
+        op.log_text()
+    );
+    drop(op);
+    webhook.stop().await?;
     ns.delete().await
 }

@@ -67,6 +67,9 @@ pub struct JobView {
     pub id: ExecutorJobId,
     /// Whether the Job carries the webhook's [`contract::INJECTED_ANNOTATION`].
     pub injected: bool,
+    /// Names the Job's earlier attempts would have had, held by Jobs the VirtualCluster does not
+    /// own ([`contract::TAKEN_NAMES_ANNOTATION`]).
+    pub taken_names: Vec<String>,
     /// Whether the Job is being deleted.
     pub deleting: bool,
     /// How it ended, if it did.
@@ -131,6 +134,9 @@ pub struct Observed<'a> {
     /// Set when the API server refused a Job in this reconciliation because it could not call
     /// an admission webhook (down, unreachable, timing out), with the server's message.
     pub webhook_unavailable: Option<String>,
+    /// Job names this reconciliation found taken by a Job the VirtualCluster does not own (a
+    /// squatter, or a Job of an earlier VirtualCluster of the same name).
+    pub taken: &'a [TakenName],
     /// The time of the decision.
     pub now: Timestamp,
 }
@@ -142,6 +148,18 @@ pub struct Rejection {
     pub plugin: String,
     /// The API server's message.
     pub message: String,
+}
+
+/// The name of a Job the operator was about to create was taken by a Job the VirtualCluster does
+/// not own: the operator moved on to the next attempt's name (see the controller's `settle`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TakenName {
+    /// The plugin the Job was for.
+    pub plugin: String,
+    /// The taken name (the Job that holds it).
+    pub job: String,
+    /// The Job created instead, if a free name was found.
+    pub instead: Option<String>,
 }
 
 /// A plugin that succeeded in this decision, for the install-duration metric.

@@ -145,6 +145,55 @@ impl<'a, 'o> Planner<'a, 'o> {
                 self.entries = self.old.plugins.clone();
             }
         }
+        self.taken_names();
+    }
+
+    /// Says, in an event and in the plugin's status, which Job held a name the operator meant
+    /// to use and which Job it created instead.
+    fn taken_names(&mut self) {
+        let ns = self.obs.vc.metadata.namespace.clone().unwrap_or_default();
+        let vc = self.obs.vc.metadata.name.clone().unwrap_or_default();
+        let taken = |job: &str, instead: &str| {
+            format!(
+                "job name {ns}/{job} is taken by a Job that VirtualCluster {vc} does not own; \
+                 created job {instead} instead"
+            )
+        };
+        // The status, for as long as the plugin follows a Job that had to move.
+        for entry in &mut self.entries {
+            let Some(job) = self.obs.jobs.iter().find(|j| {
+                Some(j.name.as_str()) == entry.job_name.as_deref() && !j.taken_names.is_empty()
+            }) else {
+                continue;
+            };
+            let said: Vec<String> = job
+                .taken_names
+                .iter()
+                .map(|t| taken(t, &job.name))
+                .collect();
+            let said = said.join("; ");
+            entry.message = Some(match entry.message.take() {
+                Some(m) => format!("{said}; {m}"),
+                None => said,
+            });
+        }
+        // The event, once: in the reconciliation that moved the Job.
+        for taken_name in self.obs.taken {
+            let message = match &taken_name.instead {
+                Some(instead) => taken(&taken_name.job, instead),
+                None => format!(
+                    "job name {ns}/{} is taken by a Job that VirtualCluster {vc} does not own",
+                    taken_name.job
+                ),
+            };
+            let taken = taken_name;
+            self.note(
+                &taken.plugin.clone(),
+                NoteKind::Warning,
+                "JobNameTaken",
+                format!("plugin {}: {message}", taken.plugin),
+            );
+        }
     }
 
     /// Decides for one plugin of the set.
@@ -164,7 +213,7 @@ impl<'a, 'o> Planner<'a, 'o> {
             .cloned();
         let jobs = self.jobs_of(&name);
         let latest = jobs.last().copied();
-        let next_attempt = latest.map_or(1, |j| j.id.attempt + 1);
+        let next_attempt = latest.map_or(1, |j| j.id.attempt.saturating_add(1));
         let mut entry = PluginStatus {
             name: name.clone(),
             phase: PluginPhase::Pending,
@@ -509,7 +558,7 @@ impl<'a, 'o> Planner<'a, 'o> {
                     plugin,
                     &hash,
                     Action::Install,
-                    job.id.attempt + 1,
+                    job.id.attempt.saturating_add(1),
                     entry,
                     may_act,
                 );
@@ -602,7 +651,7 @@ impl<'a, 'o> Planner<'a, 'o> {
         let name = old.name.clone();
         let hash = contract::spec_hash(&plugin.spec);
         let latest = jobs.last().copied();
-        let next_attempt = latest.map_or(1, |j| j.id.attempt + 1);
+        let next_attempt = latest.map_or(1, |j| j.id.attempt.saturating_add(1));
         let mut entry = PluginStatus {
             phase: PluginPhase::Uninstalling,
             spec_hash: Some(hash.clone()),
@@ -711,7 +760,7 @@ impl<'a, 'o> Planner<'a, 'o> {
                             plugin,
                             &hash,
                             Action::Uninstall,
-                            job.id.attempt + 1,
+                            job.id.attempt.saturating_add(1),
                             entry,
                             may_act,
                         );

@@ -86,6 +86,7 @@ fn job(p: &VirtualClusterPlugin, action: Action, attempt: u32, outcome: JobOutco
         name: id.job_name(),
         id,
         injected: true,
+        taken_names: Vec::new(),
         deleting: false,
         finished_at: (outcome != JobOutcome::Running).then(|| at(NOW - 5)),
         outcome,
@@ -122,6 +123,7 @@ fn observe<'a>(
         deletion: None,
         rejected: &[],
         webhook_unavailable: None,
+        taken: &[],
         now: at(NOW),
     }
 }
@@ -1184,4 +1186,42 @@ fn a_marked_job_after_an_outage_says_the_webhook_is_back() {
             .iter()
             .any(|n| n.reason == "WebhookMutating" && n.kind == NoteKind::Normal)
     );
+}
+
+#[test]
+fn a_taken_job_name_is_reported_in_an_event_and_the_status() {
+    let dns = plugin("dns", false, &[]);
+    let cluster = vc(phase::ALL_NODE_READY, &["dns"], &[]);
+    let plugins = [dns.clone()];
+    // The settle loop created attempt 2 after attempt 1's name was taken.
+    let mut moved = job(&dns, Action::Install, 2, JobOutcome::Running);
+    moved.taken_names = vec!["squatted".into()];
+    let jobs = [moved];
+    let taken = [TakenName {
+        plugin: "dns".into(),
+        job: "squatted".into(),
+        instead: Some(jobs[0].name.clone()),
+    }];
+    let mut obs = observe(&cluster, &plugins, &jobs);
+    obs.taken = &taken;
+    let plan = plan(&obs, &settings());
+    assert!(created(&plan).is_empty(), "{:?}", plan.steps);
+    let message = plan.status.plugins[0].message.clone().unwrap_or_default();
+    assert!(
+        message.contains("job name ns/squatted is taken")
+            && message.contains(&format!("created job {} instead", jobs[0].name)),
+        "{message}"
+    );
+    let note = plan
+        .notes
+        .iter()
+        .find(|n| n.reason == "JobNameTaken")
+        .expect("a JobNameTaken event");
+    assert_eq!(note.kind, NoteKind::Warning);
+    assert!(note.message.contains("ns/squatted"), "{}", note.message);
+    // Later reconciliations: no second event, the status still says it.
+    let plan = run(&cluster, &plugins, &jobs);
+    assert!(plan.notes.iter().all(|n| n.reason != "JobNameTaken"));
+    let later = plan.status.plugins[0].message.clone().unwrap_or_default();
+    assert!(later.contains("job name ns/squatted is taken"), "{later}");
 }
