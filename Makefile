@@ -48,13 +48,14 @@ images: e2e-bins ## the operator, webhook and executor images as OCI archives in
 images-check: e2e-bins ## make images, then build the archives again and fail unless the bytes are equal
 	images/build.sh --reproducible
 
-e2e-bins: ## build (once, cached) kube-apiserver, kube-controller-manager, etcd, kubectl, helm, kustomize
+e2e-bins: ## build (once, cached) the Kubernetes binaries, etcd, helm, kustomize, local-path-provisioner, the node's images
 	e2e/build.sh
+	e2e/images.sh
 
-cluster-up: e2e-bins ## start the local host and virtual control planes (idempotent)
+cluster-up: e2e-bins ## start the local cluster: host control plane with a real node, virtual control plane (idempotent)
 	e2e/cluster.sh up
 
-cluster-down: ## stop the local control planes and remove their state
+cluster-down: ## stop the local cluster; remove its processes, mounts, network namespace, containers and state
 	e2e/cluster.sh down
 
 demo: e2e-bins ## the main job: local cluster, CRDs, operator, webhook, the design's examples

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the pinned kube-apiserver, kube-controller-manager, kubectl, etcd, helm and kustomize
-# (versions in e2e/versions.env) from their Go modules into a cache outside the checkout. A binary
+# Builds the pinned Kubernetes binaries (kube-apiserver, kube-controller-manager, kube-scheduler,
+# kubelet, kube-proxy, kubectl), etcd, helm, kustomize and local-path-provisioner (versions in
+# e2e/versions.env) from their Go modules into a cache outside the checkout. A binary
 # that is already in the cache is not built again, so a second run takes a second.
 #
 # Usage: e2e/build.sh            build what is missing
@@ -13,7 +14,8 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 if [[ "${1:-}" == "--print" ]]; then
-  printf '%s\n' "${KUBERNETES_BIN_DIR}" "${ETCD_BIN_DIR}" "${HELM_BIN_DIR}" "${KUSTOMIZE_BIN_DIR}"
+  printf '%s\n' "${KUBERNETES_BIN_DIR}" "${ETCD_BIN_DIR}" "${HELM_BIN_DIR}" "${KUSTOMIZE_BIN_DIR}" \
+    "${LOCAL_PATH_PROVISIONER_BIN_DIR}"
   exit 0
 fi
 
@@ -215,9 +217,25 @@ build_kustomize() {
   install_bins "${out}" "${KUSTOMIZE_BIN_DIR}" kustomize
 }
 
+build_local_path_provisioner() {
+  if [[ -x "${LOCAL_PATH_PROVISIONER}" ]]; then
+    log "local-path-provisioner ${LOCAL_PATH_PROVISIONER_VERSION}: cached in ${LOCAL_PATH_PROVISIONER_BIN_DIR}"
+    return
+  fi
+  log "local-path-provisioner ${LOCAL_PATH_PROVISIONER_VERSION}: building"
+  local out="${work_root}/local-path-provisioner-${LOCAL_PATH_PROVISIONER_VERSION}/out"
+  rm -rf "${out}"
+  mkdir -p "${out}"
+  # Its go.mod has no replace directives, so `go install pkg@version` builds it as released.
+  GOBIN="${out}" "${GO}" install -ldflags "${LDFLAGS_STRIP} -X main.VERSION=${LOCAL_PATH_PROVISIONER_VERSION}" \
+    "github.com/rancher/local-path-provisioner@${LOCAL_PATH_PROVISIONER_VERSION}"
+  install_bins "${out}" "${LOCAL_PATH_PROVISIONER_BIN_DIR}" local-path-provisioner
+}
+
 # Cheap ones first, so a failure in the long Kubernetes build still leaves them cached.
 build_etcd
 build_kustomize
 build_helm
+build_local_path_provisioner
 build_kubernetes
 log "all binaries are in ${E2E_CACHE}"

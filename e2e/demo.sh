@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# `make demo`: the whole system on the local control planes.
+# `make demo`: the whole system on the local cluster, with executor pods running on its node.
 #
-#  1. starts the host and virtual control planes (e2e/cluster.sh up) and installs the CRDs;
-#  2. runs the webhook (TLS, development certificates, registered with a URL client config), the
-#     operator (as its own ServiceAccount, `--readiness builtin`) and the executor runner (which
-#     runs executor pods as local processes: there is no container runtime here);
-#  3. plays Kosmos: registers the nodes node1 and node2 in the virtual cluster as Ready;
-#  4. applies the demo plugins (e2e/demo/plugins.yaml: the design's walk-through plugin from a
-#     claim, a default plugin from hostPath, a Helm chart that depends on it) and the design's
-#     VirtualCluster tenant1-cluster, and shows it progressing to Completed;
-#  5. shows what landed in the virtual cluster, then stops the operator, webhook and runner.
+#  1. starts the local cluster (e2e/cluster.sh up: host control plane with a real node, virtual
+#     control plane whose nodes node1 and node2 cluster.sh keeps Ready) and installs the CRDs;
+#  2. runs the webhook (TLS, development certificates, registered with a URL client config at
+#     the machine's end of the cluster's veth) and the operator (as its own ServiceAccount,
+#     `--readiness builtin`, executor image from the node);
+#  3. the design's walk-through: the ubuntu-statefulset (busybox stands in for ubuntu) with its
+#     claim on openebs-hostpath, and `kubectl cp test.yaml ubuntu-statefulset-0:/pv`;
+#  4. applies the demo plugins (e2e/demo/plugins.yaml: the walk-through plugin with pvPath, a
+#     default plugin from hostPath, a Helm chart that depends on it) and the design's
+#     VirtualCluster tenant1-cluster, and shows it and its executor pods progressing to Completed;
+#  5. shows what landed in the virtual cluster, then stops the operator and webhook.
 #
 # The control planes keep running so that you can look around; `make cluster-down` stops them.
 # DEMO_TIMEOUT (seconds, default 300) bounds the wait for Completed.
@@ -35,15 +37,15 @@ eval "$("${E2E_DIR}/cluster.sh" env)"
 rm -rf "${WORK}"
 mkdir -p "${WORK}" "${LOG_DIR}"
 
-step "building the operator, the webhook and the executor runner"
-(cd "${REPO_DIR}" && cargo build -q --bin virtual-cluster-operator --bin plugin-webhook --bin executor-runner)
+step "building the operator and the webhook (cargo shows its progress; the first build takes minutes)"
+(cd "${REPO_DIR}" && cargo build --bin virtual-cluster-operator --bin plugin-webhook)
 TARGET_DIR="$(cd "${REPO_DIR}" && cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
 BIN="${TARGET_DIR}/debug"
 
 pids=()
 cleanup() {
   if ((${#pids[@]})); then
-    log "stopping the operator, webhook and executor runner"
+    log "stopping the operator and the webhook"
     kill "${pids[@]}" 2> /dev/null || true
     wait "${pids[@]}" 2> /dev/null || true
   fi
@@ -54,9 +56,11 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-for port in "${WEBHOOK_PORT}" "${WEBHOOK_ADMIN_PORT}" "${OPERATOR_ADMIN_PORT}"; do
-  if (exec 3<> "/dev/tcp/127.0.0.1/${port}") 2> /dev/null; then
-    die "port ${port} is taken (is another demo running?); set DEMO_*_PORT to move it"
+# The apiserver, inside the cluster's network namespace, reaches the webhook here.
+WEBHOOK_HOST="${KOSMOS_E2E_WEBHOOK_HOST}"
+for addr in "${WEBHOOK_HOST}/${WEBHOOK_PORT}" "127.0.0.1/${WEBHOOK_ADMIN_PORT}" "127.0.0.1/${OPERATOR_ADMIN_PORT}"; do
+  if (exec 3<> "/dev/tcp/${addr}") 2> /dev/null; then
+    die "${addr/\//:} is taken (is another demo running?); set DEMO_*_PORT to move it"
   fi
 done
 
@@ -64,10 +68,10 @@ step "installing the CRDs"
 kubectl apply --server-side --field-manager kosmos-demo -f "${REPO_DIR}/charts/kosmos-plugins/files/crds/"
 kubectl wait --for condition=Established --timeout 60s -f "${REPO_DIR}/charts/kosmos-plugins/files/crds/" > /dev/null
 
-step "starting the webhook on https://127.0.0.1:${WEBHOOK_PORT}/mutate"
-"${BIN}/plugin-webhook" certs --out "${WORK}/certs" > /dev/null
+step "starting the webhook on https://${WEBHOOK_HOST}:${WEBHOOK_PORT}/mutate"
+"${BIN}/plugin-webhook" certs --out "${WORK}/certs" --extra-names "${WEBHOOK_HOST}" > /dev/null
 "${BIN}/plugin-webhook" serve \
-  --listen "127.0.0.1:${WEBHOOK_PORT}" --admin-listen "127.0.0.1:${WEBHOOK_ADMIN_PORT}" \
+  --listen "${WEBHOOK_HOST}:${WEBHOOK_PORT}" --admin-listen "127.0.0.1:${WEBHOOK_ADMIN_PORT}" \
   --tls-cert "${WORK}/certs/tls.crt" --tls-key "${WORK}/certs/tls.key" \
   --operator-user "system:serviceaccount:${OPERATOR_NAMESPACE}:${OPERATOR_SA}" --watch-namespace "${NAMESPACE}" \
   --allowed-host-path-prefixes "${DEMO_DIR}/hostpath,${DEMO_DIR}/charts" \
@@ -83,7 +87,7 @@ webhooks:
   - name: executor-jobs.plugin.kosmos.io
     admissionReviewVersions: ["v1"]
     clientConfig:
-      url: https://127.0.0.1:${WEBHOOK_PORT}/mutate
+      url: https://${WEBHOOK_HOST}:${WEBHOOK_PORT}/mutate
       caBundle: ${ca_bundle}
     rules:
       - apiGroups: ["batch"]
@@ -120,47 +124,38 @@ kubectl --kubeconfig "${WORK}/operator.kubeconfig" config set-credentials operat
 kubectl --kubeconfig "${WORK}/operator.kubeconfig" config set-context --current --user operator > /dev/null
 KUBECONFIG="${WORK}/operator.kubeconfig" POD_NAMESPACE="${OPERATOR_NAMESPACE}" "${BIN}/virtual-cluster-operator" \
   --readiness builtin --namespace "${NAMESPACE}" --admin-addr "127.0.0.1:${OPERATOR_ADMIN_PORT}" \
+  --executor-image "${EXECUTOR_IMAGE}" \
   > "${LOG_DIR}/demo-operator.log" 2>&1 &
 pids+=($!)
 
-step "starting the executor runner (executor pods run as local processes)"
-mkdir -p "${WORK}/runner/claims/${NAMESPACE}"
-# What `kubectl cp test.yaml ubuntu-statefulset-0:/pv` does in the design document.
-cp -r "${DEMO_DIR}/claims/." "${WORK}/runner/claims/${NAMESPACE}/"
-"${BIN}/executor-runner" --namespace "${NAMESPACE}" \
-  --work-dir "${WORK}/runner/pods" --claims-dir "${WORK}/runner/claims" \
-  > "${LOG_DIR}/demo-executor-runner.log" 2>&1 &
-pids+=($!)
-
-step "playing Kosmos: nodes node1 and node2 join the virtual cluster"
-for node in node1 node2; do
-  kubectl --kubeconfig "${KOSMOS_E2E_VIRTUAL_KUBECONFIG}" apply -f - > /dev/null << YAML
-apiVersion: v1
-kind: Node
-metadata:
-  name: ${node}
-YAML
-  now="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  kubectl --kubeconfig "${KOSMOS_E2E_VIRTUAL_KUBECONFIG}" patch node "${node}" --subresource status --type merge \
-    -p "{\"status\":{\"conditions\":[{\"type\":\"Ready\",\"status\":\"True\",\"reason\":\"KubeletReady\",\"message\":\"demo\",\"lastHeartbeatTime\":\"${now}\",\"lastTransitionTime\":\"${now}\"}]}}" > /dev/null
-done
+step "the virtual cluster's nodes (kept Ready by e2e/cluster.sh's heartbeat; Kosmos would join them)"
 kubectl --kubeconfig "${KOSMOS_E2E_VIRTUAL_KUBECONFIG}" get nodes
 
 step "applying the plugins and the VirtualCluster in namespace ${NAMESPACE}"
 # A previous demo's namespace goes first; the operator, now running, releases its finalizers.
 kubectl delete namespace "${NAMESPACE}" --ignore-not-found --timeout 120s > /dev/null
 kubectl create namespace "${NAMESPACE}" --dry-run=client -o yaml | kubectl apply -f - > /dev/null
+
+step "the design's walk-through: ubuntu-statefulset, its claim on openebs-hostpath, kubectl cp"
+sed "s|BUSYBOX_IMAGE|${BUSYBOX_IMAGE}|" "${DEMO_DIR}/ubuntu-statefulset.yaml" | kubectl -n "${NAMESPACE}" apply -f -
+kubectl -n "${NAMESPACE}" rollout status statefulset ubuntu-statefulset --timeout 120s
+kubectl get pv
+(cd "${DEMO_DIR}/claims/plugin-store-ubuntu-statefulset-0" \
+  && kubectl -n "${NAMESPACE}" cp test.yaml ubuntu-statefulset-0:/pv)
+kubectl -n "${NAMESPACE}" exec ubuntu-statefulset-0 -- ls -l /pv
 sed "s|HOSTPATH_DIR|${DEMO_DIR}|g" "${DEMO_DIR}/plugins.yaml" | kubectl -n "${NAMESPACE}" apply -f -
 kubectl -n "${NAMESPACE}" get vp
 sed "s|KUBECONFIG_BASE64|$(base64 -w0 < "${KOSMOS_E2E_VIRTUAL_KUBECONFIG}")|" "${DEMO_DIR}/virtual-cluster.yaml" \
   | kubectl -n "${NAMESPACE}" apply -f -
 
-step "watching tenant1-cluster (kubectl -n ${NAMESPACE} get vc tenant1-cluster)"
+step "watching tenant1-cluster and its executor pods on node $(kubectl get nodes -o jsonpath='{.items[0].metadata.name}')"
 deadline=$((SECONDS + TIMEOUT))
 last=""
 phase=""
 while ((SECONDS < deadline)); do
   line="$(kubectl -n "${NAMESPACE}" get vc tenant1-cluster --no-headers 2> /dev/null || true)"
+  line+=$'\n'"$(kubectl -n "${NAMESPACE}" get pods -l plugin.kosmos.io/executor --no-headers \
+    -o custom-columns=POD:.metadata.name,PHASE:.status.phase,NODE:.spec.nodeName 2> /dev/null || true)"
   if [[ "${line}" != "${last}" ]]; then
     printf '%s\n' "${line}"
     last="${line}"
@@ -176,7 +171,7 @@ kubectl -n "${NAMESPACE}" get vc tenant1-cluster \
 kubectl -n "${NAMESPACE}" get jobs
 if [[ "${phase}" != Completed ]]; then
   kubectl -n "${NAMESPACE}" describe vc tenant1-cluster | tail -30
-  die "tenant1-cluster did not reach Completed within ${TIMEOUT}s; logs: ${LOG_DIR}/demo-*.log, executor logs: ${WORK}/runner/pods/*/"
+  die "tenant1-cluster did not reach Completed within ${TIMEOUT}s; logs: ${LOG_DIR}/demo-*.log, executor logs: kubectl -n ${NAMESPACE} logs -l plugin.kosmos.io/executor"
 fi
 
 step "what the plugins installed in the virtual cluster"
@@ -187,13 +182,13 @@ HELM_KUBECONTEXT="" KUBECONFIG="${KOSMOS_E2E_VIRTUAL_KUBECONFIG}" helm list -n d
 
 cat << MSG
 
-tenant1-cluster is Completed. The operator, webhook and runner stop now (and the webhook's
+tenant1-cluster is Completed. The operator and webhook stop now (and the webhook's
 registration goes with them); the control planes keep running, so you can look around with
   eval "\$(e2e/cluster.sh env)"
   kubectl -n ${NAMESPACE} describe vc tenant1-cluster
   kubectl -n ${NAMESPACE} get jobs -o yaml     # the mutated executor Jobs
+  kubectl -n ${NAMESPACE} logs -l plugin.kosmos.io/executor   # what the executor pods said
   kubectl --kubeconfig "\$KOSMOS_E2E_VIRTUAL_KUBECONFIG" get all -A
-Logs: ${LOG_DIR#"${REPO_DIR}/"}/demo-{operator,webhook,executor-runner}.log; executor output in
-${WORK#"${REPO_DIR}/"}/runner/pods/<pod uid>/executor.log.
+Logs: ${LOG_DIR#"${REPO_DIR}/"}/demo-{operator,webhook}.log.
 Stop the control planes with: make cluster-down
 MSG

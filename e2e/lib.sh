@@ -26,6 +26,21 @@ KUBECTL="${KUBERNETES_BIN_DIR}/kubectl"
 ETCD="${ETCD_BIN_DIR}/etcd"
 HELM="${HELM_BIN_DIR}/helm"
 KUSTOMIZE="${KUSTOMIZE_BIN_DIR}/kustomize"
+LOCAL_PATH_PROVISIONER_BIN_DIR="${E2E_CACHE}/local-path-provisioner-${LOCAL_PATH_PROVISIONER_VERSION}"
+LOCAL_PATH_PROVISIONER="${LOCAL_PATH_PROVISIONER_BIN_DIR}/local-path-provisioner"
+KUBELET="${KUBERNETES_BIN_DIR}/kubelet"
+KUBE_SCHEDULER="${KUBERNETES_BIN_DIR}/kube-scheduler"
+KUBE_PROXY="${KUBERNETES_BIN_DIR}/kube-proxy"
+
+# The images of the local node (built by e2e/images.sh, imported by e2e/cluster.sh). Never pulled:
+# "localhost/" names no registry that could answer.
+PAUSE_IMAGE=localhost/kosmos-e2e/pause:1
+BUSYBOX_IMAGE=localhost/kosmos-e2e/busybox:1
+# The executor image: the ref `make images` (images/build.sh) gives the real one, so that a test
+# or the demo does not care which of the two was imported.
+WORKSPACE_VERSION="$(sed -nE '/^\[workspace.package\]/,/^\[/ s/^version = "(.*)"/\1/p' "${REPO_DIR}/Cargo.toml")"
+EXECUTOR_IMAGE="localhost/kosmos/plugin-executor:${WORKSPACE_VERSION}"
+LOCAL_PATH_PROVISIONER_IMAGE="localhost/kosmos-e2e/local-path-provisioner:${LOCAL_PATH_PROVISIONER_VERSION}"
 
 # Prints a message on stderr with the script's name, so interleaved output stays readable.
 log() {

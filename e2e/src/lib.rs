@@ -1,7 +1,7 @@
-//! Test support for the end-to-end tests: clients for the two local control planes that
-//! `e2e/cluster.sh` runs (or for your own clusters through `KUBECONFIG`), throw-away namespaces,
-//! clients that act as another user or a ServiceAccount, CRD installation, bounded waits, and a
-//! stand-in for the kubelet that finishes executor pods so the real job controller finishes Jobs.
+//! Test support for the end-to-end tests: clients for the local cluster that `e2e/cluster.sh`
+//! runs (a real node plus a second control plane; or your own clusters through `KUBECONFIG`),
+//! throw-away namespaces, clients that act as another user or a ServiceAccount, CRD installation,
+//! bounded waits, pods whose end the test decides, and claims filled with `kubectl cp`.
 //!
 //! Which clusters the tests use:
 //! - `KUBECONFIG` unset: the local control planes. The first call in a process runs
@@ -15,9 +15,9 @@
 
 mod cleanup;
 mod crds;
-mod kubelet;
 mod namespace;
-pub mod runner;
+mod node;
+mod pods;
 mod wait;
 
 use std::path::PathBuf;
@@ -36,9 +36,13 @@ pub use cleanup::{
     cleanup_on_drop, delete_webhook_configuration, delete_webhook_configuration_on_drop,
 };
 pub use crds::{apply_yaml, chart_crd_dir, dynamic_api, install_crds, load_crds, parse_yaml};
-pub use kubelet::{
-    PodOutcome, finish_pod, job_pods, wait_for_job_condition, wait_for_job_pod,
-    wait_for_job_pod_and_finish,
+pub use node::{
+    STORAGE_CLASS, busybox_image, cached_tool_dirs, executor_image, fill_claim, kubectl,
+    kubectl_binary, wait_for_pod_ready, webhook_host, webhook_listen_addr,
+};
+pub use pods::{
+    OUTCOME_ANNOTATION, PodOutcome, finish_pod, job_pods, make_obedient, obedient_job_patch,
+    termination_message, wait_for_job_condition, wait_for_job_pod, wait_for_job_pod_and_finish,
 };
 pub use namespace::{TEST_NAMESPACE_LABEL, TestNamespace};
 pub use wait::{DEFAULT_TIMEOUT, wait_for};

@@ -1,8 +1,10 @@
-//! The whole system against the real control planes: the operator (as its own ServiceAccount,
-//! with the RBAC that docs/operator.md lists, in the default `external` readiness mode), the
-//! webhook (TLS, registered with the host apiserver), the job controller, and the executor
-//! runner, carry the demo's VirtualCluster to `Completed`, and the plugins' objects exist in the
-//! virtual cluster afterwards.
+//! The whole system on the real node: the design document's walk-through step by step (the
+//! `ubuntu-statefulset` whose claim on `openebs-hostpath` is filled with `kubectl cp`, then the
+//! plugin with `pvPath`), the demo's other plugins (YAML and a chart from hostPath), the operator
+//! (as its own ServiceAccount, with the RBAC that docs/operator.md lists, in the default
+//! `external` readiness mode), the webhook (TLS, registered with the host apiserver), the job
+//! controller and the kubelet running the executor image carry the VirtualCluster to
+//! `Completed`, and the plugins' objects exist in the virtual cluster afterwards.
 
 #![allow(clippy::unwrap_used)] // a panic is how a test fails
 
@@ -13,11 +15,11 @@ use std::time::Duration;
 use base64::Engine as _;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kosmos_api::contract;
 use kosmos_api::{PluginPhase, VirtualCluster, VirtualClusterPlugin, phase};
-use kosmos_e2e::runner::{RunnerConfig, cached_tool_dirs};
 use kosmos_e2e::{Cluster, TestNamespace, wait_for};
 use kosmos_operator::context::{self, Config, Context, ReadinessMode};
 use kosmos_operator::controller;
@@ -85,13 +87,46 @@ impl Drop for Registration {
     }
 }
 
-/// The address at which the apiserver reaches this test process: loopback for the local control
-/// planes; with your own cluster, `KOSMOS_E2E_WEBHOOK_HOST` (as in the webhook's own tests).
-fn webhook_host() -> String {
-    std::env::var("KOSMOS_E2E_WEBHOOK_HOST")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "127.0.0.1".to_owned())
+use kosmos_e2e::webhook_host;
+
+/// The walk-through's first steps: the StatefulSet, its claim bound on `openebs-hostpath`, and
+/// `kubectl cp test.yaml ubuntu-statefulset-0:/pv`.
+async fn walk_through_claim(admin: &Client, ns: &str) {
+    let demo = kosmos_e2e::e2e_dir().join("demo");
+    let yaml = std::fs::read_to_string(demo.join("ubuntu-statefulset.yaml"))
+        .unwrap()
+        .replace("BUSYBOX_IMAGE", &kosmos_e2e::busybox_image());
+    let sts: StatefulSet = serde_yaml::from_str(&yaml).unwrap();
+    Api::<StatefulSet>::namespaced(admin.clone(), ns)
+        .create(&PostParams::default(), &sts)
+        .await
+        .unwrap();
+    kosmos_e2e::wait_for_pod_ready(admin, ns, "ubuntu-statefulset-0", Duration::from_secs(120))
+        .await
+        .unwrap();
+    // "Check pv": the provisioner made a volume for the claim, of the class the design names.
+    let claim = Api::<PersistentVolumeClaim>::namespaced(admin.clone(), ns)
+        .get("plugin-store-ubuntu-statefulset-0")
+        .await
+        .unwrap();
+    let volume = claim.spec.as_ref().unwrap().volume_name.clone().unwrap();
+    let pv = Api::<PersistentVolume>::all(admin.clone())
+        .get(&volume)
+        .await
+        .unwrap();
+    let pv_spec = pv.spec.unwrap();
+    assert_eq!(
+        pv_spec.storage_class_name.as_deref(),
+        Some(kosmos_e2e::STORAGE_CLASS)
+    );
+    assert_eq!(pv_spec.claim_ref.unwrap().name.as_deref(), Some("plugin-store-ubuntu-statefulset-0"));
+    let manifest = demo.join("claims/plugin-store-ubuntu-statefulset-0/test.yaml");
+    kosmos_e2e::kubectl(
+        Cluster::Host,
+        &["cp", manifest.to_str().unwrap(), &format!("{ns}/ubuntu-statefulset-0:/pv")],
+    )
+    .await
+    .unwrap();
 }
 
 async fn register_webhook(admin: &Client, ns: &str, port: u16, ca_pem: &str) -> Registration {
@@ -121,15 +156,7 @@ async fn register_webhook(admin: &Client, ns: &str, port: u16, ca_pem: &str) -> 
 }
 
 #[tokio::test]
-async fn the_demo_virtual_cluster_completes_through_operator_webhook_job_controller_and_runner() {
-    if kosmos_e2e::uses_own_cluster() {
-        // The executor runner plays a kubelet that the local control planes lack; on a cluster
-        // with kubelets both would run the same pod.
-        // Never a silent pass: a user's own cluster runs this test only by choice.
-        panic!(
-            "cannot run on your own cluster (KUBECONFIG is set): it needs the local control planes; skip it with --skip"
-        );
-    }
+async fn the_design_walk_through_completes_on_the_real_node() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let admin = kosmos_e2e::host().await.unwrap();
     let virtual_cluster = kosmos_e2e::virtual_cluster().await.unwrap();
@@ -153,9 +180,7 @@ async fn the_demo_virtual_cluster_completes_through_operator_webhook_job_control
             certs_dir.path().join("tls.key"),
         )
     };
-    if webhook_host() != "127.0.0.1" {
-        args.listen = "0.0.0.0:0".parse().unwrap();
-    }
+    args.listen = kosmos_e2e::webhook_listen_addr();
     let webhook = kosmos_webhook::server::start(&args, admin.clone())
         .await
         .unwrap();
@@ -173,29 +198,9 @@ async fn the_demo_virtual_cluster_completes_through_operator_webhook_job_control
     let _registration =
         register_webhook(&admin, &ns_name, webhook.addr.port(), &certs.ca_pem).await;
 
-    // The executor runner, with the design's claim contents in place.
-    let runner_dir = tempfile::tempdir().unwrap();
-    let claims = runner_dir.path().join("claims");
-    let claim = claims
-        .join(&ns_name)
-        .join("plugin-store-ubuntu-statefulset-0");
-    std::fs::create_dir_all(&claim).unwrap();
+    // The walk-through: the StatefulSet's claim, filled with kubectl cp.
+    walk_through_claim(&admin, &ns_name).await;
     let demo = kosmos_e2e::e2e_dir().join("demo");
-    std::fs::copy(
-        demo.join("claims/plugin-store-ubuntu-statefulset-0/test.yaml"),
-        claim.join("test.yaml"),
-    )
-    .unwrap();
-    let runner = tokio::spawn(kosmos_e2e::runner::run(
-        admin.clone(),
-        RunnerConfig {
-            work_dir: runner_dir.path().join("pods"),
-            claims_dir: claims,
-            tool_dirs: cached_tool_dirs(),
-            namespace: Some(ns_name.clone()),
-            max_run: Duration::from_secs(120),
-        },
-    ));
 
     // The operator, as its ServiceAccount with the documented rights only.
     let operator_client = start_operator_as_service_account(&admin, &ns_name).await;
@@ -209,7 +214,7 @@ async fn the_demo_virtual_cluster_completes_through_operator_webhook_job_control
                 backoff_max: Duration::from_secs(2),
                 ..Default::default()
             },
-            executor_image: "registry.invalid/kosmos/executor:e2e".into(),
+            executor_image: kosmos_e2e::executor_image(),
             executor_pod: Default::default(),
             readiness: ReadinessMode::External,
             uninstall_on_delete: false,
@@ -335,8 +340,20 @@ async fn the_demo_virtual_cluster_completes_through_operator_webhook_job_control
         .await
         .unwrap();
 
+    // The executor pods really ran on the node, and said what they did.
+    for plugin in &status.plugins {
+        let job = plugin.job_name.as_deref().unwrap();
+        let pods = kosmos_e2e::job_pods(&admin, &ns_name, job).await.unwrap();
+        let pod = pods
+            .iter()
+            .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded"))
+            .unwrap_or_else(|| panic!("no succeeded pod of job {job}"));
+        assert!(pod.spec.as_ref().unwrap().node_name.is_some());
+        let message = kosmos_e2e::termination_message(pod).unwrap_or_default();
+        assert!(message.contains("installed"), "{job}: {message}");
+    }
+
     let _ = operator.await;
-    runner.abort();
     webhook.stop(Duration::from_secs(1)).await;
     ns.delete().await.unwrap();
 }

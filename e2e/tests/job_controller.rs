@@ -1,21 +1,21 @@
-//! The host control plane's real job controller and garbage collector at work, with the kubelet
-//! stand-in finishing pods: what the operator's executor Jobs rely on.
+//! The host cluster's real job controller, kubelet and garbage collector at work on pods whose
+//! end the test decides (busybox exiting on cue): what the operator's executor Jobs rely on.
 
 use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kosmos_e2e::{
-    Cluster, DEFAULT_TIMEOUT, PodOutcome, TestNamespace, finish_pod, host, job_pods, wait_for,
-    wait_for_job_condition, wait_for_job_pod,
+    Cluster, DEFAULT_TIMEOUT, PodOutcome, TestNamespace, finish_pod, host, job_pods, make_obedient,
+    termination_message, wait_for, wait_for_job_condition, wait_for_job_pod,
 };
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use serde_json::json;
 
-/// A bare Job like the operator's executor Jobs: one container, never restarted. The image is
-/// never pulled (there is no kubelet), so any name does.
+/// A bare Job like the operator's executor Jobs: one container, never restarted, that runs until
+/// the test tells it how to end.
 fn job(name: &str, backoff_limit: i32) -> Result<Job> {
-    Ok(serde_json::from_value(json!({
+    let mut job: Job = serde_json::from_value(json!({
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": { "name": name },
@@ -23,14 +23,17 @@ fn job(name: &str, backoff_limit: i32) -> Result<Job> {
             "backoffLimit": backoff_limit,
             "template": { "spec": {
                 "restartPolicy": "Never",
-                "containers": [{
-                    "name": "install",
-                    "image": "registry.invalid/kosmos/executor:e2e",
-                    "command": ["/bin/true"],
-                }],
+                "containers": [{"name": "install"}],
             }},
         },
-    }))?)
+    }))?;
+    let spec = job
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+        .context("the job has no pod template")?;
+    make_obedient(spec, 0)?;
+    Ok(job)
 }
 
 fn phase(pod: &Pod) -> Option<&str> {
@@ -60,7 +63,7 @@ async fn job_gets_a_pod_and_completes_when_the_pod_succeeds() -> Result<()> {
         owner.name
     );
     ensure!(
-        phase(&pod) == Some("Pending"),
+        matches!(phase(&pod), Some("Pending" | "Running")),
         "new pod in phase {:?}",
         phase(&pod)
     );
@@ -70,7 +73,15 @@ async fn job_gets_a_pod_and_completes_when_the_pod_succeeds() -> Result<()> {
         message: "installed apiserver-network-proxy".into(),
     };
     let finished = finish_pod(&client, ns.name(), &name, &outcome).await?;
-    ensure!(phase(&finished) == Some("Succeeded"));
+    ensure!(
+        phase(&finished) == Some("Succeeded"),
+        "pod ended in phase {:?}",
+        phase(&finished)
+    );
+    ensure!(
+        finished.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some(),
+        "the scheduler bound the pod to a node"
+    );
 
     wait_for_job_condition(&client, ns.name(), "install", "Complete", DEFAULT_TIMEOUT).await?;
     let status = jobs
@@ -105,13 +116,7 @@ async fn job_gets_a_pod_and_completes_when_the_pod_succeeds() -> Result<()> {
     let pod: Pod = Api::namespaced(client.clone(), ns.name())
         .get(&name)
         .await?;
-    let message = pod
-        .status
-        .and_then(|s| s.container_statuses)
-        .and_then(|c| c.into_iter().next())
-        .and_then(|c| c.state)
-        .and_then(|s| s.terminated)
-        .and_then(|t| t.message);
+    let message = termination_message(&pod);
     ensure!(
         message.as_deref() == Some("installed apiserver-network-proxy"),
         "termination message {message:?}"
@@ -133,7 +138,14 @@ async fn job_fails_when_its_only_pod_fails() -> Result<()> {
         exit_code: 2,
         message: "helm: chart not found".into(),
     };
-    finish_pod(&client, ns.name(), &name, &outcome).await?;
+    let finished = finish_pod(&client, ns.name(), &name, &outcome).await?;
+    let exit_code = finished
+        .status
+        .and_then(|s| s.container_statuses)
+        .and_then(|c| c.into_iter().next())
+        .and_then(|c| c.state?.terminated)
+        .map(|t| t.exit_code);
+    ensure!(exit_code == Some(2), "the kubelet reported exit code {exit_code:?}");
 
     let failed =
         wait_for_job_condition(&client, ns.name(), "install", "Failed", DEFAULT_TIMEOUT).await?;

@@ -32,14 +32,9 @@ const VC: &str = "tenant1-cluster";
 const OPERATOR_NAMESPACE: &str = "kosmos-system";
 const OPERATOR_ACCOUNT: &str = "virtual-cluster-operator";
 
-/// The address at which the apiserver reaches this test process: loopback for the local control
-/// planes; with your own cluster, set `KOSMOS_E2E_WEBHOOK_HOST` to an IP of this machine that
-/// its apiserver can reach (the webhook then listens on every interface).
+/// The address at which the apiserver reaches this test process (see kosmos_e2e::webhook_host).
 fn webhook_host() -> String {
-    std::env::var("KOSMOS_E2E_WEBHOOK_HOST")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "127.0.0.1".to_owned())
+    kosmos_e2e::webhook_host()
 }
 
 fn operator() -> Identity {
@@ -82,11 +77,7 @@ impl Registered {
             )
         };
         let args = ServeArgs {
-            listen: if host == "127.0.0.1" {
-                args.listen
-            } else {
-                "0.0.0.0:0".parse().unwrap()
-            },
+            listen: kosmos_e2e::webhook_listen_addr(),
             ..args
         };
         let running = server::start(&adjust(args), client.clone()).await.unwrap();
@@ -659,14 +650,6 @@ async fn a_job_for_a_changed_plugin_spec_is_denied_naming_the_annotation() {
 
 #[tokio::test]
 async fn a_mutated_job_really_installs_into_the_virtual_cluster() {
-    if kosmos_e2e::uses_own_cluster() {
-        // The executor runner plays a kubelet that the local control planes lack; on a cluster
-        // with kubelets both would run the same pod.
-        // Never a silent pass: a user's own cluster runs this test only by choice.
-        panic!(
-            "cannot run on your own cluster (KUBECONFIG is set): it needs the local control planes; skip it with --skip"
-        );
-    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let admin = kosmos_e2e::host().await.unwrap();
     let ns = TestNamespace::create(Cluster::Host, "webhook-e2e-install")
@@ -684,60 +667,56 @@ async fn a_mutated_job_really_installs_into_the_virtual_cluster() {
     let as_operator = kosmos_e2e::client_as(Cluster::Host, &operator())
         .await
         .unwrap();
-    let job = common::bare_job(ns.name(), VC, &plugin, Action::Install);
+    let mut job = common::bare_job(ns.name(), VC, &plugin, Action::Install);
+    // The image the operator would name: the executor image on the node.
+    job.spec.as_mut().unwrap().template.spec.as_mut().unwrap().containers[0].image =
+        Some(kosmos_e2e::executor_image());
     wait_until_webhook_active(&as_operator, ns.name(), &job).await;
 
-    // The files the seed's walk-through copies into the claim with `kubectl cp`.
+    // What the seed's walk-through copies into the claim with `kubectl cp`.
     let scratch = tempfile::tempdir().unwrap();
-    let claim = scratch
-        .path()
-        .join("claims")
-        .join(ns.name())
-        .join("plugin-store-ubuntu-statefulset-0");
-    std::fs::create_dir_all(&claim).unwrap();
+    let manifest = scratch.path().join("test.yaml");
     std::fs::write(
-        claim.join("test.yaml"),
+        &manifest,
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: proxy-settings\ndata:\n  mode: grpc\n",
     )
+    .unwrap();
+    kosmos_e2e::fill_claim(
+        &admin,
+        ns.name(),
+        "plugin-store-ubuntu-statefulset-0",
+        &[(manifest.as_path(), "test.yaml")],
+    )
+    .await
     .unwrap();
 
     let created = Api::<Job>::namespaced(as_operator, ns.name())
         .create(&PostParams::default(), &job)
         .await
         .unwrap();
-    let pod = kosmos_e2e::wait_for_job_pod(
-        &admin,
-        ns.name(),
-        &created.name_any(),
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap();
-    let config = kosmos_e2e::runner::RunnerConfig {
-        work_dir: scratch.path().join("pods"),
-        claims_dir: scratch.path().join("claims"),
-        tool_dirs: common::tool_dirs(),
-        namespace: Some(ns.name().to_owned()),
-        max_run: Duration::from_secs(120),
-    };
-    let outcome = kosmos_e2e::runner::run_pod(&admin, &config, &pod)
-        .await
-        .unwrap();
-    assert_eq!(
-        outcome,
-        kosmos_e2e::PodOutcome::Succeeded {
-            message: "plugin apiserver-network-proxy installed".into()
-        }
-    );
+    // The kubelet runs the mutated pod: the executor image, the claim, the kubeconfig Secret.
     kosmos_e2e::wait_for_job_condition(
         &admin,
         ns.name(),
         &created.name_any(),
         "Complete",
-        Duration::from_secs(60),
+        Duration::from_secs(120),
     )
     .await
     .unwrap();
+    let pods = kosmos_e2e::job_pods(&admin, ns.name(), &created.name_any())
+        .await
+        .unwrap();
+    let messages: Vec<String> = pods
+        .iter()
+        .filter_map(kosmos_e2e::termination_message)
+        .collect();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.trim() == "plugin apiserver-network-proxy installed"),
+        "{messages:?}"
+    );
     let virtual_client = kosmos_e2e::virtual_cluster().await.unwrap();
     let cm =
         Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(virtual_client, target.name())

@@ -105,8 +105,9 @@ impl Operator {
     }
 }
 
-/// A stand-in for the plugin webhook: HTTPS on 127.0.0.1 with a fresh CA, registered for
-/// executor Jobs of one namespace; it only adds [`contract::INJECTED_ANNOTATION`].
+/// A stand-in for the plugin webhook: HTTPS with a fresh CA, registered for executor Jobs of one
+/// namespace; it adds [`contract::INJECTED_ANNOTATION`] and turns the executor container into
+/// one that ends when the test says so ([`kosmos_e2e::finish_pod`]).
 pub struct MarkingWebhook {
     name: String,
     client: Client,
@@ -158,23 +159,13 @@ impl MarkingWebhook {
             .push(rcgen::DnType::CommonName, "e2e operator test CA");
         let ca_cert = ca_params.self_signed(&ca_key)?;
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        // The address at which the apiserver reaches this process: loopback for the local
-        // control planes; with your own cluster, KOSMOS_E2E_WEBHOOK_HOST names an address of this
-        // machine that its apiserver reaches (as for the webhook's own e2e tests).
-        let host = std::env::var("KOSMOS_E2E_WEBHOOK_HOST")
-            .ok()
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "127.0.0.1".to_owned());
+        // The address at which the apiserver reaches this process (see kosmos_e2e::webhook_host).
+        let host = kosmos_e2e::webhook_host();
         let key = rcgen::KeyPair::generate()?;
         let params = rcgen::CertificateParams::new(vec![host.clone()])?;
         let cert = params.signed_by(&key, &issuer)?;
 
-        let bind = if host == "127.0.0.1" {
-            "127.0.0.1:0"
-        } else {
-            "0.0.0.0:0"
-        };
-        let listener = std::net::TcpListener::bind(bind)?;
+        let listener = std::net::TcpListener::bind(kosmos_e2e::webhook_listen_addr())?;
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
         let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
@@ -446,12 +437,31 @@ fn mark(review: Value) -> Json<Value> {
     let key = contract::INJECTED_ANNOTATION
         .replace('~', "~0")
         .replace('/', "~1");
-    let patch = if has_annotations {
+    let mut patch = if has_annotations {
         json!([{ "op": "add", "path": format!("/metadata/annotations/{key}"), "value": "e2e" }])
     } else {
         json!([{ "op": "add", "path": "/metadata/annotations",
                  "value": { contract::INJECTED_ANNOTATION: "e2e" } }])
     };
+    // The pod runs on the real node and ends when the test says so (kosmos_e2e::finish_pod).
+    match kosmos_e2e::obedient_job_patch(&review["request"]["object"]) {
+        Ok(Value::Array(ops)) => {
+            if let Value::Array(all) = &mut patch {
+                all.extend(ops);
+            }
+        }
+        Ok(_) | Err(_) => {
+            return Json(json!({
+                "apiVersion": "admission.k8s.io/v1",
+                "kind": "AdmissionReview",
+                "response": {
+                    "uid": uid,
+                    "allowed": false,
+                    "status": { "code": 400, "message": "the stand-in webhook could not read the Job's pod template" },
+                },
+            }));
+        }
+    }
     Json(json!({
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
@@ -632,7 +642,7 @@ pub async fn wait_job(
     .await
 }
 
-/// Finishes the (next) pod of `job` with `outcome`, as a kubelet would.
+/// Tells the (next) pod of `job` to end with `outcome`, and waits until the kubelet says it did.
 pub async fn finish(client: &Client, ns: &str, job: &str, outcome: PodOutcome) -> Result<()> {
     wait_for_job_pod_and_finish(client, ns, job, &outcome, STEP).await?;
     Ok(())

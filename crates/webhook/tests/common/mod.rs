@@ -60,5 +60,5 @@ pub fn any_host_path() -> kosmos_webhook::Settings {
 
 /// Folders holding kubectl, helm and kustomize as `e2e/build.sh` caches them.
 pub fn tool_dirs() -> Vec<PathBuf> {
-    kosmos_e2e::runner::cached_tool_dirs()
+    kosmos_e2e::cached_tool_dirs()
 }

@@ -1,0 +1,3 @@
+module kosmos-e2e.local/pause
+
+go 1.24
