@@ -36,6 +36,7 @@ pub use cleanup::{
     cleanup_on_drop, delete_webhook_configuration, delete_webhook_configuration_on_drop,
 };
 pub use crds::{apply_yaml, chart_crd_dir, dynamic_api, install_crds, load_crds, parse_yaml};
+pub use namespace::{TEST_NAMESPACE_LABEL, TestNamespace};
 pub use node::{
     STORAGE_CLASS, busybox_image, cached_tool_dirs, executor_image, fill_claim, kubectl,
     kubectl_binary, wait_for_pod_ready, webhook_host, webhook_listen_addr,
@@ -44,7 +45,6 @@ pub use pods::{
     OUTCOME_ANNOTATION, PodOutcome, finish_pod, job_pods, make_obedient, obedient_job_patch,
     termination_message, wait_for_job_condition, wait_for_job_pod, wait_for_job_pod_and_finish,
 };
-pub use namespace::{TEST_NAMESPACE_LABEL, TestNamespace};
 pub use wait::{DEFAULT_TIMEOUT, wait_for};
 
 /// Environment variable with the virtual cluster's kubeconfig when tests run against your own

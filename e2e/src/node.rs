@@ -134,15 +134,19 @@ pub async fn wait_for_pod_ready(
     timeout: Duration,
 ) -> Result<Pod> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    wait_for(&format!("pod {namespace}/{name} to be ready"), timeout, || async {
-        let pod = pods.get_opt(name).await?;
-        Ok(pod.filter(|p| {
-            p.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        }))
-    })
+    wait_for(
+        &format!("pod {namespace}/{name} to be ready"),
+        timeout,
+        || async {
+            let pod = pods.get_opt(name).await?;
+            Ok(pod.filter(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            }))
+        },
+    )
     .await
 }
 

@@ -103,8 +103,8 @@ fn outcome_volume() -> Result<Volume> {
 /// what a stand-in admission webhook returns.
 pub fn obedient_job_patch(job: &Value) -> Result<Value> {
     let template_spec = &job["spec"]["template"]["spec"];
-    let mut spec: PodSpec = serde_json::from_value(template_spec.clone())
-        .context("reading the Job's pod template")?;
+    let mut spec: PodSpec =
+        serde_json::from_value(template_spec.clone()).context("reading the Job's pod template")?;
     make_obedient(&mut spec, 0)?;
     Ok(json!([{
         "op": "replace",
@@ -166,7 +166,8 @@ pub async fn finish_pod(
     outcome: &PodOutcome,
 ) -> Result<Pod> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let patch = json!({ "metadata": { "annotations": { OUTCOME_ANNOTATION: outcome.annotation()? } } });
+    let patch =
+        json!({ "metadata": { "annotations": { OUTCOME_ANNOTATION: outcome.annotation()? } } });
     pods.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .with_context(|| format!("annotating pod {namespace}/{name} with its outcome"))?;

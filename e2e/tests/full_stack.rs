@@ -14,9 +14,11 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, ServiceAccount};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolume, PersistentVolumeClaim, ServiceAccount,
+};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kosmos_api::contract;
 use kosmos_api::{PluginPhase, VirtualCluster, VirtualClusterPlugin, phase};
@@ -119,11 +121,18 @@ async fn walk_through_claim(admin: &Client, ns: &str) {
         pv_spec.storage_class_name.as_deref(),
         Some(kosmos_e2e::STORAGE_CLASS)
     );
-    assert_eq!(pv_spec.claim_ref.unwrap().name.as_deref(), Some("plugin-store-ubuntu-statefulset-0"));
+    assert_eq!(
+        pv_spec.claim_ref.unwrap().name.as_deref(),
+        Some("plugin-store-ubuntu-statefulset-0")
+    );
     let manifest = demo.join("claims/plugin-store-ubuntu-statefulset-0/test.yaml");
     kosmos_e2e::kubectl(
         Cluster::Host,
-        &["cp", manifest.to_str().unwrap(), &format!("{ns}/ubuntu-statefulset-0:/pv")],
+        &[
+            "cp",
+            manifest.to_str().unwrap(),
+            &format!("{ns}/ubuntu-statefulset-0:/pv"),
+        ],
     )
     .await
     .unwrap();

@@ -79,7 +79,11 @@ async fn job_gets_a_pod_and_completes_when_the_pod_succeeds() -> Result<()> {
         phase(&finished)
     );
     ensure!(
-        finished.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some(),
+        finished
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .is_some(),
         "the scheduler bound the pod to a node"
     );
 
@@ -145,7 +149,10 @@ async fn job_fails_when_its_only_pod_fails() -> Result<()> {
         .and_then(|c| c.into_iter().next())
         .and_then(|c| c.state?.terminated)
         .map(|t| t.exit_code);
-    ensure!(exit_code == Some(2), "the kubelet reported exit code {exit_code:?}");
+    ensure!(
+        exit_code == Some(2),
+        "the kubelet reported exit code {exit_code:?}"
+    );
 
     let failed =
         wait_for_job_condition(&client, ns.name(), "install", "Failed", DEFAULT_TIMEOUT).await?;

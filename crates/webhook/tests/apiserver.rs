@@ -669,8 +669,15 @@ async fn a_mutated_job_really_installs_into_the_virtual_cluster() {
         .unwrap();
     let mut job = common::bare_job(ns.name(), VC, &plugin, Action::Install);
     // The image the operator would name: the executor image on the node.
-    job.spec.as_mut().unwrap().template.spec.as_mut().unwrap().containers[0].image =
-        Some(kosmos_e2e::executor_image());
+    job.spec
+        .as_mut()
+        .unwrap()
+        .template
+        .spec
+        .as_mut()
+        .unwrap()
+        .containers[0]
+        .image = Some(kosmos_e2e::executor_image());
     wait_until_webhook_active(&as_operator, ns.name(), &job).await;
 
     // What the seed's walk-through copies into the claim with `kubectl cp`.
