@@ -29,7 +29,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kosmos_api::contract;
 use kosmos_api::{PluginPhase, VirtualCluster, VirtualClusterPlugin, phase};
-use kosmos_e2e::runner::{RunnerConfig, cached_tool_dirs};
+use kosmos_e2e::cached_tool_dirs;
 use kosmos_e2e::{Cluster, TestNamespace, wait_for};
 use kube::api::{
     DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
@@ -335,12 +335,9 @@ fn images_dir() -> PathBuf {
         .unwrap_or_else(|| kosmos_e2e::repo_dir().join("images/out"))
 }
 
-/// The address at which the apiserver reaches this test process (as in full_stack.rs).
+/// The address at which the apiserver reaches this test process (see kosmos_e2e::webhook_host).
 fn webhook_host() -> String {
-    std::env::var("KOSMOS_E2E_WEBHOOK_HOST")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "127.0.0.1".to_owned())
+    kosmos_e2e::webhook_host()
 }
 
 fn free_port() -> u16 {
@@ -641,25 +638,15 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
     )
     .await?;
 
-    // The executor runner plays the kubelet for executor pods.
-    let runner_dir = tempfile::tempdir()?;
-    let claims = runner_dir.path().join("claims");
-    let claim = claims.join(&pns).join("plugin-store-ubuntu-statefulset-0");
-    std::fs::create_dir_all(&claim)?;
-    std::fs::copy(
-        demo.join("claims/plugin-store-ubuntu-statefulset-0/test.yaml"),
-        claim.join("test.yaml"),
-    )?;
-    let runner = tokio::spawn(kosmos_e2e::runner::run(
-        admin.clone(),
-        RunnerConfig {
-            work_dir: runner_dir.path().join("pods"),
-            claims_dir: claims,
-            tool_dirs: cached_tool_dirs(),
-            namespace: Some(pns.clone()),
-            max_run: Duration::from_secs(120),
-        },
-    ));
+    // The walk-through's claim, filled with kubectl cp; the executor pods run on the node.
+    let manifest = demo.join("claims/plugin-store-ubuntu-statefulset-0/test.yaml");
+    kosmos_e2e::fill_claim(
+        &admin,
+        &pns,
+        "plugin-store-ubuntu-statefulset-0",
+        &[(manifest.as_path(), "test.yaml")],
+    )
+    .await?;
 
     // The operator with the Deployment's arguments, leader election on the chart's Lease.
     let operator_args = deployment_args(
@@ -744,7 +731,6 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
             );
         }
     };
-    runner.abort();
     let status = done.status.context("no status")?;
     ensure!(
         status.plugin_progress.as_deref() == Some("3/3"),
