@@ -447,6 +447,7 @@ async fn adopt_crds(admin: &Client, namespace: &str) -> Result<()> {
     Ok(())
 }
 
+#[ignore = "needs rework for the real node (issue 10): the webhook process's bootstrap certificate does not name the machine-side veth address the apiserver now calls (x509 error), and the chart's own Deployment pods now really run on the node; chart helper (issue 11) to adapt"]
 #[tokio::test]
 async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_nothing_more()
 -> Result<()> {
