@@ -15,6 +15,6 @@ pub use plugin::{
 };
 pub use validation::{FieldError, InvalidSpec, validate_plugin, validate_virtual_cluster};
 pub use virtual_cluster::{
-    PluginPhase, PluginSet, PluginStatus, VirtualCluster, VirtualClusterSpec, VirtualClusterStatus,
-    condition, phase,
+    KeyRef, OptionValueSource, PluginOption, PluginPhase, PluginSet, PluginStatus, VirtualCluster,
+    VirtualClusterSpec, VirtualClusterStatus, condition, phase,
 };

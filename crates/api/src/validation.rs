@@ -9,7 +9,9 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use crate::plugin::{ChartSource, Storage, VirtualClusterPlugin, VirtualClusterPluginSpec};
-use crate::virtual_cluster::{VirtualCluster, VirtualClusterSpec};
+use crate::virtual_cluster::{
+    MAX_OPTION_VALUE_BYTES, PluginOption, VirtualCluster, VirtualClusterSpec,
+};
 
 /// One problem with one field.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -338,7 +340,83 @@ fn virtual_cluster_spec_errors(spec: &VirtualClusterSpec) -> Vec<FieldError> {
             ));
         }
     }
+    plugin_option_errors(
+        spec.plugin_options.as_deref().unwrap_or_default(),
+        &mut errors,
+    );
     errors
+}
+
+/// Whether `name` can be a plugin option's name: it becomes a Helm value key and a ConfigMap
+/// key, and reaches the executor's command lines, so only letters, digits, '_' and '-'.
+pub fn is_option_name(name: &str) -> bool {
+    name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn plugin_option_errors(options: &[PluginOption], errors: &mut Vec<FieldError>) {
+    if options.len() > 64 {
+        errors.push(err("spec.pluginOptions", "must have at most 64 items"));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, option) in options.iter().enumerate() {
+        let at = format!("spec.pluginOptions[{i}]");
+        if !is_option_name(&option.name) {
+            errors.push(err(
+                format!("{at}.name"),
+                "name must start with a letter and hold only letters, digits, '_' and '-'",
+            ));
+        }
+        if !seen.insert(option.name.as_str()) {
+            errors.push(err(&at, format!("option {} is listed twice", option.name)));
+        }
+        if option.value.is_some() == option.value_from.is_some() {
+            errors.push(err(&at, "exactly one of value or valueFrom must be set"));
+        }
+        if let Some(value) = &option.value
+            && value.len() > MAX_OPTION_VALUE_BYTES
+        {
+            errors.push(err(
+                format!("{at}.value"),
+                format!(
+                    "must be at most {MAX_OPTION_VALUE_BYTES} bytes; put a larger value in a \
+                     Secret or ConfigMap and use valueFrom"
+                ),
+            ));
+        }
+        if let Some(from) = &option.value_from {
+            let at = format!("{at}.valueFrom");
+            let refs = [
+                ("secretKeyRef", &from.secret_key_ref),
+                ("configMapKeyRef", &from.config_map_key_ref),
+            ];
+            if refs.iter().filter(|(_, r)| r.is_some()).count() != 1 {
+                errors.push(err(
+                    &at,
+                    "exactly one of secretKeyRef or configMapKeyRef must be set",
+                ));
+            }
+            for (what, key_ref) in refs {
+                let Some(key_ref) = key_ref else { continue };
+                dns_subdomain(&key_ref.name, &format!("{at}.{what}.name"), "name", errors);
+                let key_ok = !key_ref.key.is_empty()
+                    && key_ref.key.len() <= 253
+                    && key_ref
+                        .key
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+                if !key_ok {
+                    errors.push(err(
+                        format!("{at}.{what}.key"),
+                        "key must hold only letters, digits, '-', '_' and '.'",
+                    ));
+                }
+            }
+        }
+    }
 }
 
 fn not_empty(s: &str, field: &str, errors: &mut Vec<FieldError>) {

@@ -89,8 +89,14 @@ pub struct VirtualClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin_set: Option<PluginSet>,
 
-    /// Options for plugins as name/value pairs (Kosmos).
+    /// Options every plugin install of this cluster receives, as name/value pairs (Kosmos's
+    /// field), a value possibly taken from a Secret or ConfigMap of this namespace (`valueFrom`).
+    /// Helm sees them as values `kosmos.options.<name>`, a kustomization as ConfigMap
+    /// `kosmos-options` in the file `kosmos-options.yaml`; plain YAML takes none. Changing them
+    /// reinstalls the cluster's plugins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub plugin_options: Option<Vec<PluginOption>>,
 }
 
@@ -107,13 +113,73 @@ pub struct PluginSet {
     pub disabled: Vec<PluginRef>,
 }
 
-/// A name/value option for plugins (Kosmos).
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+/// Largest `value` of one plugin option: every option reaches the executor as an environment
+/// variable, and the container runtime refuses a single one over 128 KiB.
+pub const MAX_OPTION_VALUE_BYTES: usize = 32 * 1024;
+
+/// A name/value option for plugins (Kosmos), or a name whose value lives in a Secret or
+/// ConfigMap (`valueFrom`), for passwords and tokens that must not sit in the VirtualCluster.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.value) != has(self.valueFrom)")
+    .message("exactly one of value or valueFrom must be set"))]
 pub struct PluginOption {
-    /// Option name.
+    /// Option name: a letter, then letters, digits, '_' or '-' (it becomes a Helm value key and
+    /// a ConfigMap key).
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[A-Za-z][A-Za-z0-9_-]*$')")
+        .message("name must start with a letter and hold only letters, digits, '_' and '-'"))]
     pub name: String,
-    /// Option value.
-    pub value: String,
+    /// Option value, passed to Helm and kustomize as a string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32768))]
+    pub value: Option<String>,
+    /// Take the value from a key of a Secret or ConfigMap in the VirtualCluster's namespace. The
+    /// executor pod mounts it; neither the operator nor the webhook reads or logs it. A change of
+    /// its content is used by the next install; change the reference to reinstall now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<OptionValueSource>,
+}
+
+/// Where an option's value comes from: exactly one of `secretKeyRef` or `configMapKeyRef`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.secretKeyRef) != has(self.configMapKeyRef)")
+    .message("exactly one of secretKeyRef or configMapKeyRef must be set"))]
+pub struct OptionValueSource {
+    /// A key of a Secret in the VirtualCluster's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<KeyRef>,
+    /// A key of a ConfigMap in the VirtualCluster's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_key_ref: Option<KeyRef>,
+}
+
+/// One key of a Secret or ConfigMap.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct KeyRef {
+    /// Name of the Secret or ConfigMap.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = kube::core::Rule::new(
+        "self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')")
+        .message("name must be a lower-case DNS subdomain"))]
+    pub name: String,
+    /// The key; its value must be UTF-8 text.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[-._a-zA-Z0-9]+$')")
+        .message("key must hold only letters, digits, '-', '_' and '.'"))]
+    pub key: String,
+}
+
+impl OptionValueSource {
+    /// `Secret <name> key <key>` (or ConfigMap), as messages name it.
+    pub fn describe(&self) -> String {
+        match (&self.secret_key_ref, &self.config_map_key_ref) {
+            (Some(r), _) => format!("Secret {} key {}", r.name, r.key),
+            (None, Some(r)) => format!("ConfigMap {} key {}", r.name, r.key),
+            (None, None) => "nothing".to_owned(),
+        }
+    }
 }
 
 /// Nodes and resources promoted into the virtual cluster.
