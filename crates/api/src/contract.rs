@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::plugin::VirtualClusterPluginSpec;
 use crate::validation::is_dns_subdomain;
+use crate::virtual_cluster::PluginOption;
 
 /// Label on every executor Job (value `"true"`); the webhook's objectSelector matches it.
 pub const EXECUTOR_LABEL: &str = "plugin.kosmos.io/executor";
@@ -441,6 +442,20 @@ pub fn spec_hash(spec: &VirtualClusterPluginSpec) -> String {
     short_hash(&[&json], 16)
 }
 
+/// The hash an executor Job is made for ([`SPEC_HASH_ANNOTATION`], `status.plugins[].specHash`):
+/// of the plugin's spec and of the VirtualCluster's `pluginOptions`, which every install
+/// receives, so a change of either reinstalls the plugin. Without options it is [`spec_hash`], so
+/// clusters that set none keep their hashes. An option's `valueFrom` counts by its reference, not
+/// the Secret's content (which neither the operator nor the webhook reads).
+pub fn install_hash(spec: &VirtualClusterPluginSpec, options: &[PluginOption]) -> String {
+    if options.is_empty() {
+        return spec_hash(spec);
+    }
+    let spec_json = serde_json::to_vec(spec).unwrap_or_default();
+    let options_json = serde_json::to_vec(options).unwrap_or_default();
+    short_hash(&[&spec_json, &options_json], 16)
+}
+
 /// The executor Job's name: readable, at most 63 characters (Pods get it as a label value),
 /// and the same for the same inputs, so a restarted operator finds its Job instead of creating
 /// a second one.
@@ -683,6 +698,22 @@ mod tests {
             ExecutorJobId::parse(&m).map(|id| id.retry),
             Ok(String::new())
         );
+    }
+
+    #[test]
+    fn install_hash_follows_the_options_and_is_the_spec_hash_without() {
+        let spec = VirtualClusterPluginSpec::default();
+        assert_eq!(install_hash(&spec, &[]), spec_hash(&spec));
+        let option = |value: &str| PluginOption {
+            name: "dnsIP".into(),
+            value: Some(value.into()),
+            value_from: None,
+        };
+        let a = install_hash(&spec, &[option("10.96.0.10")]);
+        assert_ne!(a, spec_hash(&spec));
+        assert_ne!(a, install_hash(&spec, &[option("10.96.0.11")]));
+        assert_eq!(a, install_hash(&spec, &[option("10.96.0.10")]));
+        assert_eq!(a.len(), 16);
     }
 
     #[test]

@@ -340,10 +340,9 @@ fn virtual_cluster_spec_errors(spec: &VirtualClusterSpec) -> Vec<FieldError> {
             ));
         }
     }
-    plugin_option_errors(
+    errors.extend(plugin_option_errors(
         spec.plugin_options.as_deref().unwrap_or_default(),
-        &mut errors,
-    );
+    ));
     errors
 }
 
@@ -357,7 +356,10 @@ pub fn is_option_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-fn plugin_option_errors(options: &[PluginOption], errors: &mut Vec<FieldError>) {
+/// Problems in a VirtualCluster's `spec.pluginOptions`.
+pub fn plugin_option_errors(options: &[PluginOption]) -> Vec<FieldError> {
+    let mut found = Vec::new();
+    let errors = &mut found;
     if options.len() > 64 {
         errors.push(err("spec.pluginOptions", "must have at most 64 items"));
     }
@@ -417,6 +419,7 @@ fn plugin_option_errors(options: &[PluginOption], errors: &mut Vec<FieldError>) 
             }
         }
     }
+    found
 }
 
 fn not_empty(s: &str, field: &str, errors: &mut Vec<FieldError>) {

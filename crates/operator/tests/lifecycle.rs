@@ -1,5 +1,5 @@
 //! The operator across changes and restarts: killed mid-install, plugin spec changed, plugin
-//! disabled, VirtualCluster deleted while its virtual API is gone, builtin readiness.
+//! option changed, plugin disabled, VirtualCluster deleted while its virtual API is gone, builtin readiness.
 
 #![allow(clippy::unwrap_used)]
 
@@ -148,6 +148,64 @@ async fn spec_change_reinstalls() -> Result<()> {
         Ok((jobs.len() == 1 && jobs[0].name_any() == second).then_some(()))
     })
     .await?;
+    drop(op);
+    webhook.stop().await?;
+    ns.delete().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_plugin_option_reinstalls() -> Result<()> {
+    let (ns, client, _sweep) = setup("op-reoption").await?;
+    let n = ns.name();
+    let webhook = MarkingWebhook::start(&client, n).await?;
+    apply_plugin(&client, n, "dns", yaml_plugin(json!({}))).await?;
+    let op = Operator::start(n, &[]).await?;
+    create_vc(
+        &client,
+        n,
+        "vc",
+        phase::ALL_NODE_READY,
+        json!({
+            "pluginSet": { "enabled": [{"name": "dns"}] },
+            "pluginOptions": [{"name": "dnsIP", "value": "10.96.0.10"}],
+        }),
+    )
+    .await?;
+    let first = wait_job(&client, n, "dns", "install", 1).await?;
+    finish(&client, n, &first, ok()).await?;
+    let vc = wait_vc(&client, n, "vc", "phase Completed", |vc| {
+        vc.phase() == phase::COMPLETED
+    })
+    .await?;
+    let old_hash = entry(&vc, "dns").unwrap().spec_hash.clone();
+
+    // The same plugin, another value of an option: a new install Job.
+    Api::<VirtualCluster>::namespaced(client.clone(), n)
+        .patch(
+            "vc",
+            &PatchParams::default(),
+            &Patch::Merge(json!({
+                "spec": {"pluginOptions": [{"name": "dnsIP", "value": "10.96.0.11"}]}
+            })),
+        )
+        .await?;
+    let second = wait_job(&client, n, "dns", "install", 2).await?;
+    let job = plugin_jobs(&client, n, "dns")
+        .await?
+        .into_iter()
+        .find(|j| j.name_any() == second)
+        .unwrap();
+    let new_hash = job
+        .annotations()
+        .get(contract::SPEC_HASH_ANNOTATION)
+        .cloned();
+    ensure!(new_hash != old_hash, "the new job carries the old hash");
+    finish(&client, n, &second, ok()).await?;
+    let vc = wait_vc(&client, n, "vc", "phase Completed again", |vc| {
+        vc.phase() == phase::COMPLETED
+    })
+    .await?;
+    ensure!(entry(&vc, "dns").unwrap().spec_hash == new_hash);
     drop(op);
     webhook.stop().await?;
     ns.delete().await

@@ -522,7 +522,14 @@ pub fn bare_job(
         &virtual_cluster.name_any(),
         &plugin.name_any(),
         action,
-        &contract::spec_hash(&plugin.spec),
+        &contract::install_hash(
+            &plugin.spec,
+            virtual_cluster
+                .spec
+                .plugin_options
+                .as_deref()
+                .unwrap_or_default(),
+        ),
         1,
         "",
     );

@@ -21,6 +21,12 @@
 #   CHART_RELEASE, CHART_NAMESPACE, CHART_WAIT=true, CHART_VALUES (inline YAML text)
 #   YAML_NAMESPACE         default namespace for manifests that name none
 #   SUCCESS_STATE_COMMAND  shell, retried until it exits 0 or the time limit passes
+#   VIRTUAL_CLUSTER, VIRTUAL_CLUSTER_NAMESPACE   the VirtualCluster installed into
+#   PLUGIN_OPTION_COUNT    how many of the VirtualCluster's pluginOptions follow; for each i:
+#     PLUGIN_OPTION_<i>_NAME   its name (letters, digits, '_', '-')
+#     PLUGIN_OPTION_<i>_VALUE  its value, or
+#     PLUGIN_OPTION_<i>_FILE   the file holding it (a Secret or ConfigMap key; its content is
+#                              never printed) and PLUGIN_OPTION_<i>_SOURCE, where it comes from
 
 set -u
 
@@ -104,6 +110,136 @@ fetch() {
   fi
 }
 
+# --- Per-cluster parameters -----------------------------------------------------------------
+# One set of values, built by kubectl (which serializes any text safely, so nothing here quotes
+# a value): ConfigMaps kosmos-virtual-cluster (name, namespace, server), kosmos-plugin (name) and
+# kosmos-options (one key per option). Helm gets their data as a values file under `kosmos`;
+# a kustomization gets them as local-config ConfigMaps in kosmos-options.yaml.
+
+kosmos_dir="$PLUGIN_WORK_DIR/kosmos"
+
+# Fails naming the option when a value from a Secret or ConfigMap is missing (the volume is
+# optional, so a missing Secret or key leaves the file out instead of the pod pending).
+check_options() {
+  i=0 oname='' ofile='' osource=''
+  while [ "$i" -lt "${PLUGIN_OPTION_COUNT:-0}" ]; do
+    eval "oname=\${PLUGIN_OPTION_${i}_NAME:-}"
+    eval "ofile=\${PLUGIN_OPTION_${i}_FILE:-}"
+    eval "osource=\${PLUGIN_OPTION_${i}_SOURCE:-}"
+    if [ -n "$ofile" ] && [ ! -f "$ofile" ]; then
+      finish 2 "plugin option $oname: $osource not found (the Secret or ConfigMap, or its key, is missing in the VirtualCluster's namespace)"
+    fi
+    i=$((i + 1))
+  done
+}
+
+# kosmos_configmap WHICH KUBECTL-FLAG...: `kubectl create configmap kosmos-WHICH` built locally
+# (never sent to a cluster) from the parameters, printed as the flags ask.
+kosmos_configmap() {
+  which=$1
+  shift
+  set -- create configmap "kosmos-$which" --dry-run=client "$@"
+  case "$which" in
+    virtual-cluster)
+      set -- "$@" "--from-literal=name=${VIRTUAL_CLUSTER:-}" \
+        "--from-literal=namespace=${VIRTUAL_CLUSTER_NAMESPACE:-}" \
+        "--from-file=server=$kosmos_dir/server"
+      ;;
+    plugin)
+      set -- "$@" "--from-literal=name=$plugin"
+      ;;
+    options)
+      i=0 oname='' ofile='' ovalue=''
+      while [ "$i" -lt "${PLUGIN_OPTION_COUNT:-0}" ]; do
+        eval "oname=\${PLUGIN_OPTION_${i}_NAME:-}"
+        eval "ofile=\${PLUGIN_OPTION_${i}_FILE:-}"
+        if [ -n "$ofile" ]; then
+          set -- "$@" "--from-file=$oname=$ofile"
+        else
+          eval "ovalue=\${PLUGIN_OPTION_${i}_VALUE:-}"
+          set -- "$@" "--from-literal=$oname=$ovalue"
+        fi
+        i=$((i + 1))
+      done
+      ;;
+  esac
+  kubectl "$@"
+}
+
+# Prepares $kosmos_dir/server (the virtual apiserver's URL, from the kubeconfig the install uses)
+# and checks that every value is text: kubectl keeps other bytes apart (binaryData), where
+# neither Helm nor a replacement would find them.
+prepare_parameters() {
+  [ -f "$kosmos_dir/server" ] && return 0
+  check_options
+  mkdir -p "$kosmos_dir" || finish 2 "cannot create $kosmos_dir"
+  server=$(kubectl config view --minify --raw -o jsonpath='{.clusters[0].cluster.server}') \
+    || finish 2 "cannot read the server of the virtual cluster's kubeconfig"
+  printf '%s' "$server" > "$kosmos_dir/server"
+  for which in virtual-cluster plugin options; do
+    # shellcheck disable=SC2016 # a Go template for kubectl, not shell
+    binary=$(kosmos_configmap "$which" -o go-template='{{range $k, $v := .binaryData}}{{$k}} {{end}}') \
+      || finish 2 "cannot read the plugin options"
+    [ -z "$binary" ] || finish 2 "plugin option(s) ${binary% }: the value is not UTF-8 text"
+  done
+}
+
+# The data of ConfigMap kosmos-WHICH as a JSON object (kubectl's own encoding).
+kosmos_json() {
+  out=$(kosmos_configmap "$1" -o 'jsonpath={.data}') || return 1
+  [ -n "$out" ] || out='{}'
+  printf '%s' "$out"
+}
+
+# Writes the Helm values file with the parameters under `kosmos` and prints its path.
+kosmos_values() {
+  prepare_parameters
+  file="$kosmos_dir/values.json"
+  vc=$(kosmos_json virtual-cluster) || finish 2 "cannot build the kosmos values"
+  pl=$(kosmos_json plugin) || finish 2 "cannot build the kosmos values"
+  op=$(kosmos_json options) || finish 2 "cannot build the kosmos values"
+  printf '{"kosmos":{"virtualCluster":%s,"plugin":%s,"options":%s}}\n' "$vc" "$pl" "$op" > "$file" \
+    || finish 2 "cannot write $file"
+  echo "$file"
+}
+
+# Writes the three ConfigMaps, marked local-config (kustomize uses them as sources for
+# replacements and leaves them out of what it applies), to the file $1.
+kosmos_options_file() {
+  prepare_parameters
+  : > "$1" || return 1
+  for which in virtual-cluster plugin options; do
+    kosmos_configmap "$which" -o yaml \
+      | kubectl annotate --local -f - config.kubernetes.io/local-config=true -o yaml >> "$1" \
+      || return 1
+    echo '---' >> "$1"
+  done
+}
+
+# The folder to hand to `kubectl -k` for the kustomization in $1: $1 itself, or, when its
+# kustomization names kosmos-options.yaml, a copy of it in the work folder with that file added.
+kustomization_with_options() {
+  src=$1
+  kfile=''
+  for f in kustomization.yaml kustomization.yml Kustomization; do
+    if [ -f "$src/$f" ]; then kfile=$f; break; fi
+  done
+  if [ -z "$kfile" ] || ! grep -q 'kosmos-options\.yaml' "$src/$kfile"; then
+    echo "$src"
+    return 0
+  fi
+  [ ! -e "$src/kosmos-options.yaml" ] \
+    || finish 4 "$src holds kosmos-options.yaml; the executor writes that file, remove it from the plugin"
+  dest="$PLUGIN_WORK_DIR/kustomization"
+  rm -rf "$dest"
+  if ! { mkdir -p "$dest" && cp -R "$src/." "$dest/" && chmod -R u+w "$dest"; }; then
+    finish 4 "cannot copy $src into the work folder"
+  fi
+  kosmos_options_file "$dest/kosmos-options.yaml" \
+    || finish 4 "cannot write the plugin options for $src"
+  echo "$dest"
+}
+
 # The folder to hand to `kubectl -k`, or empty when PATH is not a kustomization.
 kustomization_dir() {
   for f in kustomization.yaml kustomization.yml Kustomization; do
@@ -141,8 +277,10 @@ yaml_kubectl() {
   [ -e "$path" ] || finish 4 "manifests not found at $path"
   config=$(yaml_kubeconfig) || finish 4 "cannot set namespace $YAML_NAMESPACE in the kubeconfig"
   if [ -d "$path" ] && [ -n "$(kustomization_dir "$path")" ]; then
+    # In a subshell's $(...) a `finish` would only end the subshell: check its status.
+    built=$(kustomization_with_options "$path") || exit
     say "kubectl $verb -k $path"
-    bounded env KUBECONFIG="$config" kubectl "$verb" "$@" -k "$path" \
+    bounded env KUBECONFIG="$config" kubectl "$verb" "$@" -k "$built" \
       || finish 4 "kubectl $verb -k $path failed"
   else
     say "kubectl $verb -f $path"
@@ -186,6 +324,9 @@ chart_install() {
     printf '%s\n' "$CHART_VALUES" > "$PLUGIN_WORK_DIR/values.yaml"
     set -- "$@" --values "$PLUGIN_WORK_DIR/values.yaml"
   fi
+  # Last, so the VirtualCluster's parameters win over the plugin's values.
+  kosmos_file=$(kosmos_values) || exit
+  set -- "$@" --values "$kosmos_file"
   if [ "${CHART_WAIT:-}" = "true" ]; then set -- "$@" --wait; fi
   set -- "$@" --timeout "$(remaining)s"
   say "helm upgrade --install $release (namespace $namespace)"

@@ -163,20 +163,52 @@ pub fn mutate(
         )));
     }
     let action = id.action;
-    let want_hash = contract::spec_hash(&plugin.spec);
+    let want_hash = contract::install_hash(
+        &plugin.spec,
+        virtual_cluster
+            .spec
+            .plugin_options
+            .as_deref()
+            .unwrap_or_default(),
+    );
     if id.spec_hash != want_hash {
         // The current hash is not echoed: a caller that is not the apiserver (no mutual TLS)
         // could otherwise learn it and forge a Job for the current spec.
         return Err(Denial(format!(
-            "{job_ref}: annotation {} is {}, which is not the current spec of {plugin_ref}; the \
-             Job was made for an older spec and the operator will create a new one",
+            "{job_ref}: annotation {} is {}, which is not the current spec of {plugin_ref} with \
+             the options of VirtualCluster {}; the Job was made for an older spec or options and \
+             the operator will create a new one",
             contract::SPEC_HASH_ANNOTATION,
-            id.spec_hash
+            id.spec_hash,
+            virtual_cluster.name_any()
         )));
     }
     let secret = &id.kubeconfig_secret;
 
     validate_plugin(plugin).map_err(|e| Denial(e.to_string()))?;
+    // The options may come from a looser CRD (Kosmos's own); they reach command lines and file
+    // names, so the same rules as ours apply.
+    let option_errors = kosmos_api::validation::plugin_option_errors(
+        virtual_cluster
+            .spec
+            .plugin_options
+            .as_deref()
+            .unwrap_or_default(),
+    );
+    if !option_errors.is_empty() {
+        return Err(Denial(
+            kosmos_api::InvalidSpec {
+                kind: "VirtualCluster",
+                name: format!(
+                    "{}/{}",
+                    virtual_cluster.namespace().unwrap_or_default(),
+                    virtual_cluster.name_any()
+                ),
+                errors: option_errors,
+            }
+            .to_string(),
+        ));
+    }
 
     let injection = build_injection(plugin, virtual_cluster, secret, action, settings)
         .map_err(|e| Denial(format!("{plugin_ref}: {e}")))?;
@@ -517,6 +549,7 @@ fn build_injection(
     b.env(env::PLUGIN_ACTION, action.as_str());
     b.env(env::PLUGIN_NAME, plugin.name_any());
     b.env(env::VIRTUAL_CLUSTER, virtual_cluster.name_any());
+    options::inject(&mut b, virtual_cluster);
     b.env(
         env::PLUGIN_TIMEOUT_SECONDS,
         spec.timeout_seconds().to_string(),
@@ -683,6 +716,8 @@ fn apply(job: &mut Job, injection: &Injection, mark: &str) -> Result<(), String>
     );
     Ok(())
 }
+
+pub mod options;
 
 #[cfg(test)]
 mod tests;

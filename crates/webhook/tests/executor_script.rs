@@ -13,6 +13,7 @@ use std::time::Duration;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kosmos_api::contract::Action;
+use kosmos_api::{KeyRef, OptionValueSource, PluginOption, VirtualCluster};
 use kosmos_e2e::{Cluster, TestNamespace};
 use kosmos_webhook::mutation::EXECUTOR_SCRIPT;
 use kosmos_webhook::{executor_env, mutate_job};
@@ -38,6 +39,8 @@ struct World {
     tmp: tempfile::TempDir,
     /// claim name -> folder playing the claim's contents
     claims: BTreeMap<String, PathBuf>,
+    /// Secrets and ConfigMaps of the host namespace (name -> key -> value), for option volumes.
+    sources: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
 }
 
 impl World {
@@ -48,6 +51,7 @@ impl World {
                 .unwrap(),
             tmp: tempfile::tempdir().unwrap(),
             claims: BTreeMap::new(),
+            sources: BTreeMap::new(),
         }
     }
 
@@ -81,10 +85,15 @@ impl World {
 
     /// Mutates a bare Job for the plugin (YAML text), then runs its container's command locally.
     async fn run(&self, plugin_yaml: &str, action: Action) -> Outcome {
+        self.run_for(plugin_yaml, &common::virtual_cluster("tenants", VC), action)
+            .await
+    }
+
+    /// Like [`Self::run`], for the given VirtualCluster (its options).
+    async fn run_for(&self, plugin_yaml: &str, vc: &VirtualCluster, action: Action) -> Outcome {
         let plugin = common::plugin_from_yaml("tenants", plugin_yaml);
-        let job = common::bare_job("tenants", VC, &plugin, action);
-        let vc = common::virtual_cluster("tenants", VC);
-        let mutation = mutate_job(&job, &plugin, &vc, &common::any_host_path()).unwrap();
+        let job = common::bare_job_for(vc, &plugin, action);
+        let mutation = mutate_job(&job, &plugin, vc, &common::any_host_path()).unwrap();
         let job = common::apply_patch(&job, &mutation.patch);
         self.execute(&job).await
     }
@@ -139,7 +148,29 @@ impl World {
                 .iter()
                 .find(|v| v.name == mount.name)
                 .unwrap();
-            let local = if volume.secret.is_some() {
+            let option_source = volume
+                .secret
+                .as_ref()
+                .filter(|s| s.optional == Some(true))
+                .map(|s| (s.secret_name.clone().unwrap_or_default(), s.items.clone()))
+                .or_else(|| {
+                    volume
+                        .config_map
+                        .as_ref()
+                        .map(|c| (c.name.clone(), c.items.clone()))
+                });
+            let local = if let Some((name, items)) = option_source {
+                // An option volume: only its items, and nothing when the source or key is
+                // missing (the volume is optional), as the kubelet does.
+                let dir = run_dir.path().join(&volume.name);
+                std::fs::create_dir_all(&dir).unwrap();
+                for item in items.into_iter().flatten() {
+                    if let Some(value) = self.sources.get(&name).and_then(|d| d.get(&item.key)) {
+                        std::fs::write(dir.join(&item.path), value).unwrap();
+                    }
+                }
+                dir
+            } else if volume.secret.is_some() {
                 let dir = run_dir.path().join("kubeconfig");
                 std::fs::create_dir_all(&dir).unwrap();
                 let kubeconfig = kosmos_e2e::kubeconfig_path(Cluster::Virtual).await.unwrap();
@@ -1034,5 +1065,250 @@ async fn shell_injection_corpus_as_helm_values_arrives_as_data() {
     for (key, payload) in &payloads {
         assert_eq!(data.get(key), Some(*payload), "{key}");
     }
+    w.ns.delete().await.unwrap();
+}
+
+/// A VirtualCluster with `options`: (name, literal value) or (name, Secret name, key).
+fn cluster_with_options(
+    literal: &[(&str, &str)],
+    from_secret: &[(&str, &str, &str)],
+) -> VirtualCluster {
+    let mut vc = common::virtual_cluster("tenants", VC);
+    let mut options: Vec<PluginOption> = literal
+        .iter()
+        .map(|(name, value)| PluginOption {
+            name: (*name).to_owned(),
+            value: Some((*value).to_owned()),
+            value_from: None,
+        })
+        .collect();
+    options.extend(from_secret.iter().map(|(name, secret, key)| PluginOption {
+        name: (*name).to_owned(),
+        value: None,
+        value_from: Some(OptionValueSource {
+            secret_key_ref: Some(KeyRef {
+                name: (*secret).to_owned(),
+                key: (*key).to_owned(),
+            }),
+            config_map_key_ref: None,
+        }),
+    }));
+    vc.spec.plugin_options = Some(options);
+    vc
+}
+
+/// The virtual apiserver's URL as its kubeconfig names it: what `kosmos.virtualCluster.server`
+/// must hold.
+async fn virtual_server() -> String {
+    let text = kosmos_e2e::kubeconfig_yaml(Cluster::Virtual).await.unwrap();
+    let config: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    config["clusters"][0]["cluster"]["server"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A chart whose one ConfigMap shows every parameter it was given.
+fn write_parameters_chart(dir: &Path) {
+    std::fs::create_dir_all(dir.join("templates")).unwrap();
+    std::fs::write(
+        dir.join("Chart.yaml"),
+        "apiVersion: v2\nname: params\nversion: 0.1.0\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("templates/cm.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-params\ndata:\n  vc: {{ .Values.kosmos.virtualCluster.name | quote }}\n  vcNamespace: {{ .Values.kosmos.virtualCluster.namespace | quote }}\n  server: {{ .Values.kosmos.virtualCluster.server | quote }}\n  plugin: {{ .Values.kosmos.plugin.name | quote }}\n  dns: {{ .Values.kosmos.options.dnsIP | quote }}\n  password: {{ .Values.kosmos.options.password | quote }}\n  mine: {{ .Values.mine | quote }}\n",
+    )
+    .unwrap();
+}
+
+#[tokio::test]
+async fn options_reach_a_charts_values_under_kosmos() {
+    let mut w = World::new("exec-opt-chart").await;
+    write_parameters_chart(&w.claim("charts").join("params"));
+    w.sources.insert(
+        "db".into(),
+        BTreeMap::from([("password".to_owned(), b"s3cret from a Secret".to_vec())]),
+    );
+    let release = format!("params-{}", &w.ns()[w.ns().len() - 5..]);
+    // The plugin's own values cannot override what the cluster says (kosmos comes last).
+    let plugin = format!(
+        "metadata: {{name: params}}\nspec:\n  pluginSources:\n    chart:\n      releaseName: {release}\n      namespace: {ns}\n      storage:\n        pvPath: charts:/charts/params\n      values: |\n        mine: plugin-value\n        kosmos:\n          options:\n            dnsIP: overridden-by-the-plugin\n",
+        ns = w.ns()
+    );
+    let vc = cluster_with_options(
+        &[("dnsIP", "10.96.0.10")],
+        &[("password", "db", "password")],
+    );
+    let outcome = w.run_for(&plugin, &vc, Action::Install).await;
+    assert_ok(&outcome);
+    assert!(
+        !outcome.stderr.contains("s3cret"),
+        "a Secret's value was logged: {outcome:#?}"
+    );
+    let data = w
+        .configmap(&format!("{release}-params"))
+        .await
+        .expect("the chart's ConfigMap")
+        .data
+        .unwrap();
+    assert_eq!(data["vc"], VC);
+    assert_eq!(data["vcNamespace"], "tenants");
+    assert_eq!(data["server"], virtual_server().await);
+    assert_eq!(data["plugin"], "params");
+    assert_eq!(data["dns"], "10.96.0.10");
+    assert_eq!(data["password"], "s3cret from a Secret");
+    assert_eq!(data["mine"], "plugin-value");
+    assert_ok(&w.run_for(&plugin, &vc, Action::Uninstall).await);
+    w.ns.delete().await.unwrap();
+}
+
+/// A kustomization that takes the parameters through `replacements` from kosmos-options.yaml.
+fn write_parameters_kustomization(w: &World, dir: &str) -> PathBuf {
+    w.file(
+        &format!("{dir}/cm.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: kustomized-params\ndata:\n  dns: placeholder\n  password: placeholder\n  server: placeholder\n  vc: placeholder\n",
+    );
+    let kustomization = "resources:\n- cm.yaml\n- kosmos-options.yaml\nreplacements:\n- source: {kind: ConfigMap, name: kosmos-options, fieldPath: data.dnsIP}\n  targets:\n  - select: {kind: ConfigMap, name: kustomized-params}\n    fieldPaths: [data.dns]\n- source: {kind: ConfigMap, name: kosmos-options, fieldPath: data.password}\n  targets:\n  - select: {kind: ConfigMap, name: kustomized-params}\n    fieldPaths: [data.password]\n- source: {kind: ConfigMap, name: kosmos-virtual-cluster, fieldPath: data.server}\n  targets:\n  - select: {kind: ConfigMap, name: kustomized-params}\n    fieldPaths: [data.server]\n- source: {kind: ConfigMap, name: kosmos-virtual-cluster, fieldPath: data.name}\n  targets:\n  - select: {kind: ConfigMap, name: kustomized-params}\n    fieldPaths: [data.vc]\n";
+    let file = w.file(&format!("{dir}/kustomization.yaml"), kustomization);
+    let dir = file.parent().unwrap().to_owned();
+    // The plugin's folder is read-only in the pod.
+    for path in [dir.join("cm.yaml"), file, dir.clone()] {
+        let mut perms = std::fs::metadata(&path).unwrap().permissions();
+        perms.set_readonly(true);
+        std::fs::set_permissions(&path, perms).unwrap();
+    }
+    dir
+}
+
+#[tokio::test]
+async fn options_reach_a_kustomization_through_replacements() {
+    let mut w = World::new("exec-opt-kust").await;
+    w.sources.insert(
+        "db".into(),
+        BTreeMap::from([("password".to_owned(), b"kustomized s3cret".to_vec())]),
+    );
+    let dir = write_parameters_kustomization(&w, "kust-params");
+    let plugin = format!(
+        "metadata: {{name: kust-params}}\nspec:\n  pluginSources:\n    yaml:\n      namespace: {}\n      path:\n        hostPath:\n          path: {}\n",
+        w.ns(),
+        dir.display()
+    );
+    let vc = cluster_with_options(
+        &[("dnsIP", "10.96.0.10")],
+        &[("password", "db", "password")],
+    );
+    let outcome = w.run_for(&plugin, &vc, Action::Install).await;
+    assert_ok(&outcome);
+    let data = w
+        .configmap("kustomized-params")
+        .await
+        .unwrap()
+        .data
+        .unwrap();
+    assert_eq!(data["dns"], "10.96.0.10");
+    assert_eq!(data["password"], "kustomized s3cret");
+    assert_eq!(data["server"], virtual_server().await);
+    assert_eq!(data["vc"], VC);
+    // The sources are local-config: used by kustomize, never applied.
+    for name in ["kosmos-options", "kosmos-virtual-cluster", "kosmos-plugin"] {
+        assert!(w.configmap(name).await.is_none(), "{name} was applied");
+    }
+    assert_ok(&w.run_for(&plugin, &vc, Action::Uninstall).await);
+    assert!(w.configmap("kustomized-params").await.is_none());
+    // Read-only again for the temp folder's cleanup.
+    let mut perms = std::fs::metadata(&dir).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&dir, perms).unwrap();
+    w.ns.delete().await.unwrap();
+}
+
+#[tokio::test]
+async fn hostile_option_content_stays_inert() {
+    let mut w = World::new("exec-opt-hostile").await;
+    let marker = w.tmp.path().join("pwned");
+    // Shell, Helm --set syntax, YAML and JSON structure, a newline: all must arrive as text.
+    let evil = format!(
+        "$(touch {m})`touch {m}`;touch {m} \"q\" 'q' \\ a,b=c [0] {{x: 1}}\nkosmos: pwned\n--- ",
+        m = marker.display()
+    );
+    write_parameters_chart(&w.claim("charts").join("params"));
+    w.sources.insert(
+        "db".into(),
+        BTreeMap::from([("password".to_owned(), evil.clone().into_bytes())]),
+    );
+    let release = format!("hostile-{}", &w.ns()[w.ns().len() - 5..]);
+    let plugin = format!(
+        "metadata: {{name: params}}\nspec:\n  pluginSources:\n    chart:\n      releaseName: {release}\n      namespace: {ns}\n      storage:\n        pvPath: charts:/charts/params\n",
+        ns = w.ns()
+    );
+    let vc = cluster_with_options(&[("dnsIP", &evil)], &[("password", "db", "password")]);
+    let outcome = w.run_for(&plugin, &vc, Action::Install).await;
+    assert_ok(&outcome);
+    let data = w
+        .configmap(&format!("{release}-params"))
+        .await
+        .unwrap()
+        .data
+        .unwrap();
+    assert_eq!(data["dns"], evil);
+    assert_eq!(data["password"], evil);
+
+    let dir = write_parameters_kustomization(&w, "kust-hostile");
+    let kust = format!(
+        "metadata: {{name: kust-params}}\nspec:\n  pluginSources:\n    yaml:\n      namespace: {}\n      path:\n        hostPath:\n          path: {}\n",
+        w.ns(),
+        dir.display()
+    );
+    assert_ok(&w.run_for(&kust, &vc, Action::Install).await);
+    let data = w
+        .configmap("kustomized-params")
+        .await
+        .unwrap()
+        .data
+        .unwrap();
+    assert_eq!(data["dns"], evil);
+    assert_eq!(data["password"], evil);
+    assert!(!marker.exists(), "an option was run as a command");
+    let mut perms = std::fs::metadata(&dir).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&dir, perms).unwrap();
+    w.ns.delete().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_missing_secret_fails_naming_the_option_and_plain_yaml_ignores_options() {
+    let mut w = World::new("exec-opt-missing").await;
+    write_parameters_chart(&w.claim("charts").join("params"));
+    let plugin = format!(
+        "metadata: {{name: params}}\nspec:\n  pluginSources:\n    chart:\n      releaseName: missing-{}\n      namespace: {}\n      storage:\n        pvPath: charts:/charts/params\n",
+        &w.ns()[w.ns().len() - 5..],
+        w.ns()
+    );
+    let vc = cluster_with_options(&[], &[("password", "absent", "password")]);
+    let outcome = w.run_for(&plugin, &vc, Action::Install).await;
+    assert_eq!(outcome.code, Some(2), "{outcome:#?}");
+    assert_eq!(
+        outcome.message.trim(),
+        "plugin option password: Secret absent key password not found (the Secret or ConfigMap, \
+         or its key, is missing in the VirtualCluster's namespace)"
+    );
+
+    // Plain manifests take no parameters: the same cluster installs them untouched.
+    let claim = w.claim("store");
+    std::fs::write(claim.join("cm.yaml"), configmap_yaml("plain", "as-written")).unwrap();
+    let plain = format!(
+        "metadata: {{name: plain}}\nspec:\n  pluginSources:\n    yaml:\n      namespace: {}\n      path:\n        pvPath: store:/pv\n",
+        w.ns()
+    );
+    let vc = cluster_with_options(&[("dnsIP", "10.96.0.10")], &[]);
+    assert_ok(&w.run_for(&plain, &vc, Action::Install).await);
+    assert_eq!(
+        w.configmap("plain").await.unwrap().data.unwrap()["value"],
+        "as-written"
+    );
     w.ns.delete().await.unwrap();
 }

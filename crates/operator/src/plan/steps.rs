@@ -87,6 +87,17 @@ impl<'a, 'o> Planner<'a, 'o> {
             .find(|p| p.metadata.name.as_deref() == Some(name))
     }
 
+    /// The VirtualCluster's plugin options: every install receives them, so they are part of
+    /// the hash its Jobs are made for.
+    fn options(&self) -> &'a [kosmos_api::PluginOption] {
+        self.obs
+            .vc
+            .spec
+            .plugin_options
+            .as_deref()
+            .unwrap_or_default()
+    }
+
     /// The plugin's Jobs, in sequence order.
     fn jobs_of(&self, plugin: &str) -> Vec<&'a JobView> {
         let mut jobs: Vec<&JobView> = self
@@ -199,7 +210,7 @@ impl<'a, 'o> Planner<'a, 'o> {
     /// Decides for one plugin of the set.
     fn install(&mut self, plugin: &'a VirtualClusterPlugin, may_act: bool) {
         let name = plugin.metadata.name.clone().unwrap_or_default();
-        let hash = contract::spec_hash(&plugin.spec);
+        let hash = contract::install_hash(&plugin.spec, self.options());
         let now = self.obs.now;
         let old = self
             .old_entry(&name)
@@ -649,7 +660,7 @@ impl<'a, 'o> Planner<'a, 'o> {
         may_act: bool,
     ) {
         let name = old.name.clone();
-        let hash = contract::spec_hash(&plugin.spec);
+        let hash = contract::install_hash(&plugin.spec, self.options());
         let latest = jobs.last().copied();
         let next_attempt = latest.map_or(1, |j| j.id.attempt.saturating_add(1));
         let mut entry = PluginStatus {

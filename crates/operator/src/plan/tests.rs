@@ -1186,6 +1186,40 @@ fn a_marked_job_after_an_outage_says_the_webhook_is_back() {
             .iter()
             .any(|n| n.reason == "WebhookMutating" && n.kind == NoteKind::Normal)
     );
+
+#[test]
+fn a_changed_plugin_option_reinstalls_with_a_new_job() {
+    let p = plugin("a", false, &[]);
+    let option = |value: &str| kosmos_api::PluginOption {
+        name: "dnsIP".into(),
+        value: Some(value.into()),
+        value_from: None,
+    };
+    let mut v = vc(phase::COMPLETED, &["a"], &[]);
+    v.spec.plugin_options = Some(vec![option("10.96.0.10")]);
+    let old_hash = contract::install_hash(&p.spec, &[option("10.96.0.10")]);
+    let mut old_job = job(&p, Action::Install, 1, JobOutcome::Succeeded);
+    old_job.spec_hash = old_hash.clone();
+    let v = with_entries(
+        v,
+        vec![entry("a", PluginPhase::Succeeded, &old_hash, Some("j1"), 1)],
+    );
+    // Unchanged options: nothing to do.
+    let plan = run(&v, std::slice::from_ref(&p), std::slice::from_ref(&old_job));
+    assert!(created(&plan).is_empty(), "{:?}", plan.steps);
+
+    let mut changed = v.clone();
+    changed.spec.plugin_options = Some(vec![option("10.96.0.11")]);
+    let plan = run(&changed, std::slice::from_ref(&p), &[old_job]);
+    assert_eq!(created(&plan), [("a".into(), Action::Install, 2)]);
+    let Step::CreateJob(j) = &plan.steps[0] else {
+        panic!()
+    };
+    assert_eq!(
+        j.spec_hash,
+        contract::install_hash(&p.spec, &[option("10.96.0.11")])
+    );
+    assert_eq!(plan.status.phase.as_deref(), Some(phase::ALL_NODE_READY));
 }
 
 #[test]

@@ -270,3 +270,38 @@ fn render_refuses_a_virtual_cluster_in_another_namespace() {
         other => panic!("expected findings, got {other:?}"),
     }
 }
+
+#[test]
+fn render_carries_the_virtual_clusters_options_and_their_hash() {
+    let vc = "apiVersion: kosmos.io/v1alpha1\nkind: VirtualCluster\nmetadata:\n  name: tenant1-cluster\nspec:\n  pluginOptions:\n  - name: dnsIP\n    value: 10.96.0.10\n  - name: password\n    valueFrom:\n      secretKeyRef: {name: db, key: password}\n";
+    let documents = docs("all.yaml", &format!("{SEED}---\n{vc}"));
+    let job = render(&documents, &request(Action::Install)).unwrap();
+    let plugin: VirtualClusterPlugin = serde_yaml::from_str(SEED).unwrap();
+    let cluster: VirtualCluster = serde_yaml::from_str(vc).unwrap();
+    assert_eq!(
+        job.annotations()[contract::SPEC_HASH_ANNOTATION],
+        contract::install_hash(
+            &plugin.spec,
+            cluster.spec.plugin_options.as_deref().unwrap()
+        )
+    );
+    let pod = job.spec.unwrap().template.spec.unwrap();
+    let env = pod.containers[0].env.clone().unwrap();
+    let get = |name: &str| {
+        env.iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    };
+    assert_eq!(get("PLUGIN_OPTION_0_VALUE").as_deref(), Some("10.96.0.10"));
+    assert_eq!(
+        get("PLUGIN_OPTION_1_FILE").as_deref(),
+        Some("/kosmos/options/1/value")
+    );
+    assert!(
+        pod.volumes.unwrap().iter().any(|v| v
+            .secret
+            .as_ref()
+            .and_then(|s| s.secret_name.as_deref())
+            == Some("db"))
+    );
+}

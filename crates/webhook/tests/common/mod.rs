@@ -14,9 +14,18 @@ pub fn bare_job(
     plugin: &VirtualClusterPlugin,
     action: Action,
 ) -> Job {
+    bare_job_for(
+        &self::virtual_cluster(namespace, virtual_cluster),
+        plugin,
+        action,
+    )
+}
+
+/// Like [`bare_job`], for a VirtualCluster whose options count in the Job's hash.
+pub fn bare_job_for(vc: &VirtualCluster, plugin: &VirtualClusterPlugin, action: Action) -> Job {
     kosmos_webhook::authoring::bare_job(
         plugin,
-        &self::virtual_cluster(namespace, virtual_cluster),
+        vc,
         action,
         kosmos_webhook::authoring::DEFAULT_EXECUTOR_IMAGE,
     )
