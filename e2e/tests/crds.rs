@@ -1,16 +1,29 @@
 //! The CRDs generated from `crates/api` in the real apiserver: they install, the design
 //! document's examples are accepted without losing a field, and the invalid-spec table in
-//! `crates/api/testdata/invalid.yaml` is rejected by the apiserver where the table says so.
+//! `crates/api/testdata/invalid.yaml` is rejected by the apiserver where the table says so; and
+//! `plugin-webhook validate` agrees: it accepts what the apiserver accepts and finds every case
+//! of the table, naming the same field.
 
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, ensure};
 use kosmos_e2e::{Cluster, TestNamespace, dynamic_api, host, install_crds, parse_yaml, repo_dir};
+use kosmos_webhook::authoring::{self, Document};
+use kosmos_webhook::mutation::Settings;
 use kube::Client;
 use kube::api::{DynamicObject, GroupVersionKind, PostParams};
 use kube::core::Status;
 use serde::Deserialize;
 use serde_json::Value;
+
+/// The webhook's settings with hostPath allowed anywhere (an admin's explicit choice): the
+/// design's examples use hostPath.
+fn any_host_path() -> Settings {
+    Settings {
+        allowed_host_path_prefixes: vec!["/".into()],
+        ..Settings::default()
+    }
+}
 
 fn testdata() -> PathBuf {
     repo_dir().join("crates/api/testdata")
@@ -112,6 +125,15 @@ async fn design_examples_are_accepted_without_losing_a_field() -> Result<()> {
         let text = std::fs::read_to_string(file)?;
         let shown = file.file_name().unwrap_or_default().to_string_lossy();
         for object in parse_yaml::<DynamicObject>(&text)? {
+            // What the apiserver accepts, `plugin-webhook validate` accepts too.
+            let document = Document {
+                source: shown.to_string(),
+                value: serde_json::to_value(&object)?,
+            };
+            let report = authoring::validate(&[document], ns.name(), &any_host_path());
+            for finding in report.findings {
+                problems.push(format!("plugin-webhook validate: {finding}"));
+            }
             match create(&client, ns.name(), &object).await? {
                 Ok(stored) => {
                     accepted += 1;
@@ -160,6 +182,19 @@ async fn invalid_specs_are_rejected_by_the_apiserver_where_the_schema_says_so() 
     for case in &cases {
         let verdict = create(&client, ns.name(), &case.object).await?;
         let name = &case.name;
+        // `plugin-webhook validate` must find every case, naming the same field, whoever
+        // rejects it here (the apiserver, or only the operator and webhook).
+        let document = Document {
+            source: "invalid.yaml".into(),
+            value: serde_json::to_value(&case.object)?,
+        };
+        let report = authoring::validate(&[document], ns.name(), &Settings::default());
+        if !report.findings.iter().any(|f| f.field == case.field) {
+            problems.push(format!(
+                "{name}: plugin-webhook validate does not name {}: {:?}",
+                case.field, report.findings
+            ));
+        }
         match (case.apiserver.as_str(), verdict) {
             ("cel" | "schema", Ok(_)) => {
                 problems.push(format!("{name}: accepted, but {} must reject it", case.apiserver));

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use kosmos_api::contract::Action;
 use kosmos_webhook::authoring::{self, RenderError, RenderOptions, RenderRequest};
-use kosmos_webhook::mutation::Settings;
+use kosmos_webhook::mutation::{RecursiveReadOnly, Settings};
 use kosmos_webhook::server::{self, ServeArgs};
 use kosmos_webhook::tls;
 
@@ -86,6 +86,14 @@ struct RenderArgs {
         value_delimiter = ','
     )]
     allowed_host_path_prefixes: Vec<String>,
+    /// The webhook's --recursive-read-only.
+    #[arg(
+        long,
+        env = "PLUGIN_WEBHOOK_RECURSIVE_READ_ONLY",
+        value_enum,
+        default_value = "if-possible"
+    )]
+    recursive_read_only: RecursiveReadOnly,
     /// Output format of the Job.
     #[arg(short, long, value_enum, default_value = "yaml")]
     output: OutputArg,
@@ -212,7 +220,7 @@ fn render(args: RenderArgs) -> ExitCode {
         options: RenderOptions {
             settings: Settings {
                 allowed_host_path_prefixes: args.allowed_host_path_prefixes,
-                ..Settings::default()
+                recursive_read_only: args.recursive_read_only,
             },
             executor_image: args.executor_image,
         },

@@ -1186,6 +1186,7 @@ fn a_marked_job_after_an_outage_says_the_webhook_is_back() {
             .iter()
             .any(|n| n.reason == "WebhookMutating" && n.kind == NoteKind::Normal)
     );
+}
 
 #[test]
 fn a_changed_plugin_option_reinstalls_with_a_new_job() {

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{ConfigMapVolumeSource, KeyToPath, SecretVolumeS
 use kosmos_api::VirtualCluster;
 use kube::ResourceExt;
 
-use super::{Builder, KOSMOS_ROOT};
+use super::{Builder, KOSMOS_ROOT, RecursiveReadOnly};
 
 /// Parent of the option volumes: `<OPTIONS_DIR>/<i>/value` is option `i`'s value.
 pub const OPTIONS_DIR: &str = "/kosmos/options";
@@ -80,7 +80,8 @@ pub(super) fn inject(b: &mut Builder, virtual_cluster: &VirtualCluster) {
             (None, None) => continue,
         };
         let dir = format!("{OPTIONS_DIR}/{i}");
-        b.volume(volume, dir.clone());
+        // A Secret or ConfigMap volume has nothing mounted below it.
+        b.volume(volume, dir.clone(), RecursiveReadOnly::Disabled);
         b.env(option_env(i, "FILE"), format!("{dir}/value"));
         b.env(option_env(i, "SOURCE"), from.describe());
     }
