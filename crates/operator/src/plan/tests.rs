@@ -1200,7 +1200,7 @@ fn a_changed_plugin_option_reinstalls_with_a_new_job() {
     v.spec.plugin_options = Some(vec![option("10.96.0.10")]);
     let old_hash = contract::install_hash(&p.spec, &[option("10.96.0.10")]);
     let mut old_job = job(&p, Action::Install, 1, JobOutcome::Succeeded);
-    old_job.spec_hash = old_hash.clone();
+    old_job.id.spec_hash = old_hash.clone();
     let v = with_entries(
         v,
         vec![entry("a", PluginPhase::Succeeded, &old_hash, Some("j1"), 1)],
@@ -1217,7 +1217,7 @@ fn a_changed_plugin_option_reinstalls_with_a_new_job() {
         panic!()
     };
     assert_eq!(
-        j.spec_hash,
+        j.id.spec_hash,
         contract::install_hash(&p.spec, &[option("10.96.0.11")])
     );
     assert_eq!(plan.status.phase.as_deref(), Some(phase::ALL_NODE_READY));

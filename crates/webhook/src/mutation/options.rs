@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{ConfigMapVolumeSource, KeyToPath, SecretVolumeS
 use kosmos_api::VirtualCluster;
 use kube::ResourceExt;
 
-use super::{Builder, KOSMOS_ROOT, RecursiveReadOnly};
+use super::{Builder, RecursiveReadOnly};
 
 /// Parent of the option volumes: `<OPTIONS_DIR>/<i>/value` is option `i`'s value.
 pub const OPTIONS_DIR: &str = "/kosmos/options";
@@ -28,7 +28,6 @@ pub fn option_env(i: usize, suffix: &str) -> String {
 
 /// Adds the options of `virtual_cluster` (already validated) to the injection.
 pub(super) fn inject(b: &mut Builder, virtual_cluster: &VirtualCluster) {
-    debug_assert!(OPTIONS_DIR.starts_with(KOSMOS_ROOT));
     b.env(
         VIRTUAL_CLUSTER_NAMESPACE_ENV,
         virtual_cluster.namespace().unwrap_or_default(),
@@ -99,8 +98,8 @@ mod tests {
     };
 
     use super::*;
-    use crate::mutation::tests::{bare_job, plugin, virtual_cluster};
-    use crate::mutation::{Settings, mutate};
+    use crate::mutation::tests::{plugin, virtual_cluster};
+    use crate::mutation::{Settings, mutate_job};
 
     fn from(secret: bool, name: &str, key: &str) -> Option<OptionValueSource> {
         let r = Some(KeyRef {
@@ -139,16 +138,13 @@ mod tests {
         );
         let mut vc = virtual_cluster();
         vc.spec.plugin_options = Some(options);
-        let mut job = bare_job(&p, Action::Install);
-        let hash = kosmos_api::contract::install_hash(
-            &p.spec,
-            vc.spec.plugin_options.as_deref().unwrap_or_default(),
+        let job = crate::authoring::bare_job(
+            &p,
+            &vc,
+            Action::Install,
+            crate::authoring::DEFAULT_EXECUTOR_IMAGE,
         );
-        job.metadata
-            .annotations
-            .get_or_insert_with(Default::default)
-            .insert(kosmos_api::contract::SPEC_HASH_ANNOTATION.into(), hash);
-        let mutation = mutate(&job, &p, &vc, &Settings::default()).map_err(|d| d.0)?;
+        let mutation = mutate_job(&job, &p, &vc, &Settings::default()).map_err(|d| d.0)?;
         let mut value = serde_json::to_value(&job).unwrap();
         json_patch::patch(&mut value, &mutation.patch).unwrap();
         let job: k8s_openapi::api::batch::v1::Job = serde_json::from_value(value).unwrap();
