@@ -4,8 +4,7 @@
 # operator benchmarks against the local control planes (started if needed, stopped if this run
 # started them), and joins the results into target/bench/report.md (raw numbers: *.json).
 #
-# Usage: bench/run.sh [--quick] [webhook|operator|mutate ...]   (default: mutate webhook; the
-#        operator run does not finish yet, see docs/benchmarks.md)
+# Usage: bench/run.sh [--quick] [webhook|operator|mutate ...]   (default: all three)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,7 +17,7 @@ for arg in "$@"; do
     *) echo "usage: $0 [--quick] [webhook|operator|mutate ...]" >&2; exit 2 ;;
   esac
 done
-((${#parts[@]})) || parts=(mutate webhook)
+((${#parts[@]})) || parts=(mutate webhook operator)
 
 export PATH="${PATH}:/usr/local/go/bin:${HOME}/.cargo/bin"
 command -v curl > /dev/null || { echo "curl is missing: apt-get install curl" >&2; exit 1; }

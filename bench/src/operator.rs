@@ -400,6 +400,120 @@ async fn flip(client: &Client, ns: &str, n: usize) -> Result<()> {
     Ok(())
 }
 
+/// The real webhook, serving executor Jobs of the bench namespace, as the operator needs it: an
+/// executor Job that comes back unmutated is deleted and retried, so nothing would complete.
+struct RegisteredWebhook {
+    name: String,
+    _server: Server,
+    _certs: tempfile::TempDir,
+}
+
+impl Drop for RegisteredWebhook {
+    fn drop(&mut self) {
+        kosmos_e2e::delete_webhook_configuration_on_drop(&self.name);
+    }
+}
+
+async fn register_webhook(
+    client: &Client,
+    ns: &str,
+    out: &std::path::Path,
+) -> Result<RegisteredWebhook> {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    // The operator runs with the same kubeconfig as this driver: its user is ours.
+    let review: SelfSubjectReview = Api::<SelfSubjectReview>::all(client.clone())
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await
+        .context("asking the apiserver who we are")?;
+    let user = review
+        .status
+        .and_then(|s| s.user_info)
+        .and_then(|u| u.username)
+        .context("the apiserver did not say who we are")?;
+    let certs = tempfile::tempdir()?;
+    let generated = kosmos_webhook::tls::generate(&["localhost".into(), "127.0.0.1".into()], 30)?;
+    kosmos_webhook::tls::write(&generated, certs.path())?;
+    let port = proc::free_port()?;
+    let admin: std::net::SocketAddr = ([127, 0, 0, 1], proc::free_port()?).into();
+    let mut command = std::process::Command::new(crate::webhook::sibling("plugin-webhook")?);
+    command
+        .arg("serve")
+        .arg(format!("--listen=127.0.0.1:{port}"))
+        .arg(format!("--admin-listen={admin}"))
+        .arg("--tls-cert")
+        .arg(certs.path().join("tls.crt"))
+        .arg("--tls-key")
+        .arg(certs.path().join("tls.key"))
+        .arg(format!("--watch-namespace={ns}"))
+        .arg(format!("--operator-user={user}"))
+        .env(
+            "KUBECONFIG",
+            kosmos_e2e::kubeconfig_path(Cluster::Host).await?,
+        );
+    let mut server = Server::start("plugin-webhook", command, &out.join("operator-webhook.log"))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while crate::machine::http_get_status(admin, "/readyz").ok() != Some(200) {
+        server.check_alive()?;
+        if Instant::now() > deadline {
+            bail!("plugin-webhook did not become ready in 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let name = format!("kosmos-bench-{ns}");
+    let ca = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        &generated.ca_pem,
+    );
+    let config: k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration =
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "webhooks": [{
+                "name": "executor.plugin.kosmos.io",
+                "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate"), "caBundle": ca},
+                "rules": [{"apiGroups": ["batch"], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["jobs"]}],
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+                "objectSelector": {"matchExpressions": [{"key": contract::EXECUTOR_LABEL, "operator": "Exists"}]},
+                "failurePolicy": "Fail",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 10
+            }]
+        }))?;
+    let configs: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
+        Api::all(client.clone());
+    configs
+        .create(&PostParams::default(), &config)
+        .await
+        .context("registering the webhook")?;
+    let registered = RegisteredWebhook {
+        name,
+        _server: server,
+        _certs: certs,
+    };
+    // The apiserver picks a new configuration up a moment later: a dry-run executor Job without
+    // its plugin label comes back denied by our webhook once it does.
+    let probe: Job = serde_json::from_value(json!({
+        "metadata": {"name": "webhook-probe", "labels": {contract::EXECUTOR_LABEL: "true"}},
+        "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "x", "image": "registry.invalid/x"}]}}}
+    }))?;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let params = PostParams {
+        dry_run: true,
+        field_manager: None,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match jobs.create(&params, &probe).await {
+            Err(kube::Error::Api(e)) if e.message.contains(contract::PLUGIN_LABEL) => break,
+            _ if Instant::now() > deadline => {
+                bail!("the apiserver did not call the webhook within 60 s")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    }
+    Ok(registered)
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_operator(
     client: &Client,
@@ -415,6 +529,7 @@ async fn run_operator(
     let plugins = plugins(ns, m)?;
     crate::fixture::create_all(client, ns, plugins.clone(), 16).await?;
     crate::fixture::create_all(client, ns, waiting_vcs(ns, n, &plugins, kubeconfig)?, 16).await?;
+    let webhook = register_webhook(client, ns, out).await?;
     let admin = proc::free_port()?;
     let mut command = proc::pinned(proc::SERVER_CORE, binary);
     command
@@ -470,6 +585,7 @@ async fn run_operator(
     let (idle_cpu, idle_rate) = idle_figures(client, &operator, idle).await?;
     stand_in.abort();
     drop(operator);
+    drop(webhook);
     let names = (0..n).map(|i| format!("tenant-{i:04}")).collect();
     release_finalizers(Api::<VirtualCluster>::namespaced(client.clone(), ns), names).await?;
     Ok(Outcome {
