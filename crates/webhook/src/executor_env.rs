@@ -7,8 +7,58 @@
 pub const PLUGIN_ACTION: &str = "PLUGIN_ACTION";
 /// The plugin's name, for messages.
 pub const PLUGIN_NAME: &str = "PLUGIN_NAME";
-/// The VirtualCluster's name, for whoever inspects the pod (the script does not read it).
+/// The VirtualCluster's name (Helm values `kosmos.virtualCluster.name`, the kustomize options).
 pub const VIRTUAL_CLUSTER: &str = "VIRTUAL_CLUSTER";
+/// The VirtualCluster's namespace, beside its name.
+pub const VIRTUAL_CLUSTER_NAMESPACE: &str = "VIRTUAL_CLUSTER_NAMESPACE";
+/// How many of the VirtualCluster's `pluginOptions` follow as [`plugin_option`] variables.
+pub const PLUGIN_OPTION_COUNT: &str = "PLUGIN_OPTION_COUNT";
+
+/// The variables of one plugin option, `PLUGIN_OPTION_<i>_<part>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptionPart {
+    /// The option's name.
+    Name,
+    /// Its literal value.
+    Value,
+    /// The file holding its value (from a Secret or ConfigMap key), instead of `Value`.
+    File,
+    /// Where the file's content comes from, for messages.
+    Source,
+}
+
+impl OptionPart {
+    const ALL: [OptionPart; 4] = [Self::Name, Self::Value, Self::File, Self::Source];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Name => "NAME",
+            Self::Value => "VALUE",
+            Self::File => "FILE",
+            Self::Source => "SOURCE",
+        }
+    }
+}
+
+const PLUGIN_OPTION_PREFIX: &str = "PLUGIN_OPTION_";
+
+/// `PLUGIN_OPTION_<i>_<part>`: a variable of option `i` (the script reads them by index).
+pub fn plugin_option(i: usize, part: OptionPart) -> String {
+    format!("{PLUGIN_OPTION_PREFIX}{i}_{}", part.as_str())
+}
+
+/// Whether `name` is a [`plugin_option`] variable.
+fn is_plugin_option(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(PLUGIN_OPTION_PREFIX) else {
+        return false;
+    };
+    let Some((index, part)) = rest.split_once('_') else {
+        return false;
+    };
+    !index.is_empty()
+        && index.bytes().all(|b| b.is_ascii_digit())
+        && OptionPart::ALL.iter().any(|p| p.as_str() == part)
+}
 /// Bound on the whole attempt.
 pub const PLUGIN_TIMEOUT_SECONDS: &str = "PLUGIN_TIMEOUT_SECONDS";
 /// The writable scratch folder.
@@ -88,6 +138,9 @@ pub const YAML: Source = Source {
 pub const INPUTS: &[&str] = &[
     PLUGIN_ACTION,
     PLUGIN_NAME,
+    VIRTUAL_CLUSTER,
+    VIRTUAL_CLUSTER_NAMESPACE,
+    PLUGIN_OPTION_COUNT,
     PLUGIN_TIMEOUT_SECONDS,
     PLUGIN_WORK_DIR,
     TERMINATION_LOG,
@@ -114,20 +167,15 @@ pub const XDG_CONFIG_HOME: &str = "XDG_CONFIG_HOME";
 pub const XDG_DATA_HOME: &str = "XDG_DATA_HOME";
 
 /// Set on the container but not read by the script: for the tools it runs and for people.
-pub const CONTEXT: &[&str] = &[
-    VIRTUAL_CLUSTER,
-    HOME,
-    XDG_CACHE_HOME,
-    XDG_CONFIG_HOME,
-    XDG_DATA_HOME,
-];
+pub const CONTEXT: &[&str] = &[HOME, XDG_CACHE_HOME, XDG_CONFIG_HOME, XDG_DATA_HOME];
 
 /// The file sources.
 pub const SOURCES: [Source; 3] = [CHART, VALUES, YAML];
 
-/// Whether the mutation may set `name`: one of the names above.
+/// Whether the mutation may set `name`: one of the names above or a [`plugin_option`] variable.
 pub fn is_known(name: &str) -> bool {
     INPUTS.contains(&name)
         || CONTEXT.contains(&name)
+        || is_plugin_option(name)
         || SOURCES.iter().any(|source| source.names().contains(&name))
 }

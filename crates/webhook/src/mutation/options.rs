@@ -13,23 +13,15 @@ use kosmos_api::VirtualCluster;
 use kube::ResourceExt;
 
 use super::{Builder, RecursiveReadOnly};
+use crate::executor_env::{self as env, OptionPart};
 
 /// Parent of the option volumes: `<OPTIONS_DIR>/<i>/value` is option `i`'s value.
 pub const OPTIONS_DIR: &str = "/kosmos/options";
-/// Environment variable: how many options there are.
-pub const OPTION_COUNT_ENV: &str = "PLUGIN_OPTION_COUNT";
-/// Environment variable: the VirtualCluster's namespace (its name is `VIRTUAL_CLUSTER`).
-pub const VIRTUAL_CLUSTER_NAMESPACE_ENV: &str = "VIRTUAL_CLUSTER_NAMESPACE";
-
-/// `PLUGIN_OPTION_<i>_<SUFFIX>`: the variables of option `i` (NAME, VALUE, FILE, SOURCE).
-pub fn option_env(i: usize, suffix: &str) -> String {
-    format!("PLUGIN_OPTION_{i}_{suffix}")
-}
 
 /// Adds the options of `virtual_cluster` (already validated) to the injection.
 pub(super) fn inject(b: &mut Builder, virtual_cluster: &VirtualCluster) {
     b.env(
-        VIRTUAL_CLUSTER_NAMESPACE_ENV,
+        env::VIRTUAL_CLUSTER_NAMESPACE,
         virtual_cluster.namespace().unwrap_or_default(),
     );
     let options = virtual_cluster
@@ -37,11 +29,11 @@ pub(super) fn inject(b: &mut Builder, virtual_cluster: &VirtualCluster) {
         .plugin_options
         .as_deref()
         .unwrap_or_default();
-    b.env(OPTION_COUNT_ENV, options.len().to_string());
+    b.env(env::PLUGIN_OPTION_COUNT, options.len().to_string());
     for (i, option) in options.iter().enumerate() {
-        b.env(option_env(i, "NAME"), option.name.clone());
+        b.env(env::plugin_option(i, OptionPart::Name), option.name.clone());
         if let Some(value) = &option.value {
-            b.env(option_env(i, "VALUE"), value.clone());
+            b.env(env::plugin_option(i, OptionPart::Value), value.clone());
             continue;
         }
         let Some(from) = &option.value_from else {
@@ -81,8 +73,11 @@ pub(super) fn inject(b: &mut Builder, virtual_cluster: &VirtualCluster) {
         let dir = format!("{OPTIONS_DIR}/{i}");
         // A Secret or ConfigMap volume has nothing mounted below it.
         b.volume(volume, dir.clone(), RecursiveReadOnly::Disabled);
-        b.env(option_env(i, "FILE"), format!("{dir}/value"));
-        b.env(option_env(i, "SOURCE"), from.describe());
+        b.env(
+            env::plugin_option(i, OptionPart::File),
+            format!("{dir}/value"),
+        );
+        b.env(env::plugin_option(i, OptionPart::Source), from.describe());
     }
 }
 
@@ -177,7 +172,7 @@ mod tests {
             .iter()
             .flatten()
             .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
-            .filter(|(n, _)| n.starts_with("PLUGIN_OPTION") || n == VIRTUAL_CLUSTER_NAMESPACE_ENV)
+            .filter(|(n, _)| n.starts_with("PLUGIN_OPTION") || n == env::VIRTUAL_CLUSTER_NAMESPACE)
             .collect();
         let expected: Vec<(String, String)> = [
             ("VIRTUAL_CLUSTER_NAMESPACE", "tenants"),
