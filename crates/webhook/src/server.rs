@@ -13,9 +13,8 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use futures::{StreamExt as _, TryStreamExt as _};
-use kosmos_api::{VirtualCluster, VirtualClusterPlugin};
-use kube::core::PartialObjectMeta;
+use futures::StreamExt as _;
+use kosmos_api::{VirtualCluster, VirtualClusterPlugin, VirtualClusterSpec};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client};
@@ -247,16 +246,16 @@ pub fn caches(
         .modify(slim_plugin),
     )
     .default_backoff();
-    // Only the metadata of VirtualClusters: the mutation needs to know that one exists and its
-    // name, nothing more. Their specs carry admin kubeconfigs, which the webhook has no business
-    // holding (and which made up most of its memory with 1,000 of them).
+    // Of a VirtualCluster the mutation needs its name and its pluginOptions, nothing more. Its
+    // spec also carries an admin kubeconfig, which the webhook has no business holding (and which
+    // made up most of its memory with 1,000 of them): dropped as each object arrives.
     let vc_stream = reflector::reflector(
         vc_writer,
         watcher(
-            api::<PartialObjectMeta<VirtualCluster>>(client, namespace),
+            api::<VirtualCluster>(client, namespace),
             watcher::Config::default(),
         )
-        .map_ok(|event| map_event(event, virtual_cluster_from_metadata)),
+        .modify(slim_virtual_cluster),
     )
     .default_backoff();
     let task = tokio::spawn(async move {
@@ -282,26 +281,16 @@ pub fn slim_plugin(plugin: &mut VirtualClusterPlugin) {
 }
 
 /// The cached form of a VirtualCluster: its metadata without managed fields and annotations,
-/// an empty spec and no status.
-pub fn virtual_cluster_from_metadata(meta: PartialObjectMeta<VirtualCluster>) -> VirtualCluster {
-    let mut metadata = meta.metadata;
-    metadata.managed_fields = None;
-    metadata.annotations = None;
-    VirtualCluster {
-        metadata,
-        spec: Default::default(),
-        status: None,
-    }
-}
-
-fn map_event<A, B>(event: watcher::Event<A>, f: impl Fn(A) -> B) -> watcher::Event<B> {
-    match event {
-        watcher::Event::Apply(o) => watcher::Event::Apply(f(o)),
-        watcher::Event::Delete(o) => watcher::Event::Delete(f(o)),
-        watcher::Event::Init => watcher::Event::Init,
-        watcher::Event::InitApply(o) => watcher::Event::InitApply(f(o)),
-        watcher::Event::InitDone => watcher::Event::InitDone,
-    }
+/// and of its spec only the `pluginOptions` (they reach the install, and their hash is part of
+/// the Job's spec hash); no status.
+pub fn slim_virtual_cluster(virtual_cluster: &mut VirtualCluster) {
+    virtual_cluster.metadata.managed_fields = None;
+    virtual_cluster.metadata.annotations = None;
+    virtual_cluster.spec = VirtualClusterSpec {
+        plugin_options: virtual_cluster.spec.plugin_options.take(),
+        ..Default::default()
+    };
+    virtual_cluster.status = None;
 }
 
 fn log_watch_error(kind: &'static str, error: Option<watcher::Error>) {

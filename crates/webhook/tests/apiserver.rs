@@ -10,6 +10,7 @@
 
 mod common;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::ByteString;
@@ -735,4 +736,205 @@ async fn a_mutated_job_really_installs_into_the_virtual_cluster() {
     webhook.unregister().await;
     target.delete().await.unwrap();
     ns.delete().await.unwrap();
+}
+
+/// What a plugin author's `plugin-webhook render` prints is what the real webhook, called by the
+/// real apiserver, makes of the operator's Job: every plugin of docs/examples, for a
+/// VirtualCluster without options and one with them, install and uninstall. Both Jobs go through
+/// the apiserver (the rendered one by a dry run in a namespace no webhook watches), so its
+/// defaults are on both sides and the comparison is of whole objects.
+#[tokio::test]
+async fn render_prints_what_the_real_webhook_makes_of_every_docs_example() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let admin = kosmos_e2e::host().await.unwrap();
+    kosmos_e2e::install_crds(&admin).await.unwrap();
+    let watched = TestNamespace::create(Cluster::Host, "webhook-render")
+        .await
+        .unwrap();
+    let unwatched = TestNamespace::create(Cluster::Host, "webhook-render-plain")
+        .await
+        .unwrap();
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/examples");
+    let cluster_files = [
+        examples.join("virtual-cluster.yaml"),
+        examples.join("virtual-cluster-options.yaml"),
+    ];
+    let plugin_files: Vec<PathBuf> = std::fs::read_dir(&examples)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "yaml")
+                && std::fs::read_to_string(p)
+                    .unwrap()
+                    .contains("kind: VirtualClusterPlugin")
+        })
+        .collect();
+    assert!(plugin_files.len() >= 7, "{plugin_files:?}");
+
+    let kubeconfig = kosmos_e2e::kubeconfig_yaml(Cluster::Virtual).await.unwrap();
+    let mut clusters = Vec::new();
+    for file in &cluster_files {
+        let vc: VirtualCluster = from_file(file);
+        let vc = Api::<VirtualCluster>::namespaced(admin.clone(), watched.name())
+            .create(&PostParams::default(), &vc)
+            .await
+            .unwrap();
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(contract::kubeconfig_secret_name(&vc.name_any())),
+                ..Default::default()
+            },
+            string_data: Some(
+                [(
+                    contract::KUBECONFIG_SECRET_KEY.to_owned(),
+                    kubeconfig.clone(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        };
+        Api::<Secret>::namespaced(admin.clone(), watched.name())
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+        clusters.push((file, vc));
+    }
+    let mut plugins = Vec::new();
+    for file in &plugin_files {
+        let plugin: VirtualClusterPlugin = from_file(file);
+        let plugin = Api::<VirtualClusterPlugin>::namespaced(admin.clone(), watched.name())
+            .create(&PostParams::default(), &plugin)
+            .await
+            .unwrap();
+        plugins.push((file, plugin));
+    }
+
+    let webhook = Registered::start_with(&admin, watched.name(), |args| ServeArgs {
+        allowed_host_path_prefixes: vec!["/".into()],
+        ..args
+    })
+    .await;
+    let as_operator = kosmos_e2e::client_as(Cluster::Host, &operator())
+        .await
+        .unwrap();
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let mut compared = 0;
+    for (plugin_file, plugin) in &plugins {
+        for (cluster_file, vc) in &clusters {
+            for action in [Action::Install, Action::Uninstall] {
+                let what = format!(
+                    "{} of {} into {}",
+                    action.as_str(),
+                    plugin.name_any(),
+                    vc.name_any()
+                );
+                // The real webhook: the operator's bare Job, created (dry run) as the operator.
+                // Retried until the webhook's caches hold the plugin and the VirtualCluster.
+                let bare = common::bare_job_for(vc, plugin, action);
+                let jobs = Api::<Job>::namespaced(as_operator.clone(), watched.name());
+                let mutated = wait_for(&what, Duration::from_secs(30), || {
+                    let (jobs, dry_run, bare) = (jobs.clone(), dry_run.clone(), bare.clone());
+                    let what = what.clone();
+                    async move {
+                        match jobs.create(&dry_run, &bare).await {
+                            Ok(job) => Ok(job
+                                .annotations()
+                                .contains_key(contract::INJECTED_ANNOTATION)
+                                .then_some(job)),
+                            Err(e) => {
+                                // Shown if the wait times out.
+                                println!("{what}: {e}");
+                                Ok(None)
+                            }
+                        }
+                    }
+                })
+                .await
+                .unwrap();
+
+                // The plugin author's command, on the same files.
+                let output = std::process::Command::new(env!("CARGO_BIN_EXE_plugin-webhook"))
+                    .args(["render", "-f"])
+                    .arg(plugin_file)
+                    .arg("-f")
+                    .arg(cluster_file)
+                    .args(["--namespace", watched.name(), "--action", action.as_str()])
+                    .args(["--allowed-host-path-prefixes", "/", "--output", "json"])
+                    .output()
+                    .unwrap();
+                assert!(
+                    output.status.success(),
+                    "{what}: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                let mut rendered: Job = serde_json::from_slice(&output.stdout).unwrap();
+                rendered.metadata.namespace = Some(unwatched.name().to_owned());
+                let rendered = Api::<Job>::namespaced(admin.clone(), unwatched.name())
+                    .create(&dry_run, &rendered)
+                    .await
+                    .unwrap_or_else(|e| panic!("{what}: the rendered Job is refused: {e}"));
+
+                assert_eq!(
+                    comparable(&rendered),
+                    comparable(&mutated),
+                    "{what}: render and the real webhook disagree"
+                );
+                compared += 1;
+            }
+        }
+    }
+    assert_eq!(compared, plugin_files.len() * cluster_files.len() * 2);
+    webhook.unregister().await;
+}
+
+fn from_file<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> T {
+    let text = std::fs::read_to_string(path).unwrap();
+    let first = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| <serde_yaml::Value as serde::Deserialize>::deserialize(d).unwrap())
+        .find(|v| !v.is_null())
+        .unwrap();
+    serde_yaml::from_value(first).unwrap()
+}
+
+/// A Job as JSON without what differs between two creations of the same object: its namespace,
+/// identity and the apiserver's bookkeeping (uid, selector and the labels derived from them).
+fn comparable(job: &Job) -> serde_json::Value {
+    let mut value = serde_json::to_value(job).unwrap();
+    let metadata = value["metadata"].as_object_mut().unwrap();
+    for key in [
+        "namespace",
+        "uid",
+        "resourceVersion",
+        "creationTimestamp",
+        "generation",
+        "managedFields",
+    ] {
+        metadata.remove(key);
+    }
+    // The mark says which webhook made the Job; render is not that webhook, so only its
+    // presence is compared.
+    if let Some(mark) = value
+        .pointer_mut("/metadata/annotations")
+        .and_then(|a| a.get_mut(contract::INJECTED_ANNOTATION))
+    {
+        *mark = serde_json::Value::String("present".into());
+    }
+    value["spec"].as_object_mut().unwrap().remove("selector");
+    for labels in ["/metadata/labels", "/spec/template/metadata/labels"] {
+        if let Some(labels) = value.pointer_mut(labels).and_then(|l| l.as_object_mut()) {
+            for key in [
+                "controller-uid",
+                "batch.kubernetes.io/controller-uid",
+                "job-name",
+                "batch.kubernetes.io/job-name",
+            ] {
+                labels.remove(key);
+            }
+        }
+    }
+    value.as_object_mut().unwrap().remove("status");
+    value
 }
