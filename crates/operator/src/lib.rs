@@ -7,11 +7,12 @@
 //! - [`controller`]: the reconciler that observes, plans and carries the plan out ([`settle`]
 //!   is its step loop), with what it observes and writes in their own modules: [`kubeconfig`],
 //!   [`readiness`], [`finalizer`], [`status`], [`events`]; [`context`] and [`error`] are what
-//!   every reconciliation shares.
+//!   every reconciliation shares;
+//! - [`server`]: the flags, the admin port and leader election around the controller; `start`
+//!   runs it in-process (main.rs is only flags, logging and the shutdown signal).
 //!
 //! [`settle`]: controller#settle
 
-pub mod admin;
 pub mod context;
 pub mod controller;
 pub mod error;
@@ -22,4 +23,5 @@ pub mod kubeconfig;
 pub mod metrics;
 pub mod plan;
 pub mod readiness;
+pub mod server;
 pub mod status;

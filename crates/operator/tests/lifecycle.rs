@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::Node;
 use kosmos_api::contract;
 use kosmos_api::{PluginPhase, VirtualCluster, condition, phase};
 use kosmos_e2e::{Cluster, TestNamespace, host, install_crds, virtual_cluster, wait_for};
+use kosmos_operator::server::{self, Args};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -532,6 +533,77 @@ async fn two_replicas_one_leader_and_the_other_takes_over() -> Result<()> {
     .await?;
     ensure!(plugin_jobs(&client, n, "dns").await?.len() == 1);
     drop(standby);
+    webhook.stop().await?;
+    ns.delete().await
+}
+
+/// The operator run in this process the way main.rs runs it (`server::start`): two replicas on
+/// one Lease, both ready, only the holder acts; the holder stopped gracefully releases the Lease
+/// at once, and the other takes over and finishes the install.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_replicas_share_one_lease_and_a_stopped_leader_releases_it() -> Result<()> {
+    let (ns, client, _sweep) = setup("op-inproc").await?;
+    let n = ns.name();
+    let webhook = MarkingWebhook::start(&client, n).await?;
+    apply_plugin(&client, n, "dns", yaml_plugin(json!({}))).await?;
+    let lease = ["--lease-duration-seconds", "10"];
+    let first = server::start(&Args::local(n, "replica-a", &lease)?, client.clone()).await?;
+    let second = server::start(&Args::local(n, "replica-b", &lease)?, client.clone()).await?;
+    for replica in [&first, &second] {
+        wait_for("both replicas ready, leader or not", STEP, || async {
+            let (code, _) = http_get(replica.admin_addr.port(), "/readyz").await?;
+            Ok((code == 200).then_some(()))
+        })
+        .await?;
+    }
+    create_vc(
+        &client,
+        n,
+        "vc",
+        phase::ALL_NODE_READY,
+        json!({ "pluginSet": { "enabled": [{"name": "dns"}] } }),
+    )
+    .await?;
+    let job = wait_job(&client, n, "dns", "install", 1).await?;
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), n);
+    let holder = || async {
+        Ok::<_, anyhow::Error>(
+            leases
+                .get("virtual-cluster-operator")
+                .await?
+                .spec
+                .and_then(|s| s.holder_identity),
+        )
+    };
+    let (leader, standby) = match holder().await?.as_deref() {
+        Some("replica-a") => (first, second),
+        Some("replica-b") => (second, first),
+        other => anyhow::bail!("lease held by {other:?}"),
+    };
+    let (_, metrics) = http_get(standby.admin_addr.port(), "/metrics").await?;
+    ensure!(
+        metrics.contains("virtual_cluster_operator_reconciles_total 0"),
+        "the standby reconciled: {metrics}"
+    );
+    let leader_identity = leader.identity.clone();
+    leader.stop().await?;
+    let after_stop = holder().await?;
+    ensure!(
+        after_stop.as_deref() != Some(leader_identity.as_str()),
+        "the stopped leader still holds the lease"
+    );
+    finish(&client, n, &job, ok()).await?;
+    wait_vc(
+        &client,
+        n,
+        "vc",
+        "phase Completed through the standby",
+        |vc| vc.phase() == phase::COMPLETED,
+    )
+    .await?;
+    ensure!(holder().await?.as_deref() == Some(standby.identity.as_str()));
+    ensure!(plugin_jobs(&client, n, "dns").await?.len() == 1);
+    standby.stop().await?;
     webhook.stop().await?;
     ns.delete().await
 }

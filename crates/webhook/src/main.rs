@@ -262,14 +262,14 @@ fn render(args: RenderArgs) -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    server::init_logging(args.log_format);
+    kosmos_runtime::init_logging(args.log_format);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let client = kube::Client::try_default().await?;
         let mut running = server::start(&args, client).await?;
         let failed = tokio::select! {
             result = running.wait() => Some(result),
-            _ = shutdown_signal() => None,
+            () = kosmos_runtime::shutdown_signal() => None,
         };
         match failed {
             Some(result) => result,
@@ -280,21 +280,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         }
     })
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 #[cfg(test)]

@@ -8,13 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow};
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use futures::StreamExt as _;
 use kosmos_api::{VirtualCluster, VirtualClusterPlugin, VirtualClusterSpec};
+use kosmos_runtime::LogFormat;
+use kosmos_runtime::admin::{self, AdminPort, Health};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client};
@@ -30,15 +27,6 @@ use crate::tls;
 /// The operator's service account, as the chart installs it.
 pub const DEFAULT_OPERATOR_USER: &str =
     "system:serviceaccount:kosmos-system:virtual-cluster-operator";
-
-/// Log line format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
 
 /// Settings of `plugin-webhook serve`; every flag also reads an environment variable.
 #[derive(Clone, Debug, clap::Args)]
@@ -356,10 +344,20 @@ impl Drop for Running {
     }
 }
 
-/// Shared by the admin endpoint. It starts only after the TLS endpoint is bound, so being up
-/// implies that; readiness adds the caches.
-struct Admin {
-    admission: Arc<AdmissionState>,
+/// The admin port starts only after the TLS endpoint is bound, so being up implies that;
+/// readiness adds the caches.
+impl Health for AdmissionState {
+    fn ready(&self) -> Result<(), String> {
+        if self.is_synced() {
+            Ok(())
+        } else {
+            Err("caches of plugins and VirtualClusters not synced".to_owned())
+        }
+    }
+
+    fn metrics(&self) -> String {
+        self.metrics.encode()
+    }
 }
 
 /// Starts the caches, the TLS admission server and the admin server; returns once both servers
@@ -470,18 +468,10 @@ pub async fn start(args: &ServeArgs, client: Client) -> Result<Running> {
         .flatten()
         .with_context(|| format!("binding the admission endpoint to {}", args.listen))?;
 
-    let admin = Arc::new(Admin {
-        admission: state.clone(),
-    });
-    let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
-        .await
-        .with_context(|| format!("binding the admin endpoint to {}", args.admin_listen))?;
-    let admin_addr = admin_listener.local_addr()?;
-    let admin_task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(admin_listener, admin_router(admin)).await {
-            tracing::error!(error = %e, "the admin server stopped");
-        }
-    });
+    let AdminPort {
+        addr: admin_addr,
+        task: admin_task,
+    } = admin::serve(args.admin_listen, state.clone()).await?;
     tracing::info!(
         %addr,
         %admin_addr,
@@ -500,51 +490,6 @@ pub async fn start(args: &ServeArgs, client: Client) -> Result<Running> {
             tasks
         },
     })
-}
-
-fn admin_router(admin: Arc<Admin>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(admin)
-}
-
-async fn readyz(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
-    if !admin.admission.is_synced() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "caches of plugins and VirtualClusters not synced\n",
-        );
-    }
-    (StatusCode::OK, "ok\n")
-}
-
-async fn metrics(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        admin.admission.metrics.encode(),
-    )
-}
-
-/// Sets up logging: `RUST_LOG` filters (default info, with the HTTP and TLS stacks quiet).
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,hyper=warn,h2=warn,rustls=warn,tower=warn")
-    });
-    // Colours only for a person at a terminal, not in files and log collectors.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi);
-    // A second initialisation (tests) is harmless; ignore it.
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
 }
 
 /// Sets TCP_NODELAY on each accepted connection, then hands it on. An answer leaves as several
