@@ -3,21 +3,23 @@
 //! decides which plugins make up the set, in which order they install, what to do next for each
 //! (create a Job, wait, delete an unmarked Job, retry after backoff, give up, uninstall), and the
 //! status to write. The reconciler only observes, calls [`plan`], and carries the result out.
+//!
+//! [`plan`] resolves the set once ([`resolve`]), then decides each plugin's next step
+//! (`steps.rs`, with the retry rules in `retry.rs`), then writes the status (`status.rs`).
 
 mod resolve;
+mod retry;
 mod status;
 mod steps;
 
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
-#[cfg(doc)]
-use kosmos_api::contract;
-use kosmos_api::contract::ExecutorJobId;
+use kosmos_api::contract::{self, ExecutorJobId};
 use kosmos_api::{PluginStatus, VirtualCluster, VirtualClusterPlugin, VirtualClusterStatus};
 
 pub use resolve::resolve;
-pub use steps::{backoff, outage_backoff};
+pub use retry::{backoff, outage_backoff};
 
 /// Settings that shape the decisions (flags of the binary).
 #[derive(Clone, Debug, PartialEq)]
@@ -331,23 +333,80 @@ fn until(now: Timestamp, t: Timestamp) -> Duration {
 
 /// Decides what to do for one VirtualCluster.
 pub fn plan(obs: &Observed<'_>, settings: &Settings) -> Plan {
-    let mut p = Planner::new(obs, settings);
-    p.run();
-    p.finish()
+    let resolved = resolve(obs.vc, obs.plugins);
+    let mut planner = Planner::new(obs, settings);
+    planner.run(&resolved);
+    let cleanup_done = planner.cleanup_done();
+    let status = planner.status(&resolved);
+    let Planner {
+        steps,
+        notes,
+        wake,
+        installed,
+        ..
+    } = planner;
+    Plan {
+        steps,
+        status,
+        notes,
+        requeue_after: wake.map(|t| until(obs.now, t).max(Duration::from_secs(1))),
+        cleanup_done,
+        installed,
+    }
 }
 
+/// The plugins to install in order, or why the set does not resolve.
+type Resolved<'p> = Result<Vec<&'p VirtualClusterPlugin>, Vec<Problem>>;
+
+/// One decision in the making: what was observed, and the steps, events and plugin entries
+/// decided so far.
 struct Planner<'a, 'o> {
     obs: &'o Observed<'a>,
     settings: &'o Settings,
+    /// The status as it was.
     old: VirtualClusterStatus,
+    /// The VirtualCluster's retry request (annotation), empty when none.
     retry: String,
+    /// Jobs that may still start in this decision.
     slots: usize,
     steps: Vec<Step>,
     notes: Vec<Note>,
+    /// The plugin entries of the new status.
     entries: Vec<PluginStatus>,
+    /// The earliest retry time: look again then.
     wake: Option<Timestamp>,
     webhook: Option<WebhookSeen>,
     installed: Vec<Installed>,
+}
+
+impl<'a, 'o> Planner<'a, 'o> {
+    fn new(obs: &'o Observed<'a>, settings: &'o Settings) -> Self {
+        let running = obs
+            .jobs
+            .iter()
+            .filter(|j| !j.deleting && j.outcome == JobOutcome::Running)
+            .count();
+        Self {
+            obs,
+            settings,
+            old: obs.vc.status.clone().unwrap_or_default(),
+            retry: obs
+                .vc
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(contract::RETRY_ANNOTATION))
+                .cloned()
+                .unwrap_or_default(),
+            slots: settings.max_parallel_jobs.saturating_sub(running),
+            steps: Vec::new(),
+            notes: Vec::new(),
+            entries: Vec::new(),
+            wake: None,
+            webhook: None,
+            installed: Vec::new(),
+        }
+    }
 }
 
 #[cfg(test)]

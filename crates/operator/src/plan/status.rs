@@ -1,23 +1,23 @@
-//! The verdict of a decision and the status to write: conditions, phase and progress.
+//! The status a decision writes: conditions, phase, progress and the plugin entries.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kosmos_api::{PluginPhase, PluginStatus, VirtualClusterStatus, condition, phase};
 
 use super::{
-    Kubeconfig, Note, NoteKind, Plan, Planner, Problem, Readiness, WEBHOOK_UNAVAILABLE,
-    WebhookSeen, resolve, until,
+    Kubeconfig, Note, NoteKind, Planner, Problem, Readiness, Resolved, WEBHOOK_UNAVAILABLE,
+    WebhookSeen,
 };
 
-impl<'a, 'o> Planner<'a, 'o> {
-    pub(super) fn finish(mut self) -> Plan {
+impl<'a> Planner<'a, '_> {
+    /// The status to write after this decision's steps: conditions, phase, progress and the
+    /// plugin entries (moved out of the planner). May add events (a condition that changed).
+    pub(super) fn status(&mut self, resolved: &Resolved<'a>) -> VirtualClusterStatus {
         let obs = self.obs;
         let now = obs.now;
-        let resolved = resolve(obs.vc, obs.plugins);
-        let wanted: BTreeSet<String> = match &resolved {
+        let wanted: BTreeSet<String> = match resolved {
             Ok(order) => order
                 .iter()
                 .filter_map(|p| p.metadata.name.clone())
@@ -54,7 +54,7 @@ impl<'a, 'o> Planner<'a, 'o> {
                 message,
             ));
         };
-        match &resolved {
+        match resolved {
             Ok(order) => set(
                 condition::PLUGINS_RESOLVED,
                 true,
@@ -295,33 +295,14 @@ impl<'a, 'o> Planner<'a, 'o> {
         } else {
             self.old.update_time.clone()
         };
-        let cleanup_done = match &obs.deletion {
-            None => false,
-            Some(d) => {
-                !d.uninstall
-                    || d.deadline_passed
-                    || !self
-                        .entries
-                        .iter()
-                        .any(|e| e.phase == PluginPhase::Uninstalling)
-            }
-        };
-        let requeue_after = self.wake.map(|t| until(now, t).max(Duration::from_secs(1)));
-        Plan {
-            steps: self.steps,
-            status: VirtualClusterStatus {
-                phase: (!new_phase.is_empty()).then_some(new_phase),
-                reason: reason_text,
-                update_time,
-                plugin_progress: Some(format!("{succeeded}/{total}")),
-                conditions,
-                plugins: self.entries,
-                ..VirtualClusterStatus::default()
-            },
-            notes: self.notes,
-            requeue_after,
-            cleanup_done,
-            installed: self.installed,
+        VirtualClusterStatus {
+            phase: (!new_phase.is_empty()).then_some(new_phase),
+            reason: reason_text,
+            update_time,
+            plugin_progress: Some(format!("{succeeded}/{total}")),
+            conditions,
+            plugins: std::mem::take(&mut self.entries),
+            ..VirtualClusterStatus::default()
         }
     }
 }

@@ -1,81 +1,20 @@
-//! The Planner's next step per plugin: install, follow an install, webhook mark missing, leaving plugins, uninstall, backoff.
+//! Each plugin's next step: install in order, follow an install, a Job without the webhook's
+//! mark, plugins leaving the set, uninstall, and which Job names were taken.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kosmos_api::contract::{self, Action, ExecutorJobId};
-use kosmos_api::{PluginPhase, PluginStatus, VirtualClusterPlugin, condition, phase};
+use kosmos_api::{PluginPhase, PluginStatus, VirtualClusterPlugin, phase};
 
+use super::retry::{backoff, outage_backoff};
 use super::{
-    Installed, JobOutcome, JobView, Kubeconfig, NewJob, Note, NoteKind, Observed, Planner,
-    Readiness, Rejection, Settings, Step, WEBHOOK_UNAVAILABLE, WebhookSeen, add, resolve, until,
+    Installed, JobOutcome, JobView, Kubeconfig, NewJob, Note, NoteKind, Planner, Readiness,
+    Rejection, Resolved, Step, WebhookSeen, add, until,
 };
 
-/// Delay before retry number `failures` (1 = after the first failure): base, doubling, capped.
-pub fn backoff(settings: &Settings, failures: u32) -> Duration {
-    let exponent = failures.saturating_sub(1).min(20);
-    settings
-        .backoff_base
-        .saturating_mul(1u32 << exponent)
-        .min(settings.backoff_max)
-}
-
-/// Delay before the next Job after the webhook could not be called, for an outage that began
-/// at `since`: as long as the outage has lasted so far, at least the base and at most the
-/// maximum. Retries so come at base, 2·base, 4·base, … after the outage began: exponential and
-/// bounded, with nothing to count but the condition's transition time.
-pub fn outage_backoff(settings: &Settings, since: Timestamp, now: Timestamp) -> Duration {
-    until(since, now).clamp(
-        settings.backoff_base,
-        settings.backoff_max.max(settings.backoff_base),
-    )
-}
-
 impl<'a, 'o> Planner<'a, 'o> {
-    /// When the current webhook outage began: the transition time of `WebhookMutating=False`
-    /// with reason `WebhookUnavailable`, or now for a new one.
-    pub(super) fn outage_since(&self) -> Timestamp {
-        self.old
-            .conditions
-            .iter()
-            .find(|c| {
-                c.type_ == condition::WEBHOOK_MUTATING
-                    && c.status == "False"
-                    && c.reason == WEBHOOK_UNAVAILABLE
-            })
-            .map_or(self.obs.now, |c| c.last_transition_time.0)
-    }
-
-    pub(super) fn new(obs: &'o Observed<'a>, settings: &'o Settings) -> Self {
-        let running = obs
-            .jobs
-            .iter()
-            .filter(|j| !j.deleting && j.outcome == JobOutcome::Running)
-            .count();
-        Self {
-            obs,
-            settings,
-            old: obs.vc.status.clone().unwrap_or_default(),
-            retry: obs
-                .vc
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(contract::RETRY_ANNOTATION))
-                .cloned()
-                .unwrap_or_default(),
-            slots: settings.max_parallel_jobs.saturating_sub(running),
-            steps: Vec::new(),
-            notes: Vec::new(),
-            entries: Vec::new(),
-            wake: None,
-            webhook: None,
-            installed: Vec::new(),
-        }
-    }
-
     fn old_entry(&self, plugin: &str) -> Option<&PluginStatus> {
         self.old.plugins.iter().find(|e| e.name == plugin)
     }
@@ -123,8 +62,9 @@ impl<'a, 'o> Planner<'a, 'o> {
         });
     }
 
-    pub(super) fn run(&mut self) {
-        let resolved = resolve(self.obs.vc, self.obs.plugins);
+    /// Decides each plugin's next step: those of the resolved set install (in order), those
+    /// that left it uninstall.
+    pub(super) fn run(&mut self, resolved: &Resolved<'a>) {
         let current = self.obs.vc.phase();
         let may_act = match &self.obs.deletion {
             Some(_) => false,
@@ -135,7 +75,7 @@ impl<'a, 'o> Planner<'a, 'o> {
             }
         };
         let kubeconfig_ok = self.obs.kubeconfig == Kubeconfig::Available;
-        match (&resolved, &self.obs.deletion) {
+        match (resolved, &self.obs.deletion) {
             (_, Some(deletion)) => {
                 // Everything leaves the set; uninstall only when asked and still in time.
                 let act = deletion.uninstall && !deletion.deadline_passed && kubeconfig_ok;
@@ -494,57 +434,30 @@ impl<'a, 'o> Planner<'a, 'o> {
             }
             JobOutcome::Failed { message } => {
                 entry.finished_at = job.finished_at.map(Time);
-                let failures = jobs
-                    .iter()
-                    .filter(|j| {
-                        j.id.action == Action::Install
-                            && j.id.spec_hash == job.id.spec_hash
-                            && j.id.retry == self.retry
-                            && j.injected
-                            && matches!(j.outcome, JobOutcome::Failed { .. })
-                    })
-                    .count();
-                let failures = u32::try_from(failures).unwrap_or(u32::MAX);
+                let failures = self.failures(jobs, job);
                 let was_failed = old.is_some_and(|o| {
                     o.job_name.as_deref() == Some(job.name.as_str())
                         && matches!(o.phase, PluginPhase::Failed | PluginPhase::Pending)
                 });
-                if failures == 0 || failures >= self.settings.max_attempts {
-                    // Attempts used up (or the failed Job predates the current retry request
-                    // and so counts for nothing: then the retry starts below).
-                    if failures >= self.settings.max_attempts {
-                        entry.phase = PluginPhase::Failed;
-                        entry.message = Some(format!(
-                            "{message} (job {}, {failures} failed attempts; change the plugin or set annotation {} on the VirtualCluster to retry)",
-                            job.name,
-                            contract::RETRY_ANNOTATION
-                        ));
-                        if old.is_none_or(|o| o.phase != PluginPhase::Failed) {
-                            self.note(
-                                &name.clone(),
-                                NoteKind::Warning,
-                                "PluginFailed",
-                                format!("plugin {name} failed: {message} (job {})", job.name),
-                            );
-                        }
-                        self.entries.push(entry);
-                        return;
+                if failures >= self.settings.max_attempts {
+                    entry.phase = PluginPhase::Failed;
+                    entry.message = Some(format!(
+                        "{message} (job {}, {failures} failed attempts; change the plugin or set annotation {} on the VirtualCluster to retry)",
+                        job.name,
+                        contract::RETRY_ANNOTATION
+                    ));
+                    if old.is_none_or(|o| o.phase != PluginPhase::Failed) {
+                        self.note(
+                            &name.clone(),
+                            NoteKind::Warning,
+                            "PluginFailed",
+                            format!("plugin {name} failed: {message} (job {})", job.name),
+                        );
                     }
+                    self.entries.push(entry);
+                    return;
                 }
-                // Once written, the retry time stays put (a Job without a finish time would
-                // otherwise push it forward on every pass and never retry).
-                let known = old
-                    .filter(|o| o.job_name.as_deref() == Some(job.name.as_str()))
-                    .and_then(|o| o.next_retry_at.as_ref())
-                    .map(|t| t.0);
-                let at = if failures == 0 {
-                    self.obs.now
-                } else {
-                    known.unwrap_or_else(|| {
-                        let from = job.finished_at.unwrap_or(self.obs.now);
-                        add(from, backoff(self.settings, failures))
-                    })
-                };
+                let at = self.retry_at(job, old, failures);
                 if !was_failed && failures > 0 {
                     self.note(
                         &name.clone(),
@@ -614,6 +527,19 @@ impl<'a, 'o> Planner<'a, 'o> {
         entry.message = Some(message);
         entry.next_retry_at = Some(Time(at));
         self.wake_at(at);
+    }
+
+    /// While deleting: nothing is left to wait for, so the finalizer may go (no uninstall asked,
+    /// its time is up, or no plugin is still uninstalling).
+    pub(super) fn cleanup_done(&self) -> bool {
+        self.obs.deletion.as_ref().is_some_and(|d| {
+            !d.uninstall
+                || d.deadline_passed
+                || !self
+                    .entries
+                    .iter()
+                    .any(|e| e.phase == PluginPhase::Uninstalling)
+        })
     }
 
     /// Plugins with a status entry that are no longer in the set.
@@ -711,22 +637,7 @@ impl<'a, 'o> Planner<'a, 'o> {
                     }
                     JobOutcome::Failed { message } => {
                         entry.finished_at = job.finished_at.map(Time);
-                        let last_install = jobs
-                            .iter()
-                            .filter(|j| j.id.action == Action::Install)
-                            .map(|j| j.id.attempt)
-                            .max()
-                            .unwrap_or(0);
-                        let failures = jobs
-                            .iter()
-                            .filter(|j| {
-                                j.id.action == Action::Uninstall
-                                    && j.id.attempt > last_install
-                                    && j.id.retry == self.retry
-                                    && matches!(j.outcome, JobOutcome::Failed { .. })
-                            })
-                            .count();
-                        let failures = u32::try_from(failures).unwrap_or(u32::MAX);
+                        let failures = self.failures(jobs, job);
                         if failures >= self.settings.max_attempts {
                             entry.phase = PluginPhase::Failed;
                             entry.message = Some(format!(
@@ -747,19 +658,7 @@ impl<'a, 'o> Planner<'a, 'o> {
                             self.entries.push(entry);
                             return;
                         }
-                        let known = (old.job_name.as_deref() == Some(job.name.as_str()))
-                            .then(|| old.next_retry_at.as_ref().map(|t| t.0))
-                            .flatten();
-                        let at = if failures == 0 {
-                            self.obs.now
-                        } else {
-                            known.unwrap_or_else(|| {
-                                add(
-                                    job.finished_at.unwrap_or(self.obs.now),
-                                    backoff(self.settings, failures),
-                                )
-                            })
-                        };
+                        let at = self.retry_at(job, Some(&old), failures);
                         entry.message = Some(format!("uninstall attempt failed: {message}"));
                         if at > self.obs.now {
                             entry.next_retry_at = Some(Time(at));
