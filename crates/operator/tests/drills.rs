@@ -33,7 +33,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kosmos_api::{PluginPhase, VirtualCluster, contract, phase};
-use kosmos_e2e::{Cluster, TestNamespace, host, install_crds, wait_for};
+use kosmos_e2e::{TestNamespace, wait_for};
 use kube::api::{DeleteParams, ListParams};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
@@ -302,10 +302,7 @@ struct Drill {
 
 impl Drill {
     async fn start(name: &'static str, prefix: &str) -> Result<Self> {
-        let client = host().await?;
-        install_crds(&client).await?;
-        let ns = TestNamespace::create(Cluster::Host, prefix).await?;
-        let sweep = FinalizerSweep::new(ns.name());
+        let (ns, client, sweep) = setup(prefix).await?;
         let webhook = MarkingWebhook::start(&client, ns.name()).await?;
         for plugin in PLUGINS {
             let extra = if plugin == "proxy" {

@@ -18,17 +18,9 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event, Secret};
 use kosmos_api::contract::Action;
 use kosmos_api::{PluginPhase, VirtualCluster, VirtualClusterPlugin, condition, contract, phase};
-use kosmos_e2e::{Cluster, TestNamespace, host, install_crds, wait_for};
+use kosmos_e2e::{Cluster, wait_for};
 use kube::Api;
 use serde_json::json;
-
-async fn setup(prefix: &str) -> Result<(TestNamespace, kube::Client, FinalizerSweep)> {
-    let client = host().await?;
-    install_crds(&client).await?;
-    let ns = TestNamespace::create(Cluster::Host, prefix).await?;
-    let sweep = FinalizerSweep::new(ns.name());
-    Ok((ns, client, sweep))
-}
 
 /// The virtual cluster's own kubeconfig with its user replaced by `user`.
 async fn kubeconfig_with_user(user: serde_json::Value) -> Result<String> {

@@ -11,17 +11,9 @@ use anyhow::{Result, ensure};
 use common::*;
 use kosmos_api::contract;
 use kosmos_api::{PluginPhase, condition, phase};
-use kosmos_e2e::{Cluster, TestNamespace, host, install_crds};
+use kosmos_e2e::Cluster;
 use kube::ResourceExt;
 use serde_json::json;
-
-async fn setup(prefix: &str) -> Result<(TestNamespace, kube::Client, FinalizerSweep)> {
-    let client = host().await?;
-    install_crds(&client).await?;
-    let ns = TestNamespace::create(Cluster::Host, prefix).await?;
-    let sweep = FinalizerSweep::new(ns.name());
-    Ok((ns, client, sweep))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_plugins_reach_completed() -> Result<()> {

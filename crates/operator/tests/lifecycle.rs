@@ -12,19 +12,11 @@ use common::*;
 use k8s_openapi::api::core::v1::Node;
 use kosmos_api::contract;
 use kosmos_api::{PluginPhase, VirtualCluster, condition, phase};
-use kosmos_e2e::{Cluster, TestNamespace, host, install_crds, virtual_cluster, wait_for};
+use kosmos_e2e::{virtual_cluster, wait_for};
 use kosmos_operator::server::{self, Args};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-
-async fn setup(prefix: &str) -> Result<(TestNamespace, kube::Client, FinalizerSweep)> {
-    let client = host().await?;
-    install_crds(&client).await?;
-    let ns = TestNamespace::create(Cluster::Host, prefix).await?;
-    let sweep = FinalizerSweep::new(ns.name());
-    Ok((ns, client, sweep))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_and_restarted_mid_install_creates_no_duplicate() -> Result<()> {

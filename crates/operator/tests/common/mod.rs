@@ -16,7 +16,9 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::batch::v1::Job;
 use kosmos_api::contract;
 use kosmos_api::{PluginPhase, PluginStatus, VirtualCluster, VirtualClusterPlugin};
-use kosmos_e2e::{Cluster, DEFAULT_TIMEOUT, PodOutcome, wait_for, wait_for_job_pod_and_finish};
+use kosmos_e2e::{
+    Cluster, DEFAULT_TIMEOUT, PodOutcome, TestNamespace, wait_for, wait_for_job_pod_and_finish,
+};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
@@ -24,6 +26,16 @@ use tokio::process::{Child, Command};
 
 /// Bound on one step of a test: the job controller and the operator on a busy 2-core machine.
 pub const STEP: Duration = DEFAULT_TIMEOUT;
+
+/// A test's start: the host cluster's client with the CRDs installed, a fresh namespace named
+/// after `prefix`, and the sweep that frees the namespace's VirtualClusters at the end.
+pub async fn setup(prefix: &str) -> Result<(TestNamespace, Client, FinalizerSweep)> {
+    let client = kosmos_e2e::host().await?;
+    kosmos_e2e::install_crds(&client).await?;
+    let ns = TestNamespace::create(Cluster::Host, prefix).await?;
+    let sweep = FinalizerSweep::new(ns.name());
+    Ok((ns, client, sweep))
+}
 
 /// The operator binary, run against the host cluster and scoped to one namespace.
 pub struct Operator {
