@@ -505,10 +505,9 @@ pub fn render_job(
     options: &RenderOptions,
 ) -> Result<Job, String> {
     let job = bare_job(plugin, virtual_cluster, action, &options.executor_image);
-    let mutation = mutate_job(&job, plugin, virtual_cluster, &options.settings).map_err(|d| d.0)?;
-    let mut value = serde_json::to_value(&job).map_err(|e| e.to_string())?;
-    json_patch::patch(&mut value, &mutation.patch).map_err(|e| e.to_string())?;
-    serde_json::from_value(value).map_err(|e| e.to_string())
+    mutate_job(&job, plugin, virtual_cluster, &options.settings)
+        .map_err(|d| d.0)?
+        .apply(&job)
 }
 
 /// The operator's bare Job for the first attempt of `action` ([`ExecutorJobId::bare_job`]).

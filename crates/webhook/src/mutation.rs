@@ -106,6 +106,16 @@ pub struct Mutation {
     pub action: Action,
 }
 
+impl Mutation {
+    /// `job` with the patch applied: the Job the apiserver stores (what `plugin-webhook render`
+    /// prints). The error says why the patch does not apply to this Job.
+    pub fn apply(&self, job: &Job) -> Result<Job, String> {
+        let mut value = serde_json::to_value(job).map_err(|e| e.to_string())?;
+        json_patch::patch(&mut value, &self.patch).map_err(|e| e.to_string())?;
+        serde_json::from_value(value).map_err(|e| e.to_string())
+    }
+}
+
 /// Everything injected into the pod; its hash is the mark.
 #[derive(Clone, Debug, Default, Serialize)]
 struct Injection {

@@ -52,7 +52,7 @@ fn every_example_validates_and_mutates() {
                         let job = common::bare_job("tenants", "tenant1-cluster", &plugin, action);
                         let mutation = mutate_job(&job, &plugin, &vc, &common::any_host_path())
                             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-                        let job = common::apply_patch(&job, &mutation.patch);
+                        let job = mutation.apply(&job).unwrap();
                         let pod = job.spec.unwrap().template.spec.unwrap();
                         let env: Vec<String> = pod.containers[0]
                             .env

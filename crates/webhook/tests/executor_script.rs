@@ -94,7 +94,7 @@ impl World {
         let plugin = common::plugin_from_yaml("tenants", plugin_yaml);
         let job = common::bare_job_for(vc, &plugin, action);
         let mutation = mutate_job(&job, &plugin, vc, &common::any_host_path()).unwrap();
-        let job = common::apply_patch(&job, &mutation.patch);
+        let job = mutation.apply(&job).unwrap();
         self.execute(&job).await
     }
 
@@ -810,7 +810,7 @@ async fn shell_injection_corpus_through_the_mutation_stays_inert() {
                 continue;
             }
             ran += 1;
-            let outcome = w.execute(&common::apply_patch(&job, &mutation.patch)).await;
+            let outcome = w.execute(&mutation.apply(&job).unwrap()).await;
             if mark.exists() {
                 problems.push(format!("{field} {payload:?}: RAN the payload: {outcome:?}"));
                 std::fs::remove_file(&mark).unwrap();
@@ -1053,7 +1053,7 @@ async fn shell_injection_corpus_as_helm_values_arrives_as_data() {
     let job = common::bare_job("tenants", VC, &plugin, Action::Install);
     let vc = common::virtual_cluster("tenants", VC);
     let mutation = mutate_job(&job, &plugin, &vc, &common::any_host_path()).unwrap();
-    let outcome = w.execute(&common::apply_patch(&job, &mutation.patch)).await;
+    let outcome = w.execute(&mutation.apply(&job).unwrap()).await;
     assert_ok(&outcome);
     assert!(!mark.exists(), "a value was run as a command: {outcome:#?}");
     let data = w

@@ -140,9 +140,7 @@ mod tests {
             crate::authoring::DEFAULT_EXECUTOR_IMAGE,
         );
         let mutation = mutate_job(&job, &p, &vc, &Settings::default()).map_err(|d| d.0)?;
-        let mut value = serde_json::to_value(&job).unwrap();
-        json_patch::patch(&mut value, &mutation.patch).unwrap();
-        let job: k8s_openapi::api::batch::v1::Job = serde_json::from_value(value).unwrap();
+        let job = mutation.apply(&job).unwrap();
         Ok(job.spec.unwrap().template.spec.unwrap())
     }
 

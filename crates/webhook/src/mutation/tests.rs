@@ -36,12 +36,6 @@ pub(crate) fn bare_job(plugin: &VirtualClusterPlugin, action: Action) -> Job {
     )
 }
 
-pub(crate) fn apply_patch(job: &Job, patch: &json_patch::Patch) -> Job {
-    let mut value = serde_json::to_value(job).unwrap();
-    json_patch::patch(&mut value, patch).unwrap();
-    serde_json::from_value(value).unwrap()
-}
-
 /// Settings that allow hostPath anywhere (`/`), as an admin must say explicitly.
 pub(crate) fn any_host_path() -> Settings {
     Settings {
@@ -53,7 +47,7 @@ pub(crate) fn any_host_path() -> Settings {
 fn mutated(plugin: &VirtualClusterPlugin, action: Action) -> Job {
     let job = bare_job(plugin, action);
     let m = mutate_job(&job, plugin, &virtual_cluster(), &any_host_path()).unwrap();
-    apply_patch(&job, &m.patch)
+    m.apply(&job).unwrap()
 }
 
 fn pod(job: &Job) -> &PodSpec {
@@ -388,7 +382,7 @@ fn storage_mounts_are_recursively_read_only_as_configured() {
         };
         let bare = bare_job(&p, Action::Install);
         let m = mutate_job(&bare, &p, &virtual_cluster(), &settings).unwrap();
-        let job = apply_patch(&bare, &m.patch);
+        let job = m.apply(&bare).unwrap();
         assert_eq!(recursive(&job)["kosmos-pv-0"], value, "{setting:?}");
         assert_eq!(recursive(&job)["kosmos-host-0"], value, "{setting:?}");
     }
@@ -526,7 +520,7 @@ fn reinvocation_with_the_mark_is_an_empty_patch_and_never_duplicates() {
     let job = bare_job(&p, Action::Install);
     let first = mutate_job(&job, &p, &virtual_cluster(), &Settings::default()).unwrap();
     assert!(!first.patch.0.is_empty());
-    let once = apply_patch(&job, &first.patch);
+    let once = first.apply(&job).unwrap();
     assert_eq!(
         once.annotations().get(contract::INJECTED_ANNOTATION),
         Some(&first.mark)
@@ -544,7 +538,7 @@ fn reinvocation_with_the_mark_is_an_empty_patch_and_never_duplicates() {
         .unwrap()
         .insert(contract::INJECTED_ANNOTATION.into(), "other".into());
     let third = mutate_job(&unmarked, &p, &virtual_cluster(), &Settings::default()).unwrap();
-    let twice = apply_patch(&unmarked, &third.patch);
+    let twice = third.apply(&unmarked).unwrap();
     assert_eq!(
         serde_json::to_value(&twice).unwrap(),
         serde_json::to_value(&once).unwrap()

@@ -51,13 +51,6 @@ pub fn plugin_from_yaml(namespace: &str, text: &str) -> VirtualClusterPlugin {
     plugin
 }
 
-/// Applies a JSON patch to a Job.
-pub fn apply_patch(job: &Job, patch: &json_patch::Patch) -> Job {
-    let mut value = serde_json::to_value(job).unwrap();
-    json_patch::patch(&mut value, patch).unwrap();
-    serde_json::from_value(value).unwrap()
-}
-
 /// The webhook's settings in tests: hostPath allowed anywhere, as an admin must say explicitly
 /// (`--allowed-host-path-prefixes=/`); everything else at its default.
 pub fn any_host_path() -> kosmos_webhook::Settings {
