@@ -26,6 +26,10 @@
 #                                 import OCI/docker image archives into the node's containerd
 #        e2e/cluster.sh exec CMD...
 #                                 run CMD inside the cluster's network namespace (curl a pod IP)
+#        e2e/cluster.sh stop-component NAME | start-component NAME
+#                                 fault drills: stop (TERM, then KILL) or start again and wait
+#                                 until ready one of etcd, host-apiserver, virtual-apiserver, of
+#                                 THIS state folder's cluster only
 #
 # Internal, used by e2e/with-cluster.sh so that several concurrent users share one cluster and
 # the last one out stops it only if none of them found it already running:
@@ -1067,6 +1071,36 @@ do_env() {
     "${HELM_BIN_DIR}" "${KUSTOMIZE_BIN_DIR}"
 }
 
+# The components a fault drill may stop and start on their own: the control plane's stores and
+# apiservers. Everything else reconnects to them by itself.
+DRILL_COMPONENTS=(etcd host-apiserver virtual-apiserver)
+
+check_drill_component() {
+  local c
+  for c in "${DRILL_COMPONENTS[@]}"; do
+    [[ "$1" == "${c}" ]] && return 0
+  done
+  die "cannot stop or start '$1' on its own; one of: ${DRILL_COMPONENTS[*]}"
+}
+
+# Starts component $1 again with the flags `up` gives it, and waits until it is ready.
+start_component() {
+  case "$1" in
+    etcd)
+      start_etcd
+      wait_ready etcd probe_etcd
+      ;;
+    host-apiserver)
+      start_apiserver host "${HOST_APISERVER_PORT}" 10.96.0.0/16 Node,RBAC
+      wait_ready host-apiserver probe_https "${NODE_IP}" "${HOST_APISERVER_PORT}" readyz
+      ;;
+    virtual-apiserver)
+      start_apiserver virtual "${VIRTUAL_APISERVER_PORT}" 10.97.0.0/16 RBAC
+      wait_ready virtual-apiserver probe_https "${NODE_IP}" "${VIRTUAL_APISERVER_PORT}" readyz
+      ;;
+  esac
+}
+
 # Removes registered users whose process is gone (a killed test run must not keep the cluster).
 prune_users() {
   local f
@@ -1120,6 +1154,18 @@ case "${cmd}" in
     [[ $# -gt 0 ]] || die "usage: $0 exec COMMAND [ARG...]"
     [[ -e "/run/netns/${NETNS}" ]] || die "the cluster is not running; e2e/cluster.sh up first"
     exec "${NETNS_EXEC[@]}" "$@"
+    ;;
+  stop-component | start-component)
+    [[ $# -eq 2 ]] || die "usage: $0 ${cmd} NAME"
+    check_drill_component "$2"
+    [[ -f "${PORT_BASE_FILE}" && -e "/run/netns/${NETNS}" ]] \
+      || die "the cluster of ${STATE_DIR} is not running; e2e/cluster.sh up first"
+    take_lock
+    if [[ "${cmd}" == stop-component ]]; then
+      stop "$2"
+    else
+      start_component "$2"
+    fi
     ;;
   acquire)
     [[ "${2:-}" =~ ^[0-9]+$ ]] || die "usage: $0 acquire PID"
