@@ -140,23 +140,13 @@ async fn walk_through_claim(admin: &Client, ns: &str) {
 
 async fn register_webhook(admin: &Client, ns: &str, port: u16, ca_pem: &str) -> Registration {
     let name = format!("kosmos-e2e-full-stack-{ns}");
-    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
-    let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "webhooks": [{
-            "name": "executor-jobs.plugin.kosmos.io",
-            "admissionReviewVersions": ["v1"],
-            "clientConfig": {"url": format!("https://{}:{port}/mutate", webhook_host()), "caBundle": ca},
-            "rules": [{"apiGroups": ["batch"], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["jobs"], "scope": "Namespaced"}],
-            "objectSelector": {"matchExpressions": [{"key": contract::EXECUTOR_LABEL, "operator": "Exists"}]},
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
-            "failurePolicy": "Fail",
-            "sideEffects": "None",
-            "timeoutSeconds": 10,
-            "reinvocationPolicy": "IfNeeded",
-        }],
-    }))
-    .unwrap();
+    let config = kosmos_e2e::executor_webhook_configuration(
+        &name,
+        ns,
+        &format!("https://{}:{port}/mutate", webhook_host()),
+        ca_pem,
+        &["CREATE"],
+    );
     Api::<MutatingWebhookConfiguration>::all(admin.clone())
         .create(&PostParams::default(), &config)
         .await

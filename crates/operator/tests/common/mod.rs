@@ -191,12 +191,13 @@ impl MarkingWebhook {
         let server = serve_stand_in(listener, tls.clone(), handle.clone(), mode.clone());
 
         let name = format!("e2e-mark-{namespace}");
-        let config = webhook_configuration(
+        let config = kosmos_e2e::executor_webhook_configuration(
             &name,
             namespace,
             &format!("https://{host}:{port}/mutate"),
             &ca_cert.pem(),
-        )?;
+            &["CREATE"],
+        );
         let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
         api.create(&PostParams::default(), &config).await?;
         let this = Self {
@@ -302,38 +303,6 @@ impl Drop for MarkingWebhook {
     }
 }
 
-/// The test's MutatingWebhookConfiguration `name`: executor Jobs of `namespace` go to `url`,
-/// which presents a certificate of `ca_pem`; failurePolicy Fail, as the chart's.
-fn webhook_configuration(
-    name: &str,
-    namespace: &str,
-    url: &str,
-    ca_pem: &str,
-) -> Result<MutatingWebhookConfiguration> {
-    Ok(serde_json::from_value(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": { "name": name },
-        "webhooks": [{
-            "name": "mark.e2e.kosmos.io",
-            "clientConfig": {
-                "url": url,
-                "caBundle": base64::engine::general_purpose::STANDARD.encode(ca_pem),
-            },
-            "rules": [{
-                "apiGroups": ["batch"], "apiVersions": ["v1"],
-                "operations": ["CREATE"], "resources": ["jobs"],
-            }],
-            "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": namespace } },
-            "objectSelector": { "matchLabels": { contract::EXECUTOR_LABEL: "true" } },
-            "failurePolicy": "Fail",
-            "sideEffects": "None",
-            "admissionReviewVersions": ["v1"],
-            "timeoutSeconds": 10,
-        }],
-    }))?)
-}
-
 /// A webhook that is registered but not running: the apiserver refuses every executor Job of
 /// the namespace with "failed calling webhook", as when plugin-webhook is down.
 pub struct DeadWebhook {
@@ -356,12 +325,13 @@ impl DeadWebhook {
         let ca_key = rcgen::KeyPair::generate()?;
         let ca = rcgen::CertificateParams::new(Vec::<String>::new())?.self_signed(&ca_key)?;
         let name = format!("e2e-dead-{namespace}");
-        let config = webhook_configuration(
+        let config = kosmos_e2e::executor_webhook_configuration(
             &name,
             namespace,
             &format!("https://{host}:{port}/mutate"),
             &ca.pem(),
-        )?;
+            &["CREATE"],
+        );
         let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
         api.create(&PostParams::default(), &config).await?;
         let this = Self {
