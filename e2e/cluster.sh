@@ -24,6 +24,9 @@
 #        e2e/cluster.sh env       print `export` lines: eval "$(e2e/cluster.sh env)"
 #        e2e/cluster.sh load-image ARCHIVE...
 #                                 import OCI/docker image archives into the node's containerd
+#        e2e/cluster.sh import-images
+#                                 import the node's images and images/out/*.oci.tar again where
+#                                 an archive changed since its last import (as `up` does)
 #        e2e/cluster.sh exec CMD...
 #                                 run CMD inside the cluster's network namespace (curl a pod IP)
 #        e2e/cluster.sh stop-component NAME | start-component NAME
@@ -92,6 +95,8 @@ VIRTUAL_KUBECONFIG="${STATE_DIR}/virtual.kubeconfig"
 
 # The node's own folder: containerd's root and state, the kubelet's root, pod logs, CNI.
 NODE_DIR="${STATE_DIR}/node"
+# The host cluster's Service addresses (kube-proxy makes them work inside the namespace).
+HOST_SERVICE_CIDR=10.96.0.0/16
 CONTAINERD_SOCK="${NODE_DIR}/containerd.sock"
 NODE_NAME=kosmos-e2e-node
 POD_CIDR=10.244.0.0/24
@@ -522,6 +527,16 @@ setup_netns() {
   if ! in_netns iptables -w -C FORWARD -o eth0 -j DROP 2> /dev/null; then
     in_netns iptables -w -I FORWARD 1 -o eth0 -j DROP
     in_netns iptables -w -I FORWARD 1 -i eth0 -j DROP
+  fi
+  # The apiserver calls webhooks behind a Service (the chart's) at its ClusterIP. A connection
+  # made in the namespace needs a route before kube-proxy's DNAT picks a pod (then it is routed
+  # again, to cni0), and the namespace has no default route: this one gives it. What no Service
+  # rewrites must not leave through the veth, so it is dropped on the way out.
+  if ! in_netns ip route show "${HOST_SERVICE_CIDR}" | grep -q .; then
+    in_netns ip route add "${HOST_SERVICE_CIDR}" dev eth0 src "${NODE_IP}"
+  fi
+  if ! in_netns iptables -w -C OUTPUT -o eth0 -d "${HOST_SERVICE_CIDR}" -j DROP 2> /dev/null; then
+    in_netns iptables -w -I OUTPUT 1 -o eth0 -d "${HOST_SERVICE_CIDR}" -j DROP
   fi
 }
 
@@ -977,7 +992,7 @@ do_up() {
   start_etcd
   wait_ready etcd probe_etcd
 
-  start_apiserver host "${HOST_APISERVER_PORT}" 10.96.0.0/16 Node,RBAC
+  start_apiserver host "${HOST_APISERVER_PORT}" "${HOST_SERVICE_CIDR}" Node,RBAC
   start_apiserver virtual "${VIRTUAL_APISERVER_PORT}" 10.97.0.0/16 RBAC
   wait_ready host-apiserver probe_https "${NODE_IP}" "${HOST_APISERVER_PORT}" readyz
   wait_ready virtual-apiserver probe_https "${NODE_IP}" "${VIRTUAL_APISERVER_PORT}" readyz
@@ -993,7 +1008,7 @@ do_up() {
   write_kubeconfig "${STATE_DIR}/kube-proxy.kubeconfig" kosmos-e2e-host "${HOST_APISERVER_PORT}" kube-proxy
   echo "${HOST_SIDE_IP}" > "${STATE_DIR}/webhook-host"
 
-  start_controller_manager host "${HOST_KCM_PORT}" 10.96.0.0/16
+  start_controller_manager host "${HOST_KCM_PORT}" "${HOST_SERVICE_CIDR}"
   start_controller_manager virtual "${VIRTUAL_KCM_PORT}" 10.97.0.0/16
   start_scheduler
   start_node
@@ -1148,6 +1163,10 @@ case "${cmd}" in
     [[ $# -gt 0 ]] || die "usage: $0 load-image ARCHIVE..."
     is_running containerd || die "the node is not running; e2e/cluster.sh up first"
     load_images "$@"
+    ;;
+  import-images)
+    is_running containerd || die "the node is not running; e2e/cluster.sh up first"
+    import_node_images
     ;;
   exec)
     shift
