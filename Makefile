@@ -58,7 +58,7 @@ cluster-up: e2e-bins ## start the local cluster: host control plane with a real 
 cluster-down: ## stop the local cluster; remove its processes, mounts, network namespace, containers and state
 	e2e/cluster.sh down
 
-demo: e2e-bins ## the main job: local cluster, CRDs, operator, webhook, the design's examples
+demo: e2e-bins ## the main job: the images, the local cluster, the chart installed on its node, the design's examples to Completed
 	e2e/demo.sh
 
 bench: ## webhook and operator against their ceiling and peer, side by side (target/bench/report.md)

@@ -24,8 +24,15 @@
 #        e2e/cluster.sh env       print `export` lines: eval "$(e2e/cluster.sh env)"
 #        e2e/cluster.sh load-image ARCHIVE...
 #                                 import OCI/docker image archives into the node's containerd
+#        e2e/cluster.sh import-images
+#                                 import the node's images and images/out/*.oci.tar again where
+#                                 an archive changed since its last import (as `up` does)
 #        e2e/cluster.sh exec CMD...
 #                                 run CMD inside the cluster's network namespace (curl a pod IP)
+#        e2e/cluster.sh stop-component NAME | start-component NAME
+#                                 fault drills: stop (TERM, then KILL) or start again and wait
+#                                 until ready one of etcd, host-apiserver, virtual-apiserver, of
+#                                 THIS state folder's cluster only
 #
 # Internal, used by e2e/with-cluster.sh so that several concurrent users share one cluster and
 # the last one out stops it only if none of them found it already running:
@@ -88,6 +95,8 @@ VIRTUAL_KUBECONFIG="${STATE_DIR}/virtual.kubeconfig"
 
 # The node's own folder: containerd's root and state, the kubelet's root, pod logs, CNI.
 NODE_DIR="${STATE_DIR}/node"
+# The host cluster's Service addresses (kube-proxy makes them work inside the namespace).
+HOST_SERVICE_CIDR=10.96.0.0/16
 CONTAINERD_SOCK="${NODE_DIR}/containerd.sock"
 NODE_NAME=kosmos-e2e-node
 POD_CIDR=10.244.0.0/24
@@ -518,6 +527,16 @@ setup_netns() {
   if ! in_netns iptables -w -C FORWARD -o eth0 -j DROP 2> /dev/null; then
     in_netns iptables -w -I FORWARD 1 -o eth0 -j DROP
     in_netns iptables -w -I FORWARD 1 -i eth0 -j DROP
+  fi
+  # The apiserver calls webhooks behind a Service (the chart's) at its ClusterIP. A connection
+  # made in the namespace needs a route before kube-proxy's DNAT picks a pod (then it is routed
+  # again, to cni0), and the namespace has no default route: this one gives it. What no Service
+  # rewrites must not leave through the veth, so it is dropped on the way out.
+  if ! in_netns ip route show "${HOST_SERVICE_CIDR}" | grep -q .; then
+    in_netns ip route add "${HOST_SERVICE_CIDR}" dev eth0 src "${NODE_IP}"
+  fi
+  if ! in_netns iptables -w -C OUTPUT -o eth0 -d "${HOST_SERVICE_CIDR}" -j DROP 2> /dev/null; then
+    in_netns iptables -w -I OUTPUT 1 -o eth0 -d "${HOST_SERVICE_CIDR}" -j DROP
   fi
 }
 
@@ -973,7 +992,7 @@ do_up() {
   start_etcd
   wait_ready etcd probe_etcd
 
-  start_apiserver host "${HOST_APISERVER_PORT}" 10.96.0.0/16 Node,RBAC
+  start_apiserver host "${HOST_APISERVER_PORT}" "${HOST_SERVICE_CIDR}" Node,RBAC
   start_apiserver virtual "${VIRTUAL_APISERVER_PORT}" 10.97.0.0/16 RBAC
   wait_ready host-apiserver probe_https "${NODE_IP}" "${HOST_APISERVER_PORT}" readyz
   wait_ready virtual-apiserver probe_https "${NODE_IP}" "${VIRTUAL_APISERVER_PORT}" readyz
@@ -989,7 +1008,7 @@ do_up() {
   write_kubeconfig "${STATE_DIR}/kube-proxy.kubeconfig" kosmos-e2e-host "${HOST_APISERVER_PORT}" kube-proxy
   echo "${HOST_SIDE_IP}" > "${STATE_DIR}/webhook-host"
 
-  start_controller_manager host "${HOST_KCM_PORT}" 10.96.0.0/16
+  start_controller_manager host "${HOST_KCM_PORT}" "${HOST_SERVICE_CIDR}"
   start_controller_manager virtual "${VIRTUAL_KCM_PORT}" 10.97.0.0/16
   start_scheduler
   start_node
@@ -1067,6 +1086,36 @@ do_env() {
     "${HELM_BIN_DIR}" "${KUSTOMIZE_BIN_DIR}"
 }
 
+# The components a fault drill may stop and start on their own: the control plane's stores and
+# apiservers. Everything else reconnects to them by itself.
+DRILL_COMPONENTS=(etcd host-apiserver virtual-apiserver)
+
+check_drill_component() {
+  local c
+  for c in "${DRILL_COMPONENTS[@]}"; do
+    [[ "$1" == "${c}" ]] && return 0
+  done
+  die "cannot stop or start '$1' on its own; one of: ${DRILL_COMPONENTS[*]}"
+}
+
+# Starts component $1 again with the flags `up` gives it, and waits until it is ready.
+start_component() {
+  case "$1" in
+    etcd)
+      start_etcd
+      wait_ready etcd probe_etcd
+      ;;
+    host-apiserver)
+      start_apiserver host "${HOST_APISERVER_PORT}" 10.96.0.0/16 Node,RBAC
+      wait_ready host-apiserver probe_https "${NODE_IP}" "${HOST_APISERVER_PORT}" readyz
+      ;;
+    virtual-apiserver)
+      start_apiserver virtual "${VIRTUAL_APISERVER_PORT}" 10.97.0.0/16 RBAC
+      wait_ready virtual-apiserver probe_https "${NODE_IP}" "${VIRTUAL_APISERVER_PORT}" readyz
+      ;;
+  esac
+}
+
 # Removes registered users whose process is gone (a killed test run must not keep the cluster).
 prune_users() {
   local f
@@ -1115,11 +1164,27 @@ case "${cmd}" in
     is_running containerd || die "the node is not running; e2e/cluster.sh up first"
     load_images "$@"
     ;;
+  import-images)
+    is_running containerd || die "the node is not running; e2e/cluster.sh up first"
+    import_node_images
+    ;;
   exec)
     shift
     [[ $# -gt 0 ]] || die "usage: $0 exec COMMAND [ARG...]"
     [[ -e "/run/netns/${NETNS}" ]] || die "the cluster is not running; e2e/cluster.sh up first"
     exec "${NETNS_EXEC[@]}" "$@"
+    ;;
+  stop-component | start-component)
+    [[ $# -eq 2 ]] || die "usage: $0 ${cmd} NAME"
+    check_drill_component "$2"
+    [[ -f "${PORT_BASE_FILE}" && -e "/run/netns/${NETNS}" ]] \
+      || die "the cluster of ${STATE_DIR} is not running; e2e/cluster.sh up first"
+    take_lock
+    if [[ "${cmd}" == stop-component ]]; then
+      stop "$2"
+    else
+      start_component "$2"
+    fi
     ;;
   acquire)
     [[ "${2:-}" =~ ^[0-9]+$ ]] || die "usage: $0 acquire PID"

@@ -46,8 +46,10 @@ build_binaries() {
     || die "the Rust target ${TARGET} is missing: rustup target add ${TARGET}"
   log "building virtual-cluster-operator and plugin-webhook for ${TARGET} (release)"
   # Paths of this checkout and of the cargo home are remapped, so the binaries do not depend on
-  # where they were built; the release profile strips symbols.
-  (cd "${REPO_DIR}" && CC_x86_64_unknown_linux_musl=musl-gcc \
+  # where they were built; the release profile strips symbols. SOURCE_DATE_EPOCH (the last
+  # commit's time, for the archives) is kept from cargo: the cc crate asks cargo to rebuild ring
+  # when it changes, and with ring every crate above it, so each commit cost a whole release build.
+  (cd "${REPO_DIR}" && env -u SOURCE_DATE_EPOCH CC_x86_64_unknown_linux_musl=musl-gcc \
     RUSTFLAGS="--remap-path-prefix=${REPO_DIR}=/src --remap-path-prefix=${CARGO_HOME:-${HOME}/.cargo}=/cargo" \
     "${CARGO}" build --release --locked --target "${TARGET}" \
     -p kosmos-operator -p kosmos-webhook --bin virtual-cluster-operator --bin plugin-webhook >&2)

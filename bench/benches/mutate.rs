@@ -11,7 +11,6 @@ use std::sync::atomic::AtomicBool;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use k8s_openapi::api::batch::v1::Job;
-use kosmos_api::contract::{self, Action};
 use kosmos_api::{VirtualCluster, VirtualClusterPlugin};
 use kosmos_bench::fixture;
 use kosmos_webhook::admission::{self, AdmissionState};
@@ -23,23 +22,6 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher;
 
 const NS: &str = "tenants";
-
-fn job_for(plugin: &VirtualClusterPlugin, vc: &VirtualCluster) -> Job {
-    let spec_hash = contract::spec_hash(&plugin.spec);
-    let new = kosmos_operator::plan::NewJob {
-        id: contract::ExecutorJobId::new(
-            &vc.name_any(),
-            &plugin.name_any(),
-            Action::Install,
-            &spec_hash,
-            1,
-            "",
-        ),
-        timeout_seconds: plugin.spec.timeout_seconds(),
-        executor_image: None,
-    };
-    kosmos_operator::jobs::bare_job(vc, &new, "docker.io/alpine/k8s:1.34.1")
-}
 
 fn bench(c: &mut Criterion) {
     let plugins = fixture::plugins(NS, 998).unwrap();
@@ -69,7 +51,6 @@ fn bench(c: &mut Criterion) {
         operator_user: fixture::OPERATOR_USER.into(),
         metrics: Arc::new(Metrics::default()),
         synced: AtomicBool::new(true),
-        mark_key: Default::default(),
     });
 
     for (name, plugin_name) in [
@@ -81,7 +62,7 @@ fn bench(c: &mut Criterion) {
             .find(|p| p.name_any() == plugin_name)
             .unwrap();
         let vc = &vcs[500];
-        let job = job_for(plugin, vc);
+        let job = fixture::bare_job(vc, plugin);
         let body = serde_json::to_vec(&fixture::review(&job, fixture::OPERATOR_USER)).unwrap();
         let mut group = c.benchmark_group(name);
 

@@ -145,20 +145,7 @@ pub async fn admitted_job(
     plugin: &VirtualClusterPlugin,
 ) -> Result<Job> {
     let namespace = vc.namespace().unwrap_or_default();
-    let spec_hash = contract::spec_hash(&plugin.spec);
-    let new = NewJob {
-        id: ExecutorJobId::new(
-            &vc.name_any(),
-            &plugin.name_any(),
-            Action::Install,
-            &spec_hash,
-            1,
-            "",
-        ),
-        timeout_seconds: plugin.spec.timeout_seconds(),
-        executor_image: plugin.spec.executor_image.clone(),
-    };
-    let job = kosmos_operator::jobs::bare_job(vc, &new, "docker.io/alpine/k8s:1.34.1");
+    let job = bare_job(vc, plugin);
     let jobs: Api<Job> = Api::namespaced(client.clone(), &namespace);
     let dry_run = PostParams {
         dry_run: true,
@@ -166,7 +153,25 @@ pub async fn admitted_job(
     };
     jobs.create(&dry_run, &job)
         .await
-        .with_context(|| format!("dry-run create of Job {namespace}/{}", new.name()))
+        .with_context(|| format!("dry-run create of Job {namespace}/{}", job.name_any()))
+}
+
+/// The bare executor Job the operator creates for the first install of `plugin` in `vc`
+/// (options play no part: the fixtures' VirtualClusters set none).
+pub fn bare_job(vc: &VirtualCluster, plugin: &VirtualClusterPlugin) -> Job {
+    let new = NewJob {
+        id: ExecutorJobId::new(
+            &vc.name_any(),
+            &plugin.name_any(),
+            Action::Install,
+            &contract::spec_hash(&plugin.spec),
+            1,
+            "",
+        ),
+        timeout_seconds: plugin.spec.timeout_seconds(),
+        executor_image: plugin.spec.executor_image.clone(),
+    };
+    kosmos_operator::jobs::bare_job(vc, &new, contract::DEFAULT_EXECUTOR_IMAGE)
 }
 
 /// The AdmissionReview the apiserver sends for the creation of `job` by `user`.

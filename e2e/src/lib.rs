@@ -19,6 +19,7 @@ mod namespace;
 mod node;
 mod pods;
 mod wait;
+mod webhook;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -46,6 +47,7 @@ pub use pods::{
     termination_message, wait_for_job_condition, wait_for_job_pod, wait_for_job_pod_and_finish,
 };
 pub use wait::{DEFAULT_TIMEOUT, wait_for};
+pub use webhook::executor_webhook_configuration;
 
 /// Environment variable with the virtual cluster's kubeconfig when tests run against your own
 /// clusters (with `KUBECONFIG` for the host).

@@ -140,23 +140,13 @@ async fn walk_through_claim(admin: &Client, ns: &str) {
 
 async fn register_webhook(admin: &Client, ns: &str, port: u16, ca_pem: &str) -> Registration {
     let name = format!("kosmos-e2e-full-stack-{ns}");
-    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
-    let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "webhooks": [{
-            "name": "executor-jobs.plugin.kosmos.io",
-            "admissionReviewVersions": ["v1"],
-            "clientConfig": {"url": format!("https://{}:{port}/mutate", webhook_host()), "caBundle": ca},
-            "rules": [{"apiGroups": ["batch"], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["jobs"], "scope": "Namespaced"}],
-            "objectSelector": {"matchExpressions": [{"key": contract::EXECUTOR_LABEL, "operator": "Exists"}]},
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
-            "failurePolicy": "Fail",
-            "sideEffects": "None",
-            "timeoutSeconds": 10,
-            "reinvocationPolicy": "IfNeeded",
-        }],
-    }))
-    .unwrap();
+    let config = kosmos_e2e::executor_webhook_configuration(
+        &name,
+        ns,
+        &format!("https://{}:{port}/mutate", webhook_host()),
+        ca_pem,
+        &["CREATE"],
+    );
     Api::<MutatingWebhookConfiguration>::all(admin.clone())
         .create(&PostParams::default(), &config)
         .await
@@ -184,9 +174,6 @@ async fn the_design_walk_through_completes_on_the_real_node() {
         watch_namespace: Some(ns_name.clone()),
         // The demo's hostPath plugin reads e2e/demo; no hostPath is allowed unless listed.
         allowed_host_path_prefixes: vec![kosmos_e2e::e2e_dir().join("demo").display().to_string()],
-        // Its mark key in the test's namespace, where the operator reads it.
-        mark_key_secret: Some(kosmos_api::mark::DEFAULT_KEY_SECRET.to_owned()),
-        namespace: ns_name.clone(),
         ..kosmos_webhook::server::ServeArgs::local(
             certs_dir.path().join("tls.crt"),
             certs_dir.path().join("tls.key"),
@@ -231,10 +218,6 @@ async fn the_design_walk_through_completes_on_the_real_node() {
             readiness: ReadinessMode::External,
             uninstall_on_delete: false,
             uninstall_timeout: Duration::from_secs(5),
-            mark_key_secret: kosmos_api::mark::KeySecret {
-                namespace: ns_name.clone(),
-                name: kosmos_api::mark::DEFAULT_KEY_SECRET.to_owned(),
-            },
             namespace: Some(ns_name.clone()),
         },
         probes: Arc::default(),
@@ -328,31 +311,13 @@ async fn the_design_walk_through_completes_on_the_real_node() {
         status.plugins
     );
 
-    // Every Job that counted was mutated by the webhook and really completed; its mark is the
-    // webhook's signature with the key the webhook wrote into the key Secret itself.
-    let key_secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(admin.clone(), &ns_name)
-        .get(kosmos_api::mark::DEFAULT_KEY_SECRET)
-        .await
-        .unwrap();
-    let key_data = key_secret
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect();
-    let keys = kosmos_api::mark::keys_of(&key_data).unwrap();
+    // Every Job that counted was mutated by the webhook and really completed.
     for plugin in &status.plugins {
         let job = jobs.get(plugin.job_name.as_deref().unwrap()).await.unwrap();
         assert!(
             job.annotations()
                 .contains_key(contract::INJECTED_ANNOTATION),
             "{} lacks the mark",
-            job.name_any()
-        );
-        assert_eq!(
-            kosmos_api::mark::verify(&keys, &job),
-            Ok(()),
-            "{}",
             job.name_any()
         );
         assert_eq!(

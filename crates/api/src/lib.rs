@@ -5,7 +5,6 @@
 pub mod contract;
 pub mod crd;
 pub mod kubeconfig;
-pub mod mark;
 pub mod plugin;
 pub mod validation;
 pub mod virtual_cluster;

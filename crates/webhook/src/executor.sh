@@ -28,6 +28,9 @@
 #     PLUGIN_OPTION_<i>_FILE   the file holding it (a Secret or ConfigMap key; its content is
 #                              never printed) and PLUGIN_OPTION_<i>_SOURCE, where it comes from
 
+# Exit status: 0 done; 2 bad input; 3 fetch; 4 kubectl; 5 helm; 6 successStateCommand; 7 the
+# virtual cluster's API server does not answer.
+
 set -u
 
 started=$(date +%s)
@@ -359,6 +362,17 @@ success_wait() {
   done
 }
 
+# Fails the attempt with a message naming the virtual cluster's API server when it does not
+# answer, so an unreachable cluster is not reported as a failed kubectl or helm run. /version is
+# readable by every client (system:public-info-viewer), whatever rights the kubeconfig has.
+check_reachable() {
+  server=$(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}' 2> /dev/null) \
+    || server="(unreadable kubeconfig)"
+  if ! answer=$(bounded kubectl get --raw /version --request-timeout=10s 2>&1); then
+    finish 7 "virtual cluster API server $server is unreachable: $(printf '%s' "$answer" | tail -n 1)"
+  fi
+}
+
 has_chart() {
   [ -n "${CHART_PATH:-}" ] || [ -n "${CHART_NAME:-}" ]
 }
@@ -368,6 +382,7 @@ case "$action" in
     fetch CHART
     fetch VALUES
     fetch YAML
+    check_reachable
     if has_chart; then chart_install; fi
     if [ -n "${YAML_PATH:-}" ]; then yaml_install; fi
     success_wait
@@ -376,6 +391,7 @@ case "$action" in
   uninstall)
     # The reverse of the install order; a chart needs only its release name to go.
     fetch YAML
+    check_reachable
     if [ -n "${YAML_PATH:-}" ]; then yaml_uninstall; fi
     if has_chart; then chart_uninstall; fi
     finish 0 "plugin $plugin uninstalled"

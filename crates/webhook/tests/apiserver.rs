@@ -13,13 +13,9 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
-};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use kosmos_api::contract::{self, Action};
 use kosmos_api::{VirtualCluster, VirtualClusterPlugin};
 use kosmos_e2e::{Cluster, Identity, TestNamespace, wait_for};
@@ -95,51 +91,14 @@ impl Registered {
         .unwrap();
 
         let name = format!("plugin-webhook-{namespace}");
-        let config = MutatingWebhookConfiguration {
-            metadata: kube::api::ObjectMeta {
-                name: Some(name.clone()),
-                ..Default::default()
-            },
-            webhooks: Some(vec![MutatingWebhook {
-                name: "executor-jobs.plugin.kosmos.io".into(),
-                admission_review_versions: vec!["v1".into()],
-                client_config: WebhookClientConfig {
-                    url: Some(format!("https://{host}:{}/mutate", running.addr.port())),
-                    ca_bundle: Some(ByteString(certs.ca_pem.clone().into_bytes())),
-                    service: None,
-                },
-                rules: Some(vec![RuleWithOperations {
-                    api_groups: Some(vec!["batch".into()]),
-                    api_versions: Some(vec!["v1".into()]),
-                    operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
-                    resources: Some(vec!["jobs".into()]),
-                    scope: Some("Namespaced".into()),
-                }]),
-                object_selector: Some(LabelSelector {
-                    match_expressions: Some(vec![LabelSelectorRequirement {
-                        key: contract::EXECUTOR_LABEL.into(),
-                        operator: "Exists".into(),
-                        values: None,
-                    }]),
-                    match_labels: None,
-                }),
-                namespace_selector: Some(LabelSelector {
-                    match_labels: Some(
-                        [(
-                            "kubernetes.io/metadata.name".to_owned(),
-                            namespace.to_owned(),
-                        )]
-                        .into(),
-                    ),
-                    match_expressions: None,
-                }),
-                failure_policy: Some("Fail".into()),
-                side_effects: "None".into(),
-                timeout_seconds: Some(10),
-                reinvocation_policy: Some("IfNeeded".into()),
-                ..Default::default()
-            }]),
-        };
+        // UPDATE too: the webhook denies contract changes on UPDATE (see the tests below).
+        let config = kosmos_e2e::executor_webhook_configuration(
+            &name,
+            namespace,
+            &format!("https://{host}:{}/mutate", running.addr.port()),
+            &certs.ca_pem,
+            &["CREATE", "UPDATE"],
+        );
         Api::<MutatingWebhookConfiguration>::all(client.clone())
             .create(&PostParams::default(), &config)
             .await

@@ -1312,3 +1312,46 @@ async fn a_missing_secret_fails_naming_the_option_and_plain_yaml_ignores_options
     );
     w.ns.delete().await.unwrap();
 }
+
+/// A virtual cluster whose API server does not answer fails the attempt with a message that
+/// says so and names the server (exit 7), before any install or uninstall step runs, instead of
+/// a bare "kubectl apply failed".
+#[tokio::test]
+async fn an_unreachable_virtual_cluster_fails_saying_so() {
+    let mut w = World::new("exec-unreachable").await;
+    let claim = w.claim("store");
+    std::fs::write(claim.join("cm.yaml"), configmap_yaml("never", "1")).unwrap();
+    // Nothing listens on port 1.
+    let dead = w.file(
+        "dead.kubeconfig",
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: gone\n  cluster:\n    server: https://127.0.0.1:1\ncontexts:\n- name: gone\n  context:\n    cluster: gone\n    user: admin\ncurrent-context: gone\nusers:\n- name: admin\n  user:\n    token: x\n",
+    );
+    for action in ["install", "uninstall"] {
+        let outcome = w
+            .run_script(&[
+                (
+                    executor_env::KUBECONFIG.to_owned(),
+                    dead.display().to_string(),
+                ),
+                (executor_env::PLUGIN_ACTION.to_owned(), action.to_owned()),
+                (executor_env::PLUGIN_NAME.to_owned(), "gone".to_owned()),
+                (
+                    executor_env::YAML.path.to_owned(),
+                    claim.join("cm.yaml").display().to_string(),
+                ),
+                (executor_env::YAML_NAMESPACE.to_owned(), w.ns().to_owned()),
+            ])
+            .await;
+        assert_eq!(outcome.code, Some(7), "{action}: {outcome:#?}");
+        assert!(
+            outcome
+                .message
+                .starts_with("virtual cluster API server https://127.0.0.1:1 is unreachable: ")
+                && outcome.message.contains("refused"),
+            "{action}: {outcome:#?}"
+        );
+    }
+    // Nothing was attempted.
+    assert!(w.configmap("never").await.is_none());
+    w.ns.delete().await.unwrap();
+}
