@@ -1209,6 +1209,10 @@ case "${cmd}" in
       else
         log "leaving the cluster running for $(find "${USERS}" -mindepth 1 | wc -l) other user(s)"
       fi
+    else
+      # Said out loud: a cluster left running after `make test` is otherwise a puzzle.
+      log "leaving the cluster running: it was already running when this run began (cluster.sh up," \
+        "make cluster-up or a plain cargo test started it); stop it with make cluster-down"
     fi
     ;;
   *)

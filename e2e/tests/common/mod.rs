@@ -19,7 +19,7 @@ use kosmos_api::{PluginPhase, VirtualCluster, VirtualClusterPlugin, phase};
 use kosmos_e2e::{Cluster, TestNamespace, wait_for, webhook_host};
 use kosmos_operator::context::{self, Config, Context, ReadinessMode};
 use kosmos_operator::controller;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 
@@ -272,8 +272,9 @@ impl Stack {
             Err(e) => {
                 let vc = vcs.get(name).await.unwrap();
                 panic!(
-                    "{e:#}\nstatus: {}",
-                    serde_json::to_string_pretty(&vc.status).unwrap()
+                    "{e:#}\nstatus: {}\npods:\n{}",
+                    serde_json::to_string_pretty(&vc.status).unwrap(),
+                    self.pods_report().await
                 );
             }
         }
@@ -308,11 +309,42 @@ impl Stack {
             Err(e) => {
                 let vc = vcs.get(name).await.unwrap();
                 panic!(
-                    "{e:#}\nstatus: {}",
-                    serde_json::to_string_pretty(&vc.status).unwrap()
+                    "{e:#}\nstatus: {}\npods:\n{}",
+                    serde_json::to_string_pretty(&vc.status).unwrap(),
+                    self.pods_report().await
                 );
             }
         }
+    }
+
+    /// Every pod of the test namespace: name, phase, node, termination message (for panics: the
+    /// namespace is gone after the test).
+    pub async fn pods_report(&self) -> String {
+        let pods = match Api::<Pod>::namespaced(self.admin.clone(), self.name())
+            .list(&ListParams::default())
+            .await
+        {
+            Ok(pods) => pods.items,
+            Err(e) => return format!("listing pods: {e}"),
+        };
+        pods.iter()
+            .map(|p| {
+                let status = p.status.as_ref();
+                format!(
+                    "  {} {} on {}: {}",
+                    p.metadata.name.as_deref().unwrap_or_default(),
+                    status.and_then(|s| s.phase.as_deref()).unwrap_or("-"),
+                    p.spec
+                        .as_ref()
+                        .and_then(|s| s.node_name.as_deref())
+                        .unwrap_or("-"),
+                    kosmos_e2e::termination_message(p)
+                        .unwrap_or_default()
+                        .trim()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// The executor pods of plugin `plugin`'s current Job in VirtualCluster `vc`.
