@@ -43,12 +43,15 @@ fn host_dir(mode: u32) -> tempfile::TempDir {
     dir
 }
 
-/// Writes `text` to `dir/name` (folders made, everything readable by the executor).
+/// Writes `text` to `dir/name` (a sub-folder made, readable by the executor; `dir` keeps its
+/// mode).
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     let parent = path.parent().unwrap();
-    std::fs::create_dir_all(parent).unwrap();
-    std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    if parent != dir {
+        std::fs::create_dir_all(parent).unwrap();
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     std::fs::write(&path, text).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     path
@@ -638,6 +641,41 @@ spec:
         assert!(log.contains("Read-only file system"), "{plugin}: {log}");
         assert!(!log.contains("/kosmos/work/written"), "{plugin}: {log}");
     }
+    // The control: a pod of the same user mounting the same folder writable does write there,
+    // so what stopped the executor was the read-only mount, not the folder's permissions.
+    let control: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "writable-control"},
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 0,
+            "securityContext": {"runAsUser": 65532, "runAsGroup": 65532},
+            "containers": [{
+                "name": "write",
+                "image": kosmos_e2e::busybox_image(),
+                "imagePullPolicy": "IfNotPresent",
+                "command": ["touch", "/source/control"],
+                "volumeMounts": [{"name": "source", "mountPath": "/source"}],
+            }],
+            "volumes": [{"name": "source", "hostPath": {"path": files.path(), "type": "Directory"}}],
+        },
+    }))
+    .unwrap();
+    let pods = Api::<Pod>::namespaced(admin.clone(), &ns);
+    pods.create(&PostParams::default(), &control).await.unwrap();
+    let finished = wait_for(
+        "the control pod to finish",
+        Duration::from_secs(120),
+        || async {
+            let pod = pods.get("writable-control").await?;
+            let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+            Ok(matches!(phase.as_deref(), Some("Succeeded" | "Failed")).then_some(phase))
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(finished.as_deref(), Some("Succeeded"));
+    assert!(files.path().join("control").exists());
+
     // Installed before the command ran: the read-only source was read.
     Api::<Namespace>::all(stack.virtual_cluster.clone())
         .get(&vns)
