@@ -259,6 +259,15 @@ spec:
 ---
 apiVersion: kosmos.io/v1alpha1
 kind: VirtualClusterPlugin
+metadata: {{name: pinned-elsewhere}}
+spec:
+  pluginSources:
+    yaml:
+      path:
+        hostPath: {{path: "{dir}/pinned", nodeName: "no-such-node"}}
+---
+apiVersion: kosmos.io/v1alpha1
+kind: VirtualClusterPlugin
 metadata: {{name: kustomized}}
 spec:
   dependsOn: [{{name: pinned-yaml}}]
@@ -318,6 +327,11 @@ spec:
     stack
         .create_ready_virtual_cluster("sources", &plugins)
         .await;
+    // The same files pinned to a node that does not exist: the scheduler never places the pod
+    // (with one node, only this shows the pin is a requirement and not a coincidence).
+    stack
+        .create_ready_virtual_cluster("elsewhere", &["pinned-elsewhere"])
+        .await;
     let done = stack
         .wait_for_completed("sources", Duration::from_secs(300))
         .await;
@@ -363,6 +377,53 @@ spec:
             [0]["matchFields"][0],
         json!({"key": "metadata.name", "operator": "In", "values": [node]}),
         "{affinity}"
+    );
+
+    let elsewhere = stack
+        .wait_for_plugin_phase(
+            "elsewhere",
+            "pinned-elsewhere",
+            PluginPhase::Installing,
+            Duration::from_secs(60),
+        )
+        .await;
+    let pods = Api::<Pod>::namespaced(admin.clone(), &ns);
+    let job = elsewhere.status.as_ref().unwrap().plugins[0]
+        .job_name
+        .clone()
+        .unwrap();
+    wait_for(
+        "the pod pinned to no-such-node to be unschedulable",
+        Duration::from_secs(60),
+        || async {
+            let list = pods
+                .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
+                .await?;
+            Ok(list.items.into_iter().find(|p| {
+                p.spec.as_ref().is_some_and(|s| s.node_name.is_none())
+                    && p.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| {
+                            c.iter().any(|c| {
+                                c.type_ == "PodScheduled"
+                                    && c.status == "False"
+                                    && c.reason.as_deref() == Some("Unschedulable")
+                            })
+                        })
+            }))
+        },
+    )
+    .await
+    .unwrap();
+    assert_ne!(
+        stack
+            .virtual_clusters()
+            .get("elsewhere")
+            .await
+            .unwrap()
+            .phase(),
+        phase::COMPLETED
     );
 
     delete_virtual_namespace(vcl, &vns).await;
