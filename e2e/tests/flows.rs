@@ -244,6 +244,7 @@ async fn every_kind_of_source_installs_from_the_cluster() {
     .await
     .unwrap();
 
+    let wrong_sha = "0".repeat(64);
     let dir = files.path().display();
     stack
         .create_plugins(&format!(
@@ -289,6 +290,16 @@ spec:
 ---
 apiVersion: kosmos.io/v1alpha1
 kind: VirtualClusterPlugin
+metadata: {{name: fetched-tampered}}
+spec:
+  pluginSources:
+    yaml:
+      path:
+        uri: "{url}/manifests.yaml"
+        sha256: "{wrong_sha}"
+---
+apiVersion: kosmos.io/v1alpha1
+kind: VirtualClusterPlugin
 metadata: {{name: repo-chart}}
 spec:
   dependsOn: [{{name: pinned-yaml}}]
@@ -331,6 +342,10 @@ spec:
     // (with one node, only this shows the pin is a requirement and not a coincidence).
     stack
         .create_ready_virtual_cluster("elsewhere", &["pinned-elsewhere"])
+        .await;
+    // The same uri with a sha256 it does not have: the download is refused.
+    stack
+        .create_ready_virtual_cluster("tampered", &["fetched-tampered"])
         .await;
     let done = stack
         .wait_for_completed("sources", Duration::from_secs(300))
@@ -424,6 +439,26 @@ spec:
             .unwrap()
             .phase(),
         phase::COMPLETED
+    );
+    let tampered = stack
+        .wait_for_plugin_phase(
+            "tampered",
+            "fetched-tampered",
+            PluginPhase::Failed,
+            Duration::from_secs(120),
+        )
+        .await;
+    assert_ne!(tampered.phase(), phase::COMPLETED);
+    let entry = &tampered.status.as_ref().unwrap().plugins[0];
+    assert!(
+        entry
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains(&format!(
+                "sha256 of {url}/manifests.yaml is {fetched_sha}, expected {wrong_sha}"
+            )),
+        "{entry:?}"
     );
 
     delete_virtual_namespace(vcl, &vns).await;
