@@ -655,17 +655,25 @@ async fn an_executor_cannot_write_into_its_sources() {
     )
     .await;
     let (admin, ns) = (stack.admin.clone(), stack.name().to_owned());
+    // One namespace per plugin: two executors applying the same Namespace at once may race.
     let vns = format!("{ns}-ro");
-    let manifest = write(
+    let claim_vns = format!("{ns}-ro-claim");
+    write(
         files.path(),
         "manifests.yaml",
         &format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {vns}\n"),
+    );
+    let claim_files = tempfile::tempdir().unwrap();
+    let claim_manifest = write(
+        claim_files.path(),
+        "manifests.yaml",
+        &format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {claim_vns}\n"),
     );
     kosmos_e2e::fill_claim(
         &admin,
         &ns,
         "ro-store",
-        &[(manifest.as_path(), "manifests.yaml")],
+        &[(claim_manifest.as_path(), "manifests.yaml")],
     )
     .await
     .unwrap();
@@ -772,14 +780,17 @@ spec:
     assert_eq!(finished.as_deref(), Some("Succeeded"));
     assert!(files.path().join("control").exists());
 
-    // Installed before the command ran: the read-only source was read.
-    Api::<Namespace>::all(stack.virtual_cluster.clone())
-        .get(&vns)
-        .await
-        .unwrap();
+    // Installed before the command ran: the read-only sources were read.
+    for name in [&vns, &claim_vns] {
+        Api::<Namespace>::all(stack.virtual_cluster.clone())
+            .get(name)
+            .await
+            .unwrap();
+    }
     assert!(!files.path().join("written").exists());
 
     delete_virtual_namespace(&stack.virtual_cluster, &vns).await;
+    delete_virtual_namespace(&stack.virtual_cluster, &claim_vns).await;
     stack.stop().await;
 }
 
