@@ -416,8 +416,16 @@ async fn admin_port_serves_probes_and_metrics() -> Result<()> {
             .map(|_| ()))
     })
     .await?;
-    let (code, _) = http_get(port, "/readyz").await?;
-    ensure!(code == 200, "/readyz answered {code}");
+    // Live first, ready once the controller watches (or takes part in leader election): a
+    // probe right after the port opens may still see 503, as a kubelet's would.
+    wait_for("/readyz to answer 200", STEP, || async {
+        Ok(http_get(port, "/readyz")
+            .await
+            .ok()
+            .filter(|(c, _)| *c == 200)
+            .map(|_| ()))
+    })
+    .await?;
     create_vc(
         &client,
         n,
