@@ -283,22 +283,13 @@ async fn register_webhook(
     ca_pem: &str,
 ) -> Result<Registration> {
     let name = format!("kosmos-e2e-drill-{ns}");
-    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
-    let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "webhooks": [{
-            "name": "executor-jobs.plugin.kosmos.io",
-            "admissionReviewVersions": ["v1"],
-            "clientConfig": {"url": format!("https://{}:{port}/mutate", webhook_host()), "caBundle": ca},
-            "rules": [{"apiGroups": ["batch"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["jobs"], "scope": "Namespaced"}],
-            "objectSelector": {"matchExpressions": [{"key": contract::EXECUTOR_LABEL, "operator": "Exists"}]},
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
-            "failurePolicy": "Fail",
-            "sideEffects": "None",
-            "timeoutSeconds": 10,
-            "reinvocationPolicy": "IfNeeded",
-        }],
-    }))?;
+    let config = kosmos_e2e::executor_webhook_configuration(
+        &name,
+        ns,
+        &format!("https://{}:{port}/mutate", webhook_host()),
+        ca_pem,
+        &["CREATE", "UPDATE"],
+    );
     Api::<MutatingWebhookConfiguration>::all(admin.clone())
         .create(&PostParams::default(), &config)
         .await
