@@ -11,7 +11,7 @@ build: ## build every crate
 	$(CARGO) build --workspace --all-targets
 
 test: lint crds-check chart-docs-check e2e-bins images-check ## every test: lint, CRD drift, unit tests and e2e against real control planes
-	e2e/with-cluster.sh $(CARGO) test --workspace
+	set -o pipefail; e2e/with-cluster.sh $(CARGO) test --workspace 2>&1 | e2e/no-ignored.sh
 
 drills: e2e-bins ## fault drills at full size and 10 minutes of each fuzz target (about 40 min); prints a table
 	CARGO=$(CARGO) e2e/drills.sh
