@@ -33,7 +33,7 @@ use kosmos_api::{PluginPhase, VirtualCluster, VirtualClusterPlugin, phase};
 use kosmos_e2e::cached_tool_dirs;
 use kosmos_e2e::{Cluster, TestNamespace, wait_for};
 use kube::api::{
-    DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+    DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
     ValidationDirective,
 };
 use kube::{Api, Client, ResourceExt};
@@ -475,15 +475,36 @@ async fn webhook_answers_through_its_service(
         tokio::time::sleep(Duration::from_secs(1)).await;
         created = jobs.create(&dry_run, &job).await;
     }
+    let denied_by_webhook = |status: &kube::core::ErrorResponse| {
+        status.message.contains("executor-jobs.plugin.kosmos.io")
+            && status.message.contains("denied the request")
+    };
     match created {
-        Err(kube::Error::Api(status))
-            if status.message.contains("executor-jobs.plugin.kosmos.io")
-                && status.message.contains("denied the request") =>
-        {
-            Ok(())
-        }
+        Err(kube::Error::Api(status)) if denied_by_webhook(&status) => {}
         other => bail!(
             "a Job with the executor label but no contract was not denied by the webhook: {other:?}{}",
+            release_report(release_namespace).await
+        ),
+    }
+
+    // Registered for UPDATE too: a plain Job cannot be patched into an executor Job by anyone
+    // but the operator (an admin here).
+    let plain: Job = serde_json::from_value(json!({
+        "metadata": {"name": "plain-job"},
+        "spec": {"suspend": true, "template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "x", "image": "registry.invalid/x"}]}}},
+    }))?;
+    jobs.create(&PostParams::default(), &plain).await?;
+    let patch = json!({"metadata": {"labels": {(contract::EXECUTOR_LABEL): "true"}}});
+    let patched = jobs
+        .patch("plain-job", &PatchParams::default(), &Patch::Merge(&patch))
+        .await;
+    jobs.delete("plain-job", &DeleteParams::background())
+        .await?;
+    match patched {
+        Err(kube::Error::Api(status)) if denied_by_webhook(&status) => Ok(()),
+        other => bail!(
+            "a plain Job patched into an executor Job was not denied by the webhook: {other:?}{}",
             release_report(release_namespace).await
         ),
     }
@@ -748,11 +769,15 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
         "the caBundle does not hold the bootstrap Secret's CA"
     );
     ensure!(
-        hook.rules.unwrap_or_default().iter().any(|r| r
-            .operations
-            .as_ref()
-            .is_some_and(|o| o.iter().any(|o| o == "CREATE"))),
-        "the registration does not cover Job creation"
+        hook.rules
+            .unwrap_or_default()
+            .iter()
+            .any(
+                |r| r.operations.as_ref().is_some_and(|o| ["CREATE", "UPDATE"]
+                    .iter()
+                    .all(|want| o.iter().any(|o| o == want)))
+            ),
+        "the registration does not cover Job creation and update"
     );
     every_replica_serves_a_trusted_certificate(&admin, &rns, &ca_bundle).await?;
     webhook_answers_through_its_service(&admin, &rns, &pns).await?;
