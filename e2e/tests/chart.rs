@@ -475,7 +475,7 @@ async fn webhook_answers_through_its_service(
         tokio::time::sleep(Duration::from_secs(1)).await;
         created = jobs.create(&dry_run, &job).await;
     }
-    let denied_by_webhook = |status: &kube::core::ErrorResponse| {
+    let denied_by_webhook = |status: &kube::core::Status| {
         status.message.contains("executor-jobs.plugin.kosmos.io")
             && status.message.contains("denied the request")
     };

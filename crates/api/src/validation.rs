@@ -340,9 +340,7 @@ fn virtual_cluster_spec_errors(spec: &VirtualClusterSpec) -> Vec<FieldError> {
             ));
         }
     }
-    errors.extend(plugin_option_errors(
-        spec.plugin_options.as_deref().unwrap_or_default(),
-    ));
+    errors.extend(plugin_option_errors(spec.options()));
     errors
 }
 

@@ -375,6 +375,14 @@ impl std::fmt::Display for PluginPhase {
     }
 }
 
+impl VirtualClusterSpec {
+    /// The `pluginOptions`, empty when none are set: what every install receives and what the
+    /// install hash covers ([`crate::contract::install_hash`]).
+    pub fn options(&self) -> &[PluginOption] {
+        self.plugin_options.as_deref().unwrap_or_default()
+    }
+}
+
 impl VirtualCluster {
     /// The Kosmos phase, or "" when none is set yet.
     pub fn phase(&self) -> &str {

@@ -521,14 +521,7 @@ pub fn bare_job(
         &virtual_cluster.name_any(),
         &plugin.name_any(),
         action,
-        &contract::install_hash(
-            &plugin.spec,
-            virtual_cluster
-                .spec
-                .plugin_options
-                .as_deref()
-                .unwrap_or_default(),
-        ),
+        &contract::install_hash(&plugin.spec, virtual_cluster.spec.options()),
         1,
         "",
     );

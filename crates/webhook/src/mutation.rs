@@ -173,14 +173,7 @@ pub fn mutate(
         )));
     }
     let action = id.action;
-    let want_hash = contract::install_hash(
-        &plugin.spec,
-        virtual_cluster
-            .spec
-            .plugin_options
-            .as_deref()
-            .unwrap_or_default(),
-    );
+    let want_hash = contract::install_hash(&plugin.spec, virtual_cluster.spec.options());
     if id.spec_hash != want_hash {
         // The current hash is not echoed: a caller that is not the apiserver (no mutual TLS)
         // could otherwise learn it and forge a Job for the current spec.
@@ -198,13 +191,8 @@ pub fn mutate(
     validate_plugin(plugin).map_err(|e| Denial(e.to_string()))?;
     // The options may come from a looser CRD (Kosmos's own); they reach command lines and file
     // names, so the same rules as ours apply.
-    let option_errors = kosmos_api::validation::plugin_option_errors(
-        virtual_cluster
-            .spec
-            .plugin_options
-            .as_deref()
-            .unwrap_or_default(),
-    );
+    let option_errors =
+        kosmos_api::validation::plugin_option_errors(virtual_cluster.spec.options());
     if !option_errors.is_empty() {
         return Err(Denial(
             kosmos_api::InvalidSpec {

@@ -29,12 +29,7 @@ impl<'a, 'o> Planner<'a, 'o> {
     /// The VirtualCluster's plugin options: every install receives them, so they are part of
     /// the hash its Jobs are made for.
     fn options(&self) -> &'a [kosmos_api::PluginOption] {
-        self.obs
-            .vc
-            .spec
-            .plugin_options
-            .as_deref()
-            .unwrap_or_default()
+        self.obs.vc.spec.options()
     }
 
     /// The plugin's Jobs, in sequence order.

@@ -24,11 +24,7 @@ pub(super) fn inject(b: &mut Builder, virtual_cluster: &VirtualCluster) {
         env::VIRTUAL_CLUSTER_NAMESPACE,
         virtual_cluster.namespace().unwrap_or_default(),
     );
-    let options = virtual_cluster
-        .spec
-        .plugin_options
-        .as_deref()
-        .unwrap_or_default();
+    let options = virtual_cluster.spec.options();
     b.env(env::PLUGIN_OPTION_COUNT, options.len().to_string());
     for (i, option) in options.iter().enumerate() {
         b.env(env::plugin_option(i, OptionPart::Name), option.name.clone());
