@@ -282,7 +282,7 @@ pub async fn start(args: &Args, client: Client) -> Result<Running> {
             .with_identity(&identity)
             .with_duration(args.lease_duration_seconds)
             .with_grace((args.lease_duration_seconds / 3).max(1))
-            .with_field_manager(contract::OPERATOR_FIELD_MANAGER)
+            .with_field_manager(lease_field_manager(&identity))
             .build()
             .await
             .context("setting up leader election")?;
@@ -312,6 +312,18 @@ pub async fn start(args: &Args, client: Client) -> Result<Running> {
 /// Completes once a stop is requested (or the [`Running`] that could request it is gone).
 async fn stop_requested(mut stopped: watch::Receiver<bool>) {
     let _ = stopped.wait_for(|s| *s).await;
+}
+
+/// The field manager a replica takes the Lease with. It must differ between replicas: a free
+/// Lease is taken by a server-side apply of `holderIdentity`, and only an apply by another field
+/// manager conflicts with the holder's. With one shared manager, two replicas starting together
+/// both took the Lease and both acted until the next renewal.
+pub fn lease_field_manager(identity: &str) -> String {
+    format!(
+        "{}-lease-{}",
+        contract::OPERATOR_FIELD_MANAGER,
+        contract::label_value(identity)
+    )
 }
 
 /// Which Lease, and who this replica is in it: for the log.
@@ -422,6 +434,15 @@ mod tests {
             .err()
             .unwrap();
         assert!(format!("{e}").contains("--max-attempts"), "{e}");
+    }
+
+    #[test]
+    fn each_replica_takes_the_lease_as_its_own_field_manager() {
+        let long = "r".repeat(253);
+        let managers = ["replica-a", "replica-b", &long].map(lease_field_manager);
+        assert_ne!(managers[0], managers[1]);
+        // The apiserver refuses field managers longer than 128 characters.
+        assert!(managers.iter().all(|m| m.len() <= 128), "{managers:?}");
     }
 
     #[test]

@@ -608,6 +608,52 @@ async fn in_process_replicas_share_one_lease_and_a_stopped_leader_releases_it() 
     ns.delete().await
 }
 
+/// What keeps two replicas from both taking a free Lease (kube-lease-manager takes it by a
+/// server-side apply of `holderIdentity`): once one replica holds it, the other's apply of itself
+/// as holder conflicts. With one field manager shared by all replicas the second apply won, and
+/// both replicas acted at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_lease_cannot_be_taken_by_another_replicas_apply() -> Result<()> {
+    let (ns, client, _sweep) = setup("op-lease-ssa").await?;
+    let n = ns.name();
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), n);
+    let take = |identity: &'static str| {
+        let leases = leases.clone();
+        async move {
+            let lease = json!({
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "spec": { "holderIdentity": identity, "leaseDurationSeconds": 10 },
+            });
+            leases
+                .patch(
+                    "virtual-cluster-operator",
+                    &PatchParams::apply(&server::lease_field_manager(identity)),
+                    &Patch::Apply(lease),
+                )
+                .await
+        }
+    };
+    // The replicas create the Lease empty (as kube-lease-manager does) and then apply.
+    let empty = serde_json::from_value(json!({
+        "metadata": { "name": "virtual-cluster-operator" },
+        "spec": {},
+    }))?;
+    leases.create(&PostParams::default(), &empty).await?;
+    take("replica-a").await?;
+    match take("replica-b").await {
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        other => anyhow::bail!("replica-b took a lease replica-a holds: {other:?}"),
+    }
+    let holder = leases
+        .get("virtual-cluster-operator")
+        .await?
+        .spec
+        .and_then(|s| s.holder_identity);
+    ensure!(holder.as_deref() == Some("replica-a"), "{holder:?}");
+    ns.delete().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_outage_is_reported_backed_off_and_recovered_from() -> Result<()> {
     let (ns, client, _sweep) = setup("op-outage").await?;
