@@ -7,8 +7,6 @@
 #![allow(clippy::unwrap_used)] // a panic is how a test fails
 #![allow(dead_code)] // each test binary uses part of it
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -17,8 +15,7 @@ use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kosmos_api::{PluginPhase, VirtualCluster, VirtualClusterPlugin, phase};
 use kosmos_e2e::{Cluster, TestNamespace, wait_for, webhook_host};
-use kosmos_operator::context::{self, Config, Context, ReadinessMode};
-use kosmos_operator::controller;
+use kosmos_operator::server;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
@@ -122,8 +119,7 @@ pub struct Stack {
     pub ns: TestNamespace,
     webhook: kosmos_webhook::server::Running,
     registration: Registration,
-    stop: tokio::sync::oneshot::Sender<()>,
-    operator: tokio::task::JoinHandle<()>,
+    operator: server::Running,
 }
 
 impl Stack {
@@ -169,42 +165,38 @@ impl Stack {
         let registration =
             register_webhook(&admin, &ns_name, webhook.addr.port(), &certs.ca_pem).await;
 
-        // The operator, as its ServiceAccount with the documented rights only.
-        let ctx = Arc::new(Context {
-            client: operator_client(&admin, &ns_name).await,
-            reporter: context::reporter(),
-            metrics: Arc::default(),
-            config: Config {
-                plan: kosmos_operator::plan::Settings {
-                    backoff_base: Duration::from_secs(1),
-                    backoff_max: Duration::from_secs(2),
-                    max_attempts: options.max_attempts,
-                    ..Default::default()
-                },
-                executor_image: kosmos_e2e::executor_image(),
-                executor_pod: Default::default(),
-                readiness: ReadinessMode::External,
-                uninstall_on_delete: false,
-                uninstall_timeout: Duration::from_secs(5),
-                namespace: Some(ns_name.clone()),
-            },
-            probes: Arc::default(),
-        });
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let operator = tokio::spawn(controller::run(
-            ctx,
-            Arc::new(AtomicBool::new(false)),
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        // The operator, as main.rs runs it, as its ServiceAccount with the documented rights
+        // only (no Lease rights: one replica, no leader election).
+        let max_attempts = options.max_attempts.to_string();
+        let executor_image = kosmos_e2e::executor_image();
+        let args = server::Args::local(
+            &ns_name,
+            "e2e-operator",
+            &[
+                "--leader-election",
+                "false",
+                "--backoff-seconds",
+                "1",
+                "--max-backoff-seconds",
+                "2",
+                "--uninstall-timeout-seconds",
+                "5",
+                "--max-attempts",
+                &max_attempts,
+                "--executor-image",
+                &executor_image,
+            ],
+        )
+        .unwrap();
+        let operator = server::start(&args, operator_client(&admin, &ns_name).await)
+            .await
+            .unwrap();
         Stack {
             admin,
             virtual_cluster,
             ns,
             webhook,
             registration,
-            stop,
             operator,
         }
     }
@@ -366,12 +358,10 @@ impl Stack {
             ns,
             webhook,
             registration,
-            stop,
             operator,
             ..
         } = self;
-        let _ = stop.send(());
-        let _ = operator.await;
+        operator.stop().await.unwrap();
         webhook.stop(Duration::from_secs(1)).await;
         drop(registration);
         ns.delete().await.unwrap();

@@ -4,7 +4,7 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -51,7 +51,11 @@ impl Operator {
         // Two operators of one test may start in the same millisecond: a counter keeps their
         // logs apart.
         static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let log = std::env::temp_dir().join(format!(
+        // Logs stay for whoever debugs a failure, in cargo's folder for test files rather
+        // than /tmp, so that a `cargo clean` takes them away.
+        let logs = Path::new(env!("CARGO_TARGET_TMPDIR")).join("operator-logs");
+        std::fs::create_dir_all(&logs)?;
+        let log = logs.join(format!(
             "virtual-cluster-operator-{namespace}-{}-{}.log",
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
