@@ -115,14 +115,12 @@ pub struct ChartSource {
     #[schemars(length(min = 1, max = 2048))]
     #[x_kube(validation = kube::core::Rule::new("self.matches('^(https?|oci)://[^\\\\s]+$')")
         .message("repo must be an http, https or oci URL"))]
-    #[x_kube(validation = kube::core::Rule::new("!self.matches('[\\\\x00-\\\\x1f\\\\x7f]')")
-        .message("must not contain control characters"))]
+    #[x_kube(validation = no_control_characters())]
     pub repo: Option<String>,
     /// Chart version in `repo`; empty means the latest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 128))]
-    #[x_kube(validation = kube::core::Rule::new("!self.matches('[\\\\x00-\\\\x1f\\\\x7f]')")
-        .message("must not contain control characters"))]
+    #[x_kube(validation = no_control_characters())]
     pub version: Option<String>,
     /// Where the chart (an unpacked folder or a .tgz archive) is stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -141,14 +139,12 @@ pub struct ChartSource {
     /// Helm release name. Default: the plugin's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 53))]
-    #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
-        .message("releaseName must be a lower-case DNS label"))]
+    #[x_kube(validation = dns_label("releaseName"))]
     pub release_name: Option<String>,
     /// Namespace in the virtual cluster for the release; created if missing. Default: `default`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
-    #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
-        .message("namespace must be a lower-case DNS label"))]
+    #[x_kube(validation = dns_label("namespace"))]
     pub namespace: Option<String>,
 }
 
@@ -162,8 +158,7 @@ pub struct YamlSource {
     /// Default namespace in the virtual cluster for manifests that name none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
-    #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
-        .message("namespace must be a lower-case DNS label"))]
+    #[x_kube(validation = dns_label("namespace"))]
     pub namespace: Option<String>,
 }
 
@@ -187,8 +182,7 @@ pub struct Storage {
         .message("pvPath must be <claim>:<absolute path>, e.g. plugin-store-ubuntu-statefulset-0:/pv"))]
     #[x_kube(validation = kube::core::Rule::new("!self.matches('(^|/)\\\\.\\\\.(/|$)')")
         .message("path must not contain '..'"))]
-    #[x_kube(validation = kube::core::Rule::new("!self.matches('[\\\\x00-\\\\x1f\\\\x7f]')")
-        .message("must not contain control characters"))]
+    #[x_kube(validation = no_control_characters())]
     pub pv_path: Option<String>,
     /// A file or folder on a node of the host cluster, mounted read-only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -199,8 +193,7 @@ pub struct Storage {
     #[schemars(length(min = 8, max = 4096))]
     #[x_kube(validation = kube::core::Rule::new("self.matches('^https?://[^\\\\s]+$')")
         .message("uri must be an http or https URL"))]
-    #[x_kube(validation = kube::core::Rule::new("!self.matches('[\\\\x00-\\\\x1f\\\\x7f]')")
-        .message("must not contain control characters"))]
+    #[x_kube(validation = no_control_characters())]
     pub uri: Option<String>,
     /// Expected SHA-256 of the file fetched from `uri`, 64 hex digits; a mismatch fails the
     /// install.
@@ -221,8 +214,7 @@ pub struct HostPath {
         .message("hostPath.path must be an absolute path"))]
     #[x_kube(validation = kube::core::Rule::new("!self.matches('(^|/)\\\\.\\\\.(/|$)')")
         .message("path must not contain '..'"))]
-    #[x_kube(validation = kube::core::Rule::new("!self.matches('[\\\\x00-\\\\x1f\\\\x7f]')")
-        .message("must not contain control characters"))]
+    #[x_kube(validation = no_control_characters())]
     pub path: String,
     /// The node that holds `path`; the executor pod is pinned to it. Empty means any node,
     /// which only works when every node has the files.
@@ -250,6 +242,19 @@ impl PluginRef {
     pub fn new(name: impl Into<String>) -> Self {
         Self { name: name.into() }
     }
+}
+
+/// CEL rule: `field` is a lower-case DNS label (RFC 1123), as namespaces and Helm releases are.
+fn dns_label(field: &str) -> kube::core::Rule {
+    kube::core::Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
+        .message(format!("{field} must be a lower-case DNS label").as_str())
+}
+
+/// CEL rule: no control characters, which would let a value break out of the executor's
+/// command line or log lines.
+fn no_control_characters() -> kube::core::Rule {
+    kube::core::Rule::new("!self.matches('[\\\\x00-\\\\x1f\\\\x7f]')")
+        .message("must not contain control characters")
 }
 
 fn is_false(b: &bool) -> bool {
