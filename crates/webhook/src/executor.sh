@@ -272,6 +272,62 @@ yaml_kubeconfig() {
   echo "$overlay:$KUBECONFIG"
 }
 
+# How often one kubectl apply or delete is tried when it fails for a reason that passes by
+# itself, and the first pause between tries (doubled each time: 2, 4, 8 s), within the time limit.
+kubectl_attempts=4
+kubectl_first_pause=2
+
+# Prints what kind of passing failure the kubectl error output in file $1 shows, or fails when
+# it shows none (a refused or invalid object fails the same way every time: no retry).
+transient_reason() {
+  if grep -qE 'AlreadyExists|already exists' "$1"; then
+    echo "an object was created meanwhile (AlreadyExists: another install applies it too?)"
+  elif grep -qE 'the object has been modified|Conflict' "$1"; then
+    echo "an object was changed meanwhile (Conflict)"
+  elif grep -qE 'no matches for kind|ensure CRDs are installed first' "$1"; then
+    echo "a kind is not served yet (a CustomResourceDefinition applied just before?)"
+  elif grep -qE 'Internal error occurred|currently unable to handle the request|[Tt]oo many requests|unable to return a response in the time allotted|etcdserver: request timed out' "$1"; then
+    echo "the API server could not serve the request now"
+  elif grep -qE 'connection refused|connection reset|i/o timeout|TLS handshake timeout|unexpected EOF|context deadline exceeded|Client.Timeout' "$1"; then
+    echo "the connection to the API server failed"
+  else
+    return 1
+  fi
+}
+
+# retry_kubectl WHAT COMMAND...: runs COMMAND (a kubectl call); when it fails for a passing reason
+# (see transient_reason) it is run again, at most $kubectl_attempts times in all, saying why.
+# kubectl apply and delete --ignore-not-found are idempotent: what the failed try did already is
+# unchanged by the next. On failure, $kubectl_error holds the last line kubectl printed.
+retry_kubectl() {
+  what=$1
+  shift
+  errors="$PLUGIN_WORK_DIR/kubectl-errors"
+  attempt=1
+  pause=$kubectl_first_pause
+  kubectl_error=''
+  while :; do
+    "$@" 2> "$errors"
+    status=$?
+    cat "$errors" >&2
+    [ "$status" -eq 0 ] && return 0
+    kubectl_error=$(grep . "$errors" | tail -n 1)
+    reason=$(transient_reason "$errors") || return "$status"
+    if [ "$attempt" -ge "$kubectl_attempts" ]; then
+      say "$what failed $attempt times; giving up"
+      return "$status"
+    fi
+    if [ $(($(date +%s) + pause)) -ge "$deadline" ]; then
+      say "$what failed; no time left to try again"
+      return "$status"
+    fi
+    say "$what failed (try $attempt of $kubectl_attempts): $reason; trying again in ${pause}s"
+    sleep "$pause"
+    attempt=$((attempt + 1))
+    pause=$((pause * 2))
+  done
+}
+
 # yaml_kubectl VERB [FLAGS...]: kubectl VERB on YAML_PATH: -k for a kustomization, else -R -f.
 yaml_kubectl() {
   verb=$1
@@ -283,12 +339,14 @@ yaml_kubectl() {
     # In a subshell's $(...) a `finish` would only end the subshell: check its status.
     built=$(kustomization_with_options "$path") || exit
     say "kubectl $verb -k $path"
-    bounded env KUBECONFIG="$config" kubectl "$verb" "$@" -k "$built" \
-      || finish 4 "kubectl $verb -k $path failed"
+    retry_kubectl "kubectl $verb -k $path" \
+      bounded env KUBECONFIG="$config" kubectl "$verb" "$@" -k "$built" \
+      || finish 4 "kubectl $verb -k $path failed: $kubectl_error"
   else
     say "kubectl $verb -f $path"
-    bounded env KUBECONFIG="$config" kubectl "$verb" "$@" -R -f "$path" \
-      || finish 4 "kubectl $verb -f $path failed"
+    retry_kubectl "kubectl $verb -f $path" \
+      bounded env KUBECONFIG="$config" kubectl "$verb" "$@" -R -f "$path" \
+      || finish 4 "kubectl $verb -f $path failed: $kubectl_error"
   fi
 }
 

@@ -27,8 +27,7 @@ const VC: &str = "tenant1-cluster";
 struct Outcome {
     code: Option<i32>,
     message: String,
-    /// Shown (through Debug) when an assertion fails.
-    #[allow(dead_code)]
+    /// What the script said along the way (retries), shown when an assertion fails.
     stderr: String,
 }
 
@@ -1353,5 +1352,152 @@ async fn an_unreachable_virtual_cluster_fails_saying_so() {
     }
     // Nothing was attempted.
     assert!(w.configmap("never").await.is_none());
+    w.ns.delete().await.unwrap();
+}
+
+/// The environment of a plain-manifests install (or uninstall) of the folder `path`.
+fn yaml_run(w: &World, action: &str, plugin: &str, path: &Path) -> Vec<(String, String)> {
+    vec![
+        (executor_env::PLUGIN_ACTION.to_owned(), action.to_owned()),
+        (executor_env::PLUGIN_NAME.to_owned(), plugin.to_owned()),
+        (
+            executor_env::YAML.path.to_owned(),
+            path.display().to_string(),
+        ),
+        (executor_env::YAML_NAMESPACE.to_owned(), w.ns().to_owned()),
+    ]
+}
+
+/// A plugin whose manifests hold a CustomResourceDefinition and an object of its kind, as many
+/// add-ons ship them: the first `kubectl apply` creates the definition but cannot map the object
+/// ("no matches for kind ... ensure CRDs are installed first"); the executor tries again, says
+/// why, and the second try installs the object. Without the retry the install fails every time
+/// (a fresh kubectl has no discovery of the new kind).
+#[tokio::test]
+async fn a_kind_defined_in_the_same_manifests_installs_on_a_second_try() {
+    let mut w = World::new("exec-retry-crd").await;
+    let group = format!("{}.e2e.kosmos.io", w.ns());
+    let claim = w.claim("store");
+    std::fs::write(
+        claim.join("manifests.yaml"),
+        format!(
+            "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: widgets.{group}\nspec:\n  group: {group}\n  names: {{kind: Widget, plural: widgets, singular: widget, listKind: WidgetList}}\n  scope: Namespaced\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema:\n        type: object\n        x-kubernetes-preserve-unknown-fields: true\n---\napiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: first\nspec: {{size: 3}}\n"
+        ),
+    )
+    .unwrap();
+    let outcome = w
+        .run_script(&yaml_run(&w, "install", "widgets", &claim))
+        .await;
+    assert_ok(&outcome);
+    assert_eq!(outcome.message.trim(), "plugin widgets installed");
+    assert!(
+        outcome.stderr.contains(&format!(
+            "executor: kubectl apply -f {} failed (try 1 of 4): a kind is not served yet",
+            claim.display()
+        )),
+        "{outcome:#?}"
+    );
+    let widget = kosmos_e2e::kubectl(
+        Cluster::Virtual,
+        &[
+            "-n",
+            w.ns(),
+            "get",
+            &format!("widgets.{group}"),
+            "first",
+            "-o",
+            "name",
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(widget.trim(), format!("widget.{group}/first"));
+
+    // Uninstall takes both away again (the definition is cluster-wide).
+    assert_ok(
+        &w.run_script(&yaml_run(&w, "uninstall", "widgets", &claim))
+            .await,
+    );
+    let left = kosmos_e2e::kubectl(
+        Cluster::Virtual,
+        &[
+            "get",
+            "crd",
+            "-o",
+            "name",
+            "--ignore-not-found",
+            &format!("widgets.{group}"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(left.trim(), "", "the CustomResourceDefinition is left");
+    w.ns.delete().await.unwrap();
+}
+
+/// Two plugins of one virtual cluster may apply the same object at the same moment (a shared
+/// Namespace): kubectl's read-then-create loses the race with AlreadyExists for one of them,
+/// which the executor tries again. Every one of several executors started together succeeds.
+#[tokio::test]
+async fn executors_applying_one_namespace_at_once_all_succeed() {
+    let mut w = World::new("exec-retry-race").await;
+    let shared = format!("{}-shared", w.ns());
+    let claim = w.claim("store");
+    std::fs::write(
+        claim.join("shared.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {shared}\n---\n{}",
+            configmap_yaml("shared", "1").replace(
+                "metadata:\n",
+                &format!("metadata:\n  namespace: {shared}\n")
+            )
+        ),
+    )
+    .unwrap();
+    let runs = (0..3).map(|i| {
+        let env = yaml_run(&w, "install", &format!("shared-{i}"), &claim);
+        let w = &w;
+        async move { w.run_script(&env).await }
+    });
+    for outcome in futures::future::join_all(runs).await {
+        assert_ok(&outcome);
+    }
+    let client = kosmos_e2e::virtual_cluster().await.unwrap();
+    assert!(
+        Api::<ConfigMap>::namespaced(client.clone(), &shared)
+            .get_opt("shared")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    kosmos_e2e::kubectl(
+        Cluster::Virtual,
+        &["delete", "namespace", &shared, "--wait=false"],
+    )
+    .await
+    .unwrap();
+    w.ns.delete().await.unwrap();
+}
+
+/// What fails the same way every time is not tried again: an invalid object fails the install
+/// at once, and the message carries kubectl's reason.
+#[tokio::test]
+async fn an_invalid_object_fails_at_once_with_kubectls_reason() {
+    let mut w = World::new("exec-no-retry").await;
+    let claim = w.claim("store");
+    std::fs::write(claim.join("bad.yaml"), configmap_yaml("Not_A_Name", "1")).unwrap();
+    let outcome = w
+        .run_script(&yaml_run(&w, "install", "invalid", &claim))
+        .await;
+    assert_eq!(outcome.code, Some(4), "{outcome:#?}");
+    assert!(
+        outcome
+            .message
+            .starts_with(&format!("kubectl apply -f {} failed: ", claim.display()))
+            && outcome.message.contains("Not_A_Name")
+            && outcome.message.contains("invalid"),
+        "{outcome:#?}"
+    );
+    assert!(!outcome.stderr.contains("trying again"), "{outcome:#?}");
     w.ns.delete().await.unwrap();
 }
