@@ -576,14 +576,16 @@ make_cgroups() {
   done < <(cgroup_dirs)
 }
 
-# Removes our cgroup trees, deepest first; they are empty once every container is gone.
+# Removes our cgroup trees, deepest first; they are empty once every container is gone. On a
+# hybrid host runc also makes each container's cgroup in the unified (v2) hierarchy, under the
+# same root, though make_cgroups never made that one: it goes too.
 remove_cgroups() {
   local dir
   while read -r dir; do
     [[ -d "${dir}" ]] || continue
     find "${dir}" -depth -type d -exec rmdir {} \; 2> /dev/null || true
     [[ -d "${dir}" ]] && log "cgroup ${dir} is not empty; left in place"
-  done < <(cgroup_dirs)
+  done < <(cgroup_dirs; echo "/sys/fs/cgroup/unified${CGROUP_ROOT}")
   return 0
 }
 
@@ -983,11 +985,15 @@ check_node_tools() {
 
 do_up() {
   check_node_tools
+  # Picking a free veth subnet and taking it is one step for every checkout on the machine, or
+  # two clusters starting at once (two clones' `make test`) could both pick the same one.
+  take_subnet_lock
   choose_port_base
+  setup_netns
+  exec 6>&-
   make_pki
   write_admission_config
   mkdir -p "${LOG_DIR}" "${PIDS}"
-  setup_netns
 
   start_etcd
   wait_ready etcd probe_etcd
@@ -1124,6 +1130,15 @@ prune_users() {
     [[ -e "${f}" ]] || continue
     kill -0 "$(basename "${f}")" 2> /dev/null || rm -f "${f}"
   done
+}
+
+# Machine-wide, held only while `up` picks a veth subnet and assigns it (not the state lock: that
+# one is per checkout).
+take_subnet_lock() {
+  local lock=/run/lock/kosmos-e2e-subnets.lock
+  mkdir -p "$(dirname "${lock}")"
+  exec 6> "${lock}"
+  flock -w 120 6 || die "waited 2 minutes for ${lock}; is another cluster.sh up stuck?"
 }
 
 # Serializes up/down/acquire/release between concurrent callers (parallel test binaries, two
