@@ -532,7 +532,7 @@ setup_netns() {
   # made in the namespace needs a route before kube-proxy's DNAT picks a pod (then it is routed
   # again, to cni0), and the namespace has no default route: this one gives it. What no Service
   # rewrites must not leave through the veth, so it is dropped on the way out.
-  if ! in_netns ip route show "${HOST_SERVICE_CIDR}" | grep -q .; then
+  if [[ -z "$(in_netns ip route show "${HOST_SERVICE_CIDR}")" ]]; then
     in_netns ip route add "${HOST_SERVICE_CIDR}" dev eth0 src "${NODE_IP}"
   fi
   if ! in_netns iptables -w -C OUTPUT -o eth0 -d "${HOST_SERVICE_CIDR}" -j DROP 2> /dev/null; then
@@ -943,8 +943,13 @@ choose_port_base() {
   echo "${PORT_BASE}" > "${PORT_BASE_FILE}"
 }
 
+# The address list is read whole first: `ip ... | grep -q` under pipefail fails when grep stops
+# at the first match and ip dies writing the rest (SIGPIPE), which read as "not in use" and gave
+# two clusters one subnet.
 subnet_in_use() {
-  ip -4 -o addr show | grep -qE " 10\.213\.${SUBNET_INDEX}\.[0-9]+/"
+  local addresses
+  addresses="$(ip -4 -o addr show)"
+  grep -qE " 10\.213\.${SUBNET_INDEX}\.[0-9]+/" <<< "${addresses}"
 }
 
 any_running() {
