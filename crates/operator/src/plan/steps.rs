@@ -428,50 +428,9 @@ impl<'a, 'o> Planner<'a, 'o> {
                 self.entries.push(entry);
             }
             JobOutcome::Failed { message } => {
-                entry.finished_at = job.finished_at.map(Time);
-                let failures = self.failures(jobs, job);
-                let was_failed = old.is_some_and(|o| {
-                    o.job_name.as_deref() == Some(job.name.as_str())
-                        && matches!(o.phase, PluginPhase::Failed | PluginPhase::Pending)
-                });
-                if failures >= self.settings.max_attempts {
-                    entry.phase = PluginPhase::Failed;
-                    entry.message = Some(format!(
-                        "{message} (job {}, {failures} failed attempts; change the plugin or set annotation {} on the VirtualCluster to retry)",
-                        job.name,
-                        contract::RETRY_ANNOTATION
-                    ));
-                    if old.is_none_or(|o| o.phase != PluginPhase::Failed) {
-                        self.note(
-                            &name.clone(),
-                            NoteKind::Warning,
-                            "PluginFailed",
-                            format!("plugin {name} failed: {message} (job {})", job.name),
-                        );
-                    }
-                    self.entries.push(entry);
+                let Some(entry) = self.failed_attempt(jobs, job, old, entry, message) else {
                     return;
-                }
-                let at = self.retry_at(job, old, failures);
-                if !was_failed && failures > 0 {
-                    self.note(
-                        &name.clone(),
-                        NoteKind::Warning,
-                        "InstallFailed",
-                        format!(
-                            "plugin {name}: job {} failed: {message}; retrying",
-                            job.name
-                        ),
-                    );
-                }
-                if at > self.obs.now {
-                    entry.message = Some(format!("attempt failed: {message}"));
-                    entry.next_retry_at = Some(Time(at));
-                    self.wake_at(at);
-                    self.entries.push(entry);
-                    return;
-                }
-                entry.message = Some(format!("attempt failed: {message}"));
+                };
                 let hash = job.id.spec_hash.clone();
                 self.start(
                     plugin,
@@ -483,6 +442,83 @@ impl<'a, 'o> Planner<'a, 'o> {
                 );
             }
         }
+    }
+
+    /// A failed attempt of `job` (install or uninstall): after `max_attempts` failures the plugin
+    /// stays Failed, else the next attempt waits for its retry time. Either way the entry is
+    /// recorded here and None returned; Some(entry) when the next attempt may start now.
+    fn failed_attempt(
+        &mut self,
+        jobs: &[&JobView],
+        job: &JobView,
+        old: Option<&PluginStatus>,
+        mut entry: PluginStatus,
+        message: &str,
+    ) -> Option<PluginStatus> {
+        let name = entry.name.clone();
+        let install = job.id.action == Action::Install;
+        entry.finished_at = job.finished_at.map(Time);
+        let failures = self.failures(jobs, job);
+        if failures >= self.settings.max_attempts {
+            entry.phase = PluginPhase::Failed;
+            let (reason, event, status) = if install {
+                (
+                    "PluginFailed",
+                    format!("plugin {name} failed: {message} (job {})", job.name),
+                    format!(
+                        "{message} (job {}, {failures} failed attempts; change the plugin or set annotation {} on the VirtualCluster to retry)",
+                        job.name,
+                        contract::RETRY_ANNOTATION
+                    ),
+                )
+            } else {
+                (
+                    "UninstallFailed",
+                    format!(
+                        "plugin {name}: uninstall failed: {message} (job {})",
+                        job.name
+                    ),
+                    format!(
+                        "uninstall failed: {message} (job {}, {failures} failed attempts)",
+                        job.name
+                    ),
+                )
+            };
+            entry.message = Some(status);
+            if old.is_none_or(|o| o.phase != PluginPhase::Failed) {
+                self.note(&name, NoteKind::Warning, reason, event);
+            }
+            self.entries.push(entry);
+            return None;
+        }
+        let at = self.retry_at(job, old, failures);
+        let was_failed = old.is_some_and(|o| {
+            o.job_name.as_deref() == Some(job.name.as_str())
+                && matches!(o.phase, PluginPhase::Failed | PluginPhase::Pending)
+        });
+        if install && !was_failed && failures > 0 {
+            self.note(
+                &name,
+                NoteKind::Warning,
+                "InstallFailed",
+                format!(
+                    "plugin {name}: job {} failed: {message}; retrying",
+                    job.name
+                ),
+            );
+        }
+        entry.message = Some(if install {
+            format!("attempt failed: {message}")
+        } else {
+            format!("uninstall attempt failed: {message}")
+        });
+        if at > self.obs.now {
+            entry.next_retry_at = Some(Time(at));
+            self.wake_at(at);
+            self.entries.push(entry);
+            return None;
+        }
+        Some(entry)
     }
 
     /// A Job without the webhook's mark: say so and wait for the retry time.
@@ -631,36 +667,11 @@ impl<'a, 'o> Planner<'a, 'o> {
                         self.entries.push(entry);
                     }
                     JobOutcome::Failed { message } => {
-                        entry.finished_at = job.finished_at.map(Time);
-                        let failures = self.failures(jobs, job);
-                        if failures >= self.settings.max_attempts {
-                            entry.phase = PluginPhase::Failed;
-                            entry.message = Some(format!(
-                                "uninstall failed: {message} (job {}, {failures} failed attempts)",
-                                job.name
-                            ));
-                            if old.phase != PluginPhase::Failed {
-                                self.note(
-                                    &name.clone(),
-                                    NoteKind::Warning,
-                                    "UninstallFailed",
-                                    format!(
-                                        "plugin {name}: uninstall failed: {message} (job {})",
-                                        job.name
-                                    ),
-                                );
-                            }
-                            self.entries.push(entry);
+                        let Some(entry) =
+                            self.failed_attempt(jobs, job, Some(&old), entry, message)
+                        else {
                             return;
-                        }
-                        let at = self.retry_at(job, Some(&old), failures);
-                        entry.message = Some(format!("uninstall attempt failed: {message}"));
-                        if at > self.obs.now {
-                            entry.next_retry_at = Some(Time(at));
-                            self.wake_at(at);
-                            self.entries.push(entry);
-                            return;
-                        }
+                        };
                         self.start(
                             plugin,
                             &hash,

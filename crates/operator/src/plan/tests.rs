@@ -808,6 +808,46 @@ fn disabled_plugin_is_uninstalled_then_marked_uninstalled() {
 }
 
 #[test]
+fn a_failed_uninstall_is_retried_after_backoff_then_gives_up() {
+    let p = plugin("a", false, &[]);
+    let plugins = [p.clone()];
+    let v = with_entries(
+        vc(phase::COMPLETED, &[], &[]),
+        vec![entry("a", PluginPhase::Uninstalling, &hash(&p), Some("j"), 2)],
+    );
+    let installed = job(&p, Action::Install, 1, JobOutcome::Succeeded);
+    let one = [
+        installed.clone(),
+        job(&p, Action::Uninstall, 2, failed("kubectl delete refused")),
+    ];
+    let plan = run(&v, &plugins, &one);
+    assert!(created(&plan).is_empty());
+    let e = &plan.status.plugins[0];
+    assert_eq!(e.phase, PluginPhase::Uninstalling);
+    assert_eq!(
+        e.message.as_deref(),
+        Some("uninstall attempt failed: kubectl delete refused")
+    );
+    assert!(e.next_retry_at.is_some());
+    assert!(plan.notes.iter().all(|n| n.reason != "UninstallFailed"));
+
+    let three = [
+        installed,
+        job(&p, Action::Uninstall, 2, failed("first")),
+        job(&p, Action::Uninstall, 3, failed("second")),
+        job(&p, Action::Uninstall, 4, failed("last words")),
+    ];
+    let plan = run(&v, &plugins, &three);
+    assert!(plan.steps.is_empty());
+    let e = &plan.status.plugins[0];
+    assert_eq!(e.phase, PluginPhase::Failed);
+    let message = e.message.as_deref().unwrap();
+    assert!(message.starts_with("uninstall failed: last words"), "{message}");
+    assert!(message.contains("3 failed attempts"), "{message}");
+    assert!(plan.notes.iter().any(|n| n.reason == "UninstallFailed"));
+}
+
+#[test]
 fn a_plugin_that_never_got_a_job_just_leaves() {
     let p = plugin("a", false, &[]);
     let v = with_entries(
