@@ -813,7 +813,13 @@ fn a_failed_uninstall_is_retried_after_backoff_then_gives_up() {
     let plugins = [p.clone()];
     let v = with_entries(
         vc(phase::COMPLETED, &[], &[]),
-        vec![entry("a", PluginPhase::Uninstalling, &hash(&p), Some("j"), 2)],
+        vec![entry(
+            "a",
+            PluginPhase::Uninstalling,
+            &hash(&p),
+            Some("j"),
+            2,
+        )],
     );
     let installed = job(&p, Action::Install, 1, JobOutcome::Succeeded);
     let one = [
@@ -842,7 +848,10 @@ fn a_failed_uninstall_is_retried_after_backoff_then_gives_up() {
     let e = &plan.status.plugins[0];
     assert_eq!(e.phase, PluginPhase::Failed);
     let message = e.message.as_deref().unwrap();
-    assert!(message.starts_with("uninstall failed: last words"), "{message}");
+    assert!(
+        message.starts_with("uninstall failed: last words"),
+        "{message}"
+    );
     assert!(message.contains("3 failed attempts"), "{message}");
     assert!(plan.notes.iter().any(|n| n.reason == "UninstallFailed"));
 }
