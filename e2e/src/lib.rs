@@ -15,6 +15,7 @@
 
 mod cleanup;
 mod crds;
+mod leftovers;
 mod namespace;
 mod node;
 mod pods;
@@ -37,6 +38,7 @@ pub use cleanup::{
     cleanup_on_drop, delete_webhook_configuration, delete_webhook_configuration_on_drop,
 };
 pub use crds::{apply_yaml, chart_crd_dir, dynamic_api, install_crds, load_crds, parse_yaml};
+pub use leftovers::wait_for_nothing_left;
 pub use namespace::{TEST_NAMESPACE_LABEL, TestNamespace};
 pub use node::{
     STORAGE_CLASS, busybox_image, cached_tool_dirs, executor_image, fill_claim, kubectl,

@@ -29,7 +29,7 @@ use base64::Engine as _;
 use futures::StreamExt as _;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kosmos_api::{PluginPhase, VirtualCluster, VirtualClusterPlugin, contract, phase};
 use kosmos_e2e::{Cluster, Identity, TestNamespace, wait_for, webhook_host};
 use kosmos_operator::context::{self, Config, Context, ReadinessMode};
@@ -87,6 +87,35 @@ impl Drop for Restart {
             }
         }
     }
+}
+
+/// Waits until both control planes serve their controllers again after a drill stopped parts of
+/// them: a new namespace in each gets its `default` ServiceAccount from the controller-manager.
+/// After an apiserver was down for a minute, the controller-manager's (and kubelet's) watches
+/// retry with client-go's backoff, up to 30 s doubled by jitter, so a namespace made right after
+/// the restart may wait a minute for its account: a test after the drill (which waits 30 s for
+/// it, see `TestNamespace::create`) failed that way. Bounded generously; quick when healthy.
+async fn control_planes_recovered() -> Result<()> {
+    for cluster in [Cluster::Host, Cluster::Virtual] {
+        wait_for(
+            &format!("the {cluster:?} controller-manager to serve a new namespace again"),
+            Duration::from_secs(300),
+            || async move {
+                match TestNamespace::create(cluster, "drill-recovered").await {
+                    Ok(ns) => {
+                        ns.delete().await?;
+                        Ok(Some(()))
+                    }
+                    Err(e) => {
+                        eprintln!("{cluster:?} control plane not recovered yet: {e:#}");
+                        Ok(None)
+                    }
+                }
+            },
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// What the watchers saw.
@@ -322,6 +351,8 @@ impl Stack {
             );
         }
         let _ = rustls::crypto::ring::default_provider().install_default();
+        // An earlier drill may have restarted what the controllers watch through.
+        control_planes_recovered().await?;
         let admin = kosmos_e2e::host().await?;
         kosmos_e2e::install_crds(&admin).await?;
         let ns = TestNamespace::create(Cluster::Host, prefix).await?;
@@ -551,45 +582,16 @@ impl Stack {
             .await?;
             api.delete(name, &DeleteParams::default()).await?;
         }
-        let jobs: Api<Job> = Api::namespaced(self.admin.clone(), self.n());
-        let secrets: Api<Secret> = Api::namespaced(self.admin.clone(), self.n());
-        let executor = format!("{}=true", contract::EXECUTOR_LABEL);
-        let wanted: BTreeSet<String> = names
-            .iter()
-            .map(|n| contract::kubeconfig_secret_name(n))
-            .collect();
-        let last = Mutex::new(String::new());
-        let result = wait_for("nothing left after deletion", bound, || async {
-            let vcs: Vec<String> = api
-                .list(&ListParams::default())
-                .await?
-                .items
-                .iter()
-                .map(|vc| format!("{} finalizers {:?}", vc.name_any(), vc.finalizers()))
-                .collect();
-            let left_jobs: Vec<String> = jobs
-                .list(&ListParams::default().labels(&executor))
-                .await?
-                .items
-                .iter()
-                .map(|j| j.name_any())
-                .collect();
-            let left_secrets: Vec<String> = secrets
-                .list(&ListParams::default())
-                .await?
-                .items
-                .iter()
-                .map(|s| s.name_any())
-                .filter(|s| wanted.contains(s))
-                .collect();
-            self.rec.checks.fetch_add(1, Ordering::Relaxed);
-            *last.lock().unwrap() =
-                format!("VirtualClusters {vcs:?}\nJobs {left_jobs:?}\nSecrets {left_secrets:?}");
-            Ok((vcs.is_empty() && left_jobs.is_empty() && left_secrets.is_empty()).then_some(()))
-        })
+        let result = kosmos_e2e::wait_for_nothing_left(
+            &self.admin,
+            self.n(),
+            names,
+            bound,
+            &self.rec.checks,
+        )
         .await;
         if let Err(e) = result {
-            let what = format!("{e:#}; left:\n{}", last.lock().unwrap());
+            let what = format!("{e:#}");
             self.rec.violation(what.clone());
             bail!(what);
         }
@@ -598,6 +600,8 @@ impl Stack {
 
     /// Stops everything, prints the table line, and fails on any broken invariant.
     async fn finish(self, faults_text: &str) -> Result<()> {
+        // The tests after this one (other binaries too) need working controllers.
+        control_planes_recovered().await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
         self.rec.stop.store(true, Ordering::Relaxed);
         let _ = tokio::time::timeout(Duration::from_secs(5), self.watch).await;

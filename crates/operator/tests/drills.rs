@@ -31,7 +31,7 @@ use common::*;
 use futures::StreamExt as _;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use kosmos_api::{PluginPhase, VirtualCluster, contract, phase};
 use kosmos_e2e::{TestNamespace, wait_for};
 use kube::api::{DeleteParams, ListParams};
@@ -395,46 +395,16 @@ impl Drill {
     }
 
     async fn wait_nothing_left(&self, names: &[String]) -> Result<()> {
-        let api: Api<VirtualCluster> = Api::namespaced(self.client.clone(), self.n());
-        let jobs: Api<Job> = Api::namespaced(self.client.clone(), self.n());
-        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), self.n());
-        let executor = format!("{}=true", contract::EXECUTOR_LABEL);
-        let wanted: BTreeSet<String> = names
-            .iter()
-            .map(|n| contract::kubeconfig_secret_name(n))
-            .collect();
-        let last = Mutex::new(String::new());
-        let result = wait_for("nothing left after deletion", rollout_bound(), || async {
-            let vcs: Vec<String> = api
-                .list(&ListParams::default())
-                .await?
-                .items
-                .iter()
-                .map(|vc| format!("{} finalizers {:?}", vc.name_any(), vc.finalizers()))
-                .collect();
-            let left_jobs: Vec<String> = jobs
-                .list(&ListParams::default().labels(&executor))
-                .await?
-                .items
-                .iter()
-                .map(|j| j.name_any())
-                .collect();
-            let left_secrets: Vec<String> = secrets
-                .list(&ListParams::default())
-                .await?
-                .items
-                .iter()
-                .map(|s| s.name_any())
-                .filter(|s| wanted.contains(s))
-                .collect();
-            self.rec.checks.fetch_add(1, Ordering::Relaxed);
-            *last.lock().unwrap() =
-                format!("VirtualClusters {vcs:?}\nJobs {left_jobs:?}\nSecrets {left_secrets:?}");
-            Ok((vcs.is_empty() && left_jobs.is_empty() && left_secrets.is_empty()).then_some(()))
-        })
+        let result = kosmos_e2e::wait_for_nothing_left(
+            &self.client,
+            self.n(),
+            names,
+            rollout_bound(),
+            &self.rec.checks,
+        )
         .await;
         if let Err(e) = result {
-            let what = format!("{e:#}; left:\n{}", last.lock().unwrap());
+            let what = format!("{e:#}");
             self.rec.violation(what.clone());
             anyhow::bail!(what);
         }
