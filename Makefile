@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help build test drills unit lint fmt crds crds-check chart-docs chart-docs-check images images-check e2e-bins cluster-up cluster-down demo bench bench-quick certs
+.PHONY: help build test load-tool drills unit lint fmt crds crds-check chart-docs chart-docs-check images images-check e2e-bins cluster-up cluster-down demo bench bench-quick certs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -10,10 +10,14 @@ help: ## list the targets
 build: ## build every crate
 	$(CARGO) build --workspace --all-targets
 
-test: lint crds-check chart-docs-check e2e-bins images-check ## every test: lint, CRD drift, unit tests and e2e against real control planes
-	set -o pipefail; e2e/with-cluster.sh $(CARGO) test --workspace 2>&1 | e2e/no-ignored.sh
+test: lint crds-check chart-docs-check e2e-bins images-check load-tool ## every test: lint, CRD drift, unit tests and e2e against real control planes
+	set -o pipefail; export BENCH_OHA="$$(bench/tools.sh oha | sed -n 's/^BENCH_OHA=//p')"; \
+	  e2e/with-cluster.sh $(CARGO) test --workspace 2>&1 | e2e/no-ignored.sh
 
-drills: e2e-bins ## fault drills at full size and 10 minutes of each fuzz target (about 40 min); prints a table
+load-tool: ## build the load generator oha once (cached; the certificate drills and make bench use it)
+	bench/tools.sh oha > /dev/null
+
+drills: e2e-bins load-tool ## fault drills at full size and 10 minutes of each fuzz target (about 40 min); prints a table
 	CARGO=$(CARGO) e2e/drills.sh
 
 unit: ## the tests that need no control plane (fast)

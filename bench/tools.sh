@@ -5,6 +5,9 @@
 # Prints KEY=path lines for the driver; a component that cannot be built is printed as
 # KEY=unavailable:<reason> so the report says why instead of the run failing.
 #
+# Usage: bench/tools.sh [oha]   (oha: only the load generator, which `make test`'s certificate
+# drills use too)
+#
 # Environment: KOSMOS_BENCH_CACHE (default ~/.cache/kosmos-plugin-bench), GO (default: go on PATH,
 # else /usr/local/go/bin/go).
 set -euo pipefail
@@ -29,10 +32,14 @@ log() { echo "bench/tools.sh: $*" >&2; }
 oha_dir="${cache}/oha-${OHA_VERSION}"
 if [[ ! -x "${oha_dir}/bin/oha" ]]; then
   log "building oha ${OHA_VERSION} (once; a few minutes)"
-  nice -n 10 cargo install oha --version "${OHA_VERSION}" --locked --root "${oha_dir}.tmp" >&2
+  # In a throw-away target folder, not the caller's CARGO_TARGET_DIR (a release build of oha's
+  # dependencies there would only take disk).
+  env -u CARGO_TARGET_DIR nice -n 10 cargo install oha --version "${OHA_VERSION}" --locked \
+    --root "${oha_dir}.tmp" >&2
   rm -rf "${oha_dir}" && mv "${oha_dir}.tmp" "${oha_dir}"
 fi
 echo "BENCH_OHA=${oha_dir}/bin/oha"
+[[ "${1:-}" == oha ]] && exit 0
 
 # The peer webhook: keyed by its sources, so an edit rebuilds it.
 peer_key=$(cat bench/peer-webhook/go.mod bench/peer-webhook/go.sum bench/peer-webhook/main.go | sha256sum | cut -c1-12)

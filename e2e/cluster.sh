@@ -31,8 +31,11 @@
 #                                 run CMD inside the cluster's network namespace (curl a pod IP)
 #        e2e/cluster.sh stop-component NAME | start-component NAME
 #                                 fault drills: stop (TERM, then KILL) or start again and wait
-#                                 until ready one of etcd, host-apiserver, virtual-apiserver, of
-#                                 THIS state folder's cluster only
+#                                 until ready one of etcd, host-apiserver, virtual-apiserver,
+#                                 kubelet (the node's containers keep running without it; start
+#                                 waits until the node is Ready, registering it again if it was
+#                                 deleted, and the storage provisioner is back), of THIS state
+#                                 folder's cluster only
 #
 # Internal, used by e2e/with-cluster.sh so that several concurrent users share one cluster and
 # the last one out stops it only if none of them found it already running:
@@ -1098,8 +1101,8 @@ do_env() {
 }
 
 # The components a fault drill may stop and start on their own: the control plane's stores and
-# apiservers. Everything else reconnects to them by itself.
-DRILL_COMPONENTS=(etcd host-apiserver virtual-apiserver)
+# apiservers (everything else reconnects to them by itself), and the node's kubelet.
+DRILL_COMPONENTS=(etcd host-apiserver virtual-apiserver kubelet)
 
 check_drill_component() {
   local c
@@ -1123,6 +1126,11 @@ start_component() {
     virtual-apiserver)
       start_apiserver virtual "${VIRTUAL_APISERVER_PORT}" 10.97.0.0/16 RBAC
       wait_ready virtual-apiserver probe_https "${NODE_IP}" "${VIRTUAL_APISERVER_PORT}" readyz
+      ;;
+    kubelet)
+      start_kubelet
+      wait_ready kubelet probe_node_ready
+      wait_ready kubelet probe_storage
       ;;
   esac
 }

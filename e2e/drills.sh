@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make drills`: the fault drills at full size (50 VirtualClusters x 3 plugins, 20 operator kills,
 # ..., then the whole-stack drills of e2e/tests/drills.rs that stop the control plane's own
-# processes) against the local control planes, and each fuzz target for KOSMOS_FUZZ_SECONDS (600)
+# processes and the node's kubelet, then the certificate drills of bench/tests/cert_rotation.rs
+# at 500 reviews/s) against the local control planes, and each fuzz target for KOSMOS_FUZZ_SECONDS (600)
 # each, all under nice. Prints the table the README carries: drill, faults, invariant checks, failures.
 # Output of each part goes to $KOSMOS_DRILLS_OUT (default /tmp/kosmos-drills), outside e2e/.state,
 # which the cluster's stop removes.
@@ -29,6 +30,11 @@ KOSMOS_DRILLS=full nice -n 10 "${E2E_DIR}/with-cluster.sh" "${cargo}" test -p ko
 log "whole-stack drills at full size: virtual apiserver stopped, host apiserver and etcd restarted"
 KOSMOS_DRILLS=full nice -n 10 "${E2E_DIR}/with-cluster.sh" "${cargo}" test -p kosmos-e2e \
   --test drills -- --nocapture --test-threads 1 >> "${out}/drills.log" 2>&1 || status=1
+
+log "certificate drills at full size: files replaced and bootstrap renewal under 500 reviews/s"
+BENCH_OHA="$("${REPO_DIR}/bench/tools.sh" oha | sed -n 's/^BENCH_OHA=//p')" KOSMOS_DRILLS=full \
+  nice -n 10 "${E2E_DIR}/with-cluster.sh" "${cargo}" test -p kosmos-bench --test cert_rotation \
+  -- --nocapture --test-threads 1 >> "${out}/drills.log" 2>&1 || status=1
 
 echo
 echo "| drill | faults injected | invariant checks | failures |"

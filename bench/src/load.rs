@@ -1,5 +1,6 @@
-//! The load generator: `oha` (crates.io), pinned to its own core, keep-alive, over HTTP/1.1 or
-//! h2, saturated or at a fixed rate; its JSON summary read back.
+//! The load generator: `oha` (crates.io), pinned to its own core, over HTTP/1.1 or h2, with
+//! keep-alive or a new connection (and TLS handshake) per request, saturated or at a fixed rate;
+//! its JSON summary read back. The benchmarks and the certificate drills both use it.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -47,6 +48,49 @@ pub struct Load<'a> {
     pub rate: Option<u32>,
     /// How long to send.
     pub duration: Duration,
+    /// Reuse connections (HTTP/1.1 keep-alive); `false` opens a connection, with its own TLS
+    /// handshake, for every request (HTTP/1.1 only).
+    pub keep_alive: bool,
+    /// CA certificates (PEM) the server's certificate must chain to; `None` accepts any
+    /// certificate (the benchmarks measure the server, not the trust).
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate and key (PEM) to present, e.g. to an apiserver.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Bound on each request. With a bound, requests still open when `duration` ends are waited
+    /// for (and fail when they pass it) instead of being cut off uncounted.
+    pub request_timeout: Option<Duration>,
+}
+
+/// The oha binary: `$BENCH_OHA` when set (`make bench` and `make test` set it), else what
+/// `bench/tools.sh oha` prints (it builds oha once into its cache, a few minutes, then answers at
+/// once).
+pub fn oha_binary() -> Result<PathBuf> {
+    if let Ok(path) = std::env::var("BENCH_OHA")
+        && !path.is_empty()
+    {
+        if let Some(why) = path.strip_prefix("unavailable:") {
+            bail!("oha is unavailable: {why}");
+        }
+        return Ok(PathBuf::from(path));
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools.sh");
+    let output = std::process::Command::new(&script)
+        .arg("oha")
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{} oha failed ({}): {}",
+            script.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("BENCH_OHA="))
+        .map(PathBuf::from)
+        .with_context(|| format!("{} oha printed no BENCH_OHA line", script.display()))
 }
 
 /// What one run measured.
@@ -60,7 +104,7 @@ pub struct Outcome {
     pub p99_ms: f64,
     /// See `p50_ms`.
     pub p999_ms: f64,
-    /// Responses with status 200.
+    /// Responses with a 2xx status.
     pub ok: u64,
     /// Responses with any other status, and requests that failed.
     pub failed: u64,
@@ -70,15 +114,32 @@ pub struct Outcome {
 
 impl Load<'_> {
     /// Runs oha once on the load core and returns its summary. Fails when a request failed or
-    /// was not answered with 200: a benchmark of errors measures nothing.
+    /// was not answered with a 2xx status: a benchmark of errors measures nothing, and a drill
+    /// counts every failure.
     pub fn run(&self) -> Result<Outcome> {
         let mut command = proc::pinned(proc::LOAD_CORE, self.oha);
         command
-            .args(["--no-tui", "--output-format", "json", "--insecure"])
+            .args(["--no-tui", "--output-format", "json"])
             .args(["-m", "POST", "-T", "application/json", "-D"])
             .arg(&self.body)
             .arg("-z")
             .arg(format!("{}ms", self.duration.as_millis()));
+        match &self.ca_cert {
+            Some(ca) => command.arg("--cacert").arg(ca),
+            None => command.arg("--insecure"),
+        };
+        if let Some((cert, key)) = &self.client_cert {
+            command.arg("--cert").arg(cert).arg("--key").arg(key);
+        }
+        if !self.keep_alive {
+            command.arg("--disable-keepalive");
+        }
+        if let Some(timeout) = self.request_timeout {
+            command
+                .arg("-t")
+                .arg(format!("{}ms", timeout.as_millis()))
+                .arg("--wait-ongoing-requests-after-deadline");
+        }
         match self.protocol {
             Protocol::H1 => {
                 command.arg("-c").arg(self.concurrency.to_string());
@@ -124,7 +185,7 @@ impl Load<'_> {
         let outcome = parse(&json)?;
         if outcome.failed > 0 || outcome.ok == 0 {
             bail!(
-                "oha against {}: {} answered 200, {} did not: {}",
+                "oha against {}: {} answered 2xx, {} did not: {}",
                 self.url,
                 outcome.ok,
                 outcome.failed,
@@ -153,7 +214,7 @@ pub fn parse(json: &Value) -> Result<Outcome> {
     let mut failed = 0;
     for (status, count) in statuses {
         let count = count.as_u64().unwrap_or_default();
-        if status == "200" {
+        if status.starts_with('2') {
             ok += count;
         } else {
             failed += count;

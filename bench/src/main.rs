@@ -4,13 +4,11 @@
 
 mod ceiling;
 mod criterion;
-mod load;
 mod machine;
 mod operator;
-mod proc;
 mod webhook;
 
-use kosmos_bench::{fixture, stats};
+use kosmos_bench::{fixture, load, proc, stats};
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -319,6 +319,10 @@ pub async fn run(args: &WebhookArgs) -> Result<()> {
                     concurrency: args.concurrency,
                     rate: *rate,
                     duration: Duration::from_secs(seconds),
+                    keep_alive: true,
+                    ca_cert: None,
+                    client_cert: None,
+                    request_timeout: None,
                 }
                 .run()
                 .with_context(|| format!("{scenario} against {}", target.name))?;

@@ -9,7 +9,11 @@
 //!   deleting the VirtualClusters (with uninstall) still finishes within a bound;
 //! - the **host apiserver and etcd restarted** mid-rollout: the operator's and webhook's watches
 //!   recover, no two live executor Jobs for one (VirtualCluster, plugin, action, attempt), and
-//!   the status ends correct (every plugin Succeeded by a marked Job that really succeeded).
+//!   the status ends correct (every plugin Succeeded by a marked Job that really succeeded);
+//! - the **node gone** while executor pods run (its kubelet stopped and the Node deleted, as
+//!   when a machine dies and is removed): the pod garbage collector fails the orphaned pods,
+//!   the plugin is retried and never counted as succeeded by the lost attempt, nothing succeeds
+//!   while there is no node, and everything completes once the node is back.
 //!
 //! Invariants are checked on every watch event throughout (see [`check_vc`]). The drills stop
 //! components of THIS checkout's local cluster only (its `e2e/.state`), one drill at a time; a
@@ -29,7 +33,7 @@ use base64::Engine as _;
 use futures::StreamExt as _;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use kosmos_api::{PluginPhase, VirtualCluster, VirtualClusterPlugin, contract, phase};
 use kosmos_e2e::{Cluster, Identity, TestNamespace, wait_for, webhook_host};
 use kosmos_operator::context::{self, Config, Context, ReadinessMode};
@@ -43,6 +47,8 @@ use serde_json::json;
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const PLUGINS: [&str; 2] = ["first", "second"];
+/// ConfigMap in the virtual cluster whose existence lets a gated plugin succeed.
+const GATE: &str = "drill-gate";
 /// The user the operator acts as (impersonated, with admin rights); the webhook mutates only
 /// Jobs this user creates.
 const OPERATOR_USER: &str = "kosmos-drill-operator";
@@ -121,7 +127,8 @@ async fn control_planes_recovered() -> Result<()> {
 /// What the watchers saw.
 #[derive(Default)]
 struct Record {
-    /// While set, no plugin may succeed: the virtual cluster cannot be installed into.
+    /// While set, no plugin may succeed: the virtual cluster cannot be installed into, or no
+    /// node can run an executor.
     installs_impossible: AtomicBool,
     /// Jobs checked to be marked by the webhook and to have succeeded.
     verified_jobs: Mutex<BTreeSet<String>>,
@@ -179,8 +186,8 @@ async fn check_vc(vc: &VirtualCluster, jobs: &Api<Job>, rec: &Record) {
         }
         if rec.installs_impossible.load(Ordering::Relaxed) {
             rec.violation(format!(
-                "VirtualCluster {name}: plugin {} seen Succeeded while the virtual apiserver is \
-                 stopped",
+                "VirtualCluster {name}: plugin {} seen Succeeded while no install can succeed \
+                 (virtual apiserver stopped or node gone)",
                 entry.name
             ));
         }
@@ -343,7 +350,9 @@ struct Stack {
 }
 
 impl Stack {
-    async fn start(name: &'static str, prefix: &str) -> Result<Self> {
+    /// With `gated`, plugin "first" stays installing (its successStateCommand waits for the
+    /// ConfigMap [`GATE`] in the virtual cluster) until [`Stack::open_gate`].
+    async fn start(name: &'static str, prefix: &str, gated: bool) -> Result<Self> {
         if kosmos_e2e::uses_own_cluster() {
             bail!(
                 "drill {name:?} stops and starts the local cluster's processes \
@@ -351,6 +360,13 @@ impl Stack {
             );
         }
         let _ = rustls::crypto::ring::default_provider().install_default();
+        if std::env::var_os("RUST_LOG").is_some() {
+            // The operator's and webhook's own logs, to see what a failing drill went through.
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
         // An earlier drill may have restarted what the controllers watch through.
         control_planes_recovered().await?;
         let admin = kosmos_e2e::host().await?;
@@ -395,7 +411,7 @@ impl Stack {
             } else {
                 json!([])
             };
-            let body: VirtualClusterPlugin = serde_json::from_value(json!({
+            let mut body = json!({
                 "apiVersion": "kosmos.io/v1alpha1",
                 "kind": "VirtualClusterPlugin",
                 "metadata": {"name": plugin},
@@ -407,7 +423,13 @@ impl Stack {
                         "path": {"hostPath": {"path": manifests.join(plugin).display().to_string()}},
                     }},
                 },
-            }))?;
+            });
+            if gated && plugin == "first" {
+                body["spec"]["successStateCommand"] =
+                    json!(format!("kubectl get configmap {GATE} -n {}", target.name()));
+                body["spec"]["timeoutSeconds"] = json!(600);
+            }
+            let body: VirtualClusterPlugin = serde_json::from_value(body)?;
             plugins.create(&PostParams::default(), &body).await?;
         }
 
@@ -466,6 +488,17 @@ impl Stack {
 
     fn n(&self) -> &str {
         self.ns.name()
+    }
+
+    /// Lets gated installs finish: creates the ConfigMap their successStateCommand waits for.
+    async fn open_gate(&self) -> Result<()> {
+        let virt = kosmos_e2e::virtual_cluster().await?;
+        let gate: ConfigMap = serde_json::from_value(json!({"metadata": {"name": GATE}}))?;
+        Api::<ConfigMap>::namespaced(virt, self.target.name())
+            .create(&PostParams::default(), &gate)
+            .await
+            .context("opening the gate")?;
+        Ok(())
     }
 
     fn vcs(&self) -> Api<VirtualCluster> {
@@ -669,6 +702,7 @@ async fn drill_virtual_apiserver_stopped_during_installs_and_gone_at_deletion() 
     let mut s = Stack::start(
         "virtual apiserver stopped during installs, gone at deletion",
         "drill-virtual",
+        false,
     )
     .await?;
     let count = if full() { 10 } else { 2 };
@@ -751,7 +785,7 @@ async fn drill_virtual_apiserver_stopped_during_installs_and_gone_at_deletion() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drill_host_apiserver_and_etcd_restarted_mid_rollout() -> Result<()> {
     let _serial = SERIAL.lock().await;
-    let mut s = Stack::start("host apiserver and etcd restarted", "drill-host").await?;
+    let mut s = Stack::start("host apiserver and etcd restarted", "drill-host", false).await?;
     let (count, restarts) = if full() { (10, 3) } else { (3, 1) };
     let names = vc_names("vc", count);
     // Started again in this order if the drill fails half-way: etcd first.
@@ -776,5 +810,128 @@ async fn drill_host_apiserver_and_etcd_restarted_mid_rollout() -> Result<()> {
     s.delete_all_and_check_nothing_left(&names, rollout_bound())
         .await?;
     let text = format!("{count} VCs x 2 plugins, {restarts} restart(s) of both");
+    s.finish(&text).await
+}
+
+/// The first plugin's entry of a VirtualCluster.
+fn first_entry(vc: &VirtualCluster) -> Option<&kosmos_api::PluginStatus> {
+    vc.status
+        .iter()
+        .flat_map(|s| s.plugins.iter())
+        .find(|e| e.name == "first")
+}
+
+/// Drill 6, second half: the node gone (kubelet stopped, Node deleted) while executor pods run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_node_gone_while_executors_run() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut s = Stack::start("node gone mid-install", "drill-node", true).await?;
+    let count = if full() { 3 } else { 1 };
+    let names = vc_names("vc", count);
+    let _restart = Restart(&["kubelet"]);
+    s.create_vcs(&names).await?;
+
+    // Mid-install: every first plugin's executor pod runs on the node, waiting at the gate.
+    let api = s.vcs();
+    let pods: Api<Pod> = Api::namespaced(s.admin.clone(), s.n());
+    let last = Mutex::new(String::new());
+    let running = wait_for(
+        "every first plugin's executor pod running on the node",
+        rollout_bound(),
+        || async {
+            let mut lost = BTreeMap::new();
+            let mut seen = Vec::new();
+            for name in &names {
+                let vc = api.get(name).await?;
+                seen.push(describe(&vc));
+                let Some(job) = first_entry(&vc).and_then(|e| e.job_name.clone()) else {
+                    continue;
+                };
+                let list = pods
+                    .list(&ListParams::default().labels(&format!("job-name={job}")))
+                    .await?;
+                let pod = list.items.iter().find(|p| {
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                });
+                if let Some(node) = pod.and_then(|p| p.spec.as_ref()?.node_name.clone()) {
+                    lost.insert(name.clone(), (job, node));
+                }
+            }
+            *last.lock().unwrap() = seen.join("\n");
+            Ok((lost.len() == names.len()).then_some(lost))
+        },
+    )
+    .await;
+    let lost = match running {
+        Ok(lost) => lost,
+        Err(e) => bail!("{e:#}; seen:\n{}", last.lock().unwrap()),
+    };
+    let nodes: BTreeSet<String> = lost.values().map(|(_, node)| node.clone()).collect();
+
+    // The node goes: its kubelet stops (its containers keep running, unseen) and the Node is
+    // deleted, as when a dead machine is removed. Nothing can succeed until it is back.
+    s.rec.installs_impossible.store(true, Ordering::Relaxed);
+    component("stop-component", "kubelet").await?;
+    let node_api: Api<Node> = Api::all(s.admin.clone());
+    for node in &nodes {
+        node_api
+            .delete(node, &DeleteParams::default())
+            .await
+            .with_context(|| format!("deleting node {node}"))?;
+    }
+    s.faults += 1;
+
+    // The pod garbage collector fails the orphaned pods (after its quarantine), their Jobs
+    // fail, and the operator retries with a new attempt, which waits for a node.
+    let retried = wait_for(
+        "every first plugin retried with a new Job after its node went away",
+        rollout_bound(),
+        || async {
+            let mut seen = Vec::new();
+            let mut all = true;
+            for (name, (job, _)) in &lost {
+                let vc = api.get(name).await?;
+                all &= first_entry(&vc).is_some_and(|e| {
+                    e.attempts >= 2
+                        && e.phase != PluginPhase::Succeeded
+                        && e.job_name.as_ref().is_some_and(|j| j != job)
+                });
+                seen.push(describe(&vc));
+            }
+            *last.lock().unwrap() = seen.join("\n");
+            Ok(all.then_some(()))
+        },
+    )
+    .await;
+    if let Err(e) = retried {
+        bail!("{e:#}; seen:\n{}", last.lock().unwrap());
+    }
+    let jobs: Api<Job> = Api::namespaced(s.admin.clone(), s.n());
+    for (name, (job, node)) in &lost {
+        if let Some(job) = jobs.get_opt(job).await? {
+            ensure!(
+                job.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) == 0,
+                "{name}: Job {} of the pod lost with node {node} counts a success",
+                job.name_any()
+            );
+        }
+    }
+
+    // Back: the kubelet registers the node again; the gate opens; everything completes.
+    component("start-component", "kubelet").await?;
+    s.rec.installs_impossible.store(false, Ordering::Relaxed);
+    s.open_gate().await?;
+    s.wait_completed(&names).await?;
+    for (name, (job, node)) in &lost {
+        let vc = api.get(name).await?;
+        let entry = first_entry(&vc).context("a Completed VirtualCluster has its entries")?;
+        ensure!(
+            entry.job_name.as_ref() != Some(job) && entry.attempts >= 2,
+            "{name}: plugin first succeeded by the attempt lost with node {node}: {entry:?}"
+        );
+    }
+    s.delete_all_and_check_nothing_left(&names, rollout_bound())
+        .await?;
+    let text = format!("{count} VC(s) x 2 plugins, kubelet stopped and Node deleted mid-install");
     s.finish(&text).await
 }

@@ -35,6 +35,43 @@ use crate::status::write_status;
 /// Look again this often even when nothing happens (missed watch events, readiness polling).
 const RESYNC: Duration = Duration::from_secs(300);
 
+/// Backoff of the controller's watches after a watch error. kube-runtime's default (0.8 s
+/// doubling to 30 s, jitter up to twice that, reset only by an event or 120 s without errors)
+/// is shared by every watch of a controller: after an apiserver restart, each of our three
+/// watches fails once more (expired resourceVersion) before it lists again, and each failure
+/// stopped all three for up to a minute, so the operator was deaf for 2 to 4 minutes (the
+/// host-apiserver drill in e2e/tests/drills.rs measured it). Capped at 5 s, the three
+/// failures cost seconds; one list per 5 s per watch is still gentle on an apiserver.
+#[derive(Clone, Debug)]
+struct WatchBackoff {
+    next: Duration,
+}
+
+impl WatchBackoff {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(5);
+
+    fn new() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let now = self.next;
+        self.next = (now * 2).min(Self::MAX);
+        Some(now)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
 /// Runs the controller until `shutdown` resolves. `ready` turns true once it watches.
 pub async fn run(
     ctx: Arc<Context>,
@@ -60,6 +97,7 @@ pub async fn run(
     let executor_jobs = watcher::Config::default().labels(contract::EXECUTOR_SELECTOR);
     ready.store(true, Ordering::SeqCst);
     controller
+        .trigger_backoff(WatchBackoff::new())
         .owns(jobs, executor_jobs)
         // A plugin change may concern any VirtualCluster of its namespace (defaults included).
         .watches(
@@ -504,6 +542,7 @@ async fn observe_jobs(
 
 #[cfg(test)]
 mod tests {
+
     use super::*;
 
     use http::{Method, Request, Response, StatusCode};
@@ -570,5 +609,15 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    #[test]
+    fn watch_backoff_doubles_to_a_few_seconds_and_resets() {
+        use kube::runtime::utils::Backoff as _;
+        let mut backoff = super::WatchBackoff::new();
+        let delays: Vec<u64> = backoff.by_ref().take(6).map(|d| d.as_millis() as u64).collect();
+        assert_eq!(delays, [500, 1000, 2000, 4000, 5000, 5000]);
+        backoff.reset();
+        assert_eq!(backoff.next(), Some(std::time::Duration::from_millis(500)));
     }
 }
