@@ -232,11 +232,14 @@ pub fn parse(json: &Value) -> Result<Outcome> {
                 .sum::<u64>()
         })
         .unwrap_or_default();
+    // A run in which no request succeeded has no latencies (null): not a parse error, the
+    // failures are what the caller must see.
+    let latency_ms = |pointer: &str| number(pointer).map_or(f64::NAN, |s| s * 1000.0);
     Ok(Outcome {
         rps: ok as f64 / number("/summary/total")?,
-        p50_ms: number("/latencyPercentiles/p50")? * 1000.0,
-        p99_ms: number("/latencyPercentiles/p99")? * 1000.0,
-        p999_ms: number("/latencyPercentiles/p99.9")? * 1000.0,
+        p50_ms: latency_ms("/latencyPercentiles/p50"),
+        p99_ms: latency_ms("/latencyPercentiles/p99"),
+        p999_ms: latency_ms("/latencyPercentiles/p99.9"),
         ok,
         failed,
         response_bytes: number("/summary/sizePerRequest").unwrap_or_default(),

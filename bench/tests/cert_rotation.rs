@@ -238,6 +238,45 @@ async fn certificate_files_replaced_under_load_fail_no_review() -> Result<()> {
     Ok(())
 }
 
+/// The drill's check has teeth: a certificate the client does not trust fails the reviews, and
+/// the load reports them as failures (as a rotation to an untrusted certificate would).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_counts_reviews_an_untrusted_certificate_fails() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    provider();
+    let dir = tempfile::tempdir()?;
+    let names = tls::dev_names("plugin-webhook", "kosmos-system");
+    let (served, trusted) = (tls::generate(&names, 30)?, tls::generate(&names, 30)?);
+    let volume = dir.path().join("volume");
+    std::fs::create_dir(&volume)?;
+    swap_secret_volume(&volume, "v0", &served)?;
+    let bundle = dir.path().join("trusted-cas.pem");
+    std::fs::write(&bundle, &trusted.ca_pem)?;
+    let running = server::start(
+        &ServeArgs::local(volume.join("tls.crt"), volume.join("tls.key")),
+        offline_client(),
+    )
+    .await?;
+    let result = start_load(Load {
+        oha: oha()?,
+        url: format!("https://127.0.0.1:{}/mutate", running.addr.port()),
+        body: plain_job_review(),
+        protocol: Protocol::H1,
+        concurrency: 4,
+        rate: Some(50),
+        duration: Duration::from_secs(1),
+        keep_alive: false,
+        ca_cert: Some(bundle),
+        client_cert: None,
+        request_timeout: Some(Duration::from_secs(10)),
+    })
+    .await?;
+    running.stop(Duration::from_secs(1)).await;
+    let error = format!("{:#}", result.err().context("reviews over an untrusted certificate counted as answered")?);
+    ensure!(error.contains("did not"), "unexpected error: {error}");
+    Ok(())
+}
+
 /// PEM files oha needs to reach the host apiserver as its admin: the apiserver's CA and the
 /// admin's client certificate and key, from the host kubeconfig.
 struct ApiserverCredentials {
