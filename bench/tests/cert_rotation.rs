@@ -272,7 +272,12 @@ async fn the_load_counts_reviews_an_untrusted_certificate_fails() -> Result<()> 
     })
     .await?;
     running.stop(Duration::from_secs(1)).await;
-    let error = format!("{:#}", result.err().context("reviews over an untrusted certificate counted as answered")?);
+    let error = format!(
+        "{:#}",
+        result
+            .err()
+            .context("reviews over an untrusted certificate counted as answered")?
+    );
     ensure!(error.contains("did not"), "unexpected error: {error}");
     Ok(())
 }
@@ -321,7 +326,9 @@ async fn apiserver_credentials(dir: &Path) -> Result<ApiserverCredentials> {
         Ok(base64::engine::general_purpose::STANDARD.decode(data.trim())?)
     };
     let files = ApiserverCredentials {
-        url: cluster.server.context("the host kubeconfig names no server")?,
+        url: cluster
+            .server
+            .context("the host kubeconfig names no server")?,
         ca: dir.join("apiserver-ca.crt"),
         cert: dir.join("admin.crt"),
         key: dir.join("admin.key"),
@@ -411,7 +418,12 @@ fn configuration(name: &str, namespace: &str) -> MutatingWebhookConfiguration {
 
 /// A selector-less Service with a port per replica, and an EndpointSlice per replica pointing
 /// that port at the replica's listener on this machine (what the endpoints of two pods are).
-async fn service_for(client: &Client, ns: &str, host: IpAddr, replicas: [&Running; 2]) -> Result<()> {
+async fn service_for(
+    client: &Client,
+    ns: &str,
+    host: IpAddr,
+    replicas: [&Running; 2],
+) -> Result<()> {
     let service = Service {
         metadata: ObjectMeta {
             name: Some(SERVICE.to_owned()),
@@ -495,7 +507,10 @@ fn load_job() -> serde_json::Value {
 /// The first certificate of a PEM bundle (bootstrap puts the current CA first).
 fn first_pem(bundle: &str) -> Result<String> {
     const END: &str = "-----END CERTIFICATE-----";
-    let end = bundle.find(END).context("the bundle holds no certificate")? + END.len();
+    let end = bundle
+        .find(END)
+        .context("the bundle holds no certificate")?
+        + END.len();
     Ok(bundle[..end].to_owned())
 }
 
@@ -564,9 +579,7 @@ async fn bootstrap_renewal_by_two_replicas_under_load_fails_no_review() -> Resul
     wait_for(
         "a dry-run Job creation reviewed by both replicas through the apiserver",
         Duration::from_secs(120),
-        || async {
-            Ok(jobs.create(&dry_run, &job).await.ok().map(|_| ()))
-        },
+        || async { Ok(jobs.create(&dry_run, &job).await.ok().map(|_| ())) },
     )
     .await?;
     let before = [

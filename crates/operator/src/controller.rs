@@ -615,7 +615,11 @@ mod tests {
     fn watch_backoff_doubles_to_a_few_seconds_and_resets() {
         use kube::runtime::utils::Backoff as _;
         let mut backoff = super::WatchBackoff::new();
-        let delays: Vec<u64> = backoff.by_ref().take(6).map(|d| d.as_millis() as u64).collect();
+        let delays: Vec<u64> = backoff
+            .by_ref()
+            .take(6)
+            .map(|d| d.as_millis() as u64)
+            .collect();
         assert_eq!(delays, [500, 1000, 2000, 4000, 5000, 5000]);
         backoff.reset();
         assert_eq!(backoff.next(), Some(std::time::Duration::from_millis(500)));
