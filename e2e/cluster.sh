@@ -29,8 +29,9 @@
 #                                 an archive changed since its last import (as `up` does)
 #        e2e/cluster.sh exec CMD...
 #                                 run CMD inside the cluster's network namespace (curl a pod IP)
-#        e2e/cluster.sh stop-component NAME | start-component NAME
-#                                 fault drills: stop (TERM, then KILL) or start again and wait
+#        e2e/cluster.sh stop-component NAME | kill-component NAME | start-component NAME
+#                                 fault drills: stop (TERM, then KILL after 15 s), kill at once
+#                                 (KILL: a crash, no graceful shutdown) or start again and wait
 #                                 until ready one of etcd, host-apiserver, virtual-apiserver,
 #                                 kubelet (the node's containers keep running without it; start
 #                                 waits until the node is Ready, registering it again if it was
@@ -193,7 +194,8 @@ spawn() {
   echo "$!" > "${PIDS}/${name}.pid"
 }
 
-# Stops component $1 if it is ours and alive: TERM, then KILL after 15 s.
+# Stops component $1 if it is ours and alive: TERM, then KILL after 15 s; with $2 = KILL, KILL at
+# once (a crash).
 stop() {
   local name="$1" pid
   if ! is_running "${name}"; then
@@ -201,6 +203,17 @@ stop() {
     return
   fi
   pid="$(pid_of "${name}")"
+  if [[ "${2:-}" == KILL ]]; then
+    log "killing ${name} (pid ${pid})"
+    kill -KILL -- "-${pid}" 2> /dev/null || kill -KILL "${pid}" 2> /dev/null || true
+    local i
+    for ((i = 0; i < 100; i++)); do
+      kill -0 "${pid}" 2> /dev/null || break
+      sleep 0.1
+    done
+    rm -f "${PIDS}/${name}.pid"
+    return
+  fi
   log "stopping ${name} (pid ${pid})"
   # The whole process group (spawn made the component its leader): a shell loop's children too.
   kill -TERM -- "-${pid}" 2> /dev/null || kill -TERM "${pid}" 2> /dev/null || true
@@ -1202,7 +1215,7 @@ case "${cmd}" in
     [[ -e "/run/netns/${NETNS}" ]] || die "the cluster is not running; e2e/cluster.sh up first"
     exec "${NETNS_EXEC[@]}" "$@"
     ;;
-  stop-component | start-component)
+  stop-component | kill-component | start-component)
     [[ $# -eq 2 ]] || die "usage: $0 ${cmd} NAME"
     check_drill_component "$2"
     [[ -f "${PORT_BASE_FILE}" && -e "/run/netns/${NETNS}" ]] \
@@ -1210,6 +1223,8 @@ case "${cmd}" in
     take_lock
     if [[ "${cmd}" == stop-component ]]; then
       stop "$2"
+    elif [[ "${cmd}" == kill-component ]]; then
+      stop "$2" KILL
     else
       start_component "$2"
     fi

@@ -167,7 +167,7 @@ fn ensure_load_flowed(outcome: &Outcome, rate: u32, duration: Duration) -> Resul
 async fn certificate_files_replaced_under_load_fail_no_review() -> Result<()> {
     let _serial = SERIAL.lock().await;
     provider();
-    let (rotations, seconds) = if full() { (12, 60) } else { (2, 8) };
+    let (rotations, seconds) = if full() { (12, 60) } else { (2, 10) };
     let duration = Duration::from_secs(seconds);
     let dir = tempfile::tempdir()?;
     let names = tls::dev_names("plugin-webhook", "kosmos-system");
@@ -205,19 +205,24 @@ async fn certificate_files_replaced_under_load_fail_no_review() -> Result<()> {
         request_timeout: Some(Duration::from_secs(10)),
     });
     let started = Instant::now();
-    let mut served = 0;
+    let (mut served, mut served_under_load) = (0, 0);
     for (i, next) in certs.iter().enumerate().skip(1) {
-        // Spread over the run, none in its first or last stretch.
-        let due = duration.mul_f64(i as f64 / (rotations as f64 + 1.0));
+        // Spread over the run, the last a good stretch before its end.
+        let due = duration.mul_f64(i as f64 / (rotations as f64 + 2.0));
         tokio::time::sleep(due.saturating_sub(started.elapsed())).await;
         swap_secret_volume(&volume, &format!("v{i}"), next)?;
         wait_until_served(running.addr, "localhost", &next.ca_pem).await?;
         served += 1;
+        if started.elapsed() < duration {
+            served_under_load += 1;
+        }
     }
     let outcome = load.await?.context("the load during the rotations")?;
+    // Generous on a loaded machine (each new certificate has seconds to be picked up before
+    // the load ends), but a drill whose rotations all came after the load proves nothing.
     ensure!(
-        started.elapsed() >= duration,
-        "the load ended before the rotations did"
+        served_under_load > 0,
+        "no new certificate was served before the load ended"
     );
     ensure_load_flowed(&outcome, RATE, duration)?;
     let answered = reviews_answered(&running).await? - before;
@@ -229,8 +234,8 @@ async fn certificate_files_replaced_under_load_fail_no_review() -> Result<()> {
     running.stop(Duration::from_secs(1)).await;
     println!(
         "drill-table | certificate files replaced under load | {served} ({served} Secret-volume \
-         swaps, new CA each, {RATE} reviews/s for {seconds} s, a TLS handshake per review, \
-         {:.0} reviews/s reached) | {} | {}",
+         swaps, new CA each, {served_under_load} served before the load ended, {RATE} reviews/s \
+         asked for {seconds} s, a TLS handshake per review, {:.0} reviews/s reached) | {} | {}",
         outcome.rps,
         outcome.ok + outcome.failed + served,
         outcome.failed
@@ -527,7 +532,7 @@ impl Drop for Registration {
 async fn bootstrap_renewal_by_two_replicas_under_load_fails_no_review() -> Result<()> {
     let _serial = SERIAL.lock().await;
     provider();
-    let (rounds, seconds) = if full() { (3, 60) } else { (1, 12) };
+    let (rounds, seconds) = if full() { (3, 60) } else { (1, 15) };
     let duration = Duration::from_secs(seconds);
     let host: IpAddr = kosmos_e2e::webhook_host().parse().with_context(|| {
         format!(
@@ -614,9 +619,9 @@ async fn bootstrap_renewal_by_two_replicas_under_load_fails_no_review() -> Resul
         .context("the replicas run in bootstrap mode")?;
     let server_name = format!("{SERVICE}.{n}.svc");
     let started = Instant::now();
-    let mut renewed = 0;
+    let (mut renewed, mut renewed_under_load) = (0, 0);
     for round in 1..=rounds {
-        let due = duration.mul_f64(f64::from(round) / (f64::from(rounds) + 1.0));
+        let due = duration.mul_f64(f64::from(round) / (f64::from(rounds) + 2.0));
         tokio::time::sleep(due.saturating_sub(started.elapsed())).await;
         // Due: the current certificate (valid 100 x round days) has less left than the renewal
         // window; the new one (100 x (round + 1) days) does not.
@@ -639,8 +644,15 @@ async fn bootstrap_renewal_by_two_replicas_under_load_fails_no_review() -> Resul
             wait_until_served(running.addr, &server_name, &ca).await?;
         }
         renewed += 1;
+        if started.elapsed() < duration {
+            renewed_under_load += 1;
+        }
     }
     let outcome = load.await?.context("the load during the renewals")?;
+    ensure!(
+        renewed_under_load > 0,
+        "no renewed certificate was served by both replicas before the load ended"
+    );
     ensure_load_flowed(&outcome, RATE / 2, duration)?;
     for (i, running) in replicas.iter().enumerate() {
         let answered = reviews_answered(running).await? - before[i];
@@ -655,8 +667,9 @@ async fn bootstrap_renewal_by_two_replicas_under_load_fails_no_review() -> Resul
     }
     println!(
         "drill-table | bootstrap renewal by two replicas under load | {renewed} ({renewed} \
-         renewal round(s) of both replicas at once, {RATE} reviews/s through the apiserver for \
-         {seconds} s, {:.0} reviews/s reached) | {} | {}",
+         renewal round(s) of both replicas at once, {renewed_under_load} served before the load \
+         ended, {RATE} reviews/s asked through the apiserver for {seconds} s, {:.0} reviews/s \
+         reached) | {} | {}",
         outcome.rps * 2.0,
         2 * (outcome.ok + outcome.failed) + renewed,
         outcome.failed

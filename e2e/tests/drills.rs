@@ -1,7 +1,8 @@
 //! Fault drills on the whole stack with the real node: the real webhook (TLS, registered with the
 //! host apiserver), the operator's controller, the job controller and the kubelet running the
-//! executor image against the virtual control plane, while `e2e/cluster.sh stop-component` /
-//! `start-component` stop and start the control plane's own processes:
+//! executor image against the virtual control plane, while `e2e/cluster.sh kill-component` /
+//! `start-component` kill (a crash: no graceful shutdown, and no 15 s wait for one) and start
+//! again the control plane's own processes and the node's kubelet:
 //!
 //! - the **virtual apiserver stopped** during installs: every plugin fails with a message saying
 //!   the virtual cluster's API server is unreachable, is retried with backoff, nothing succeeds
@@ -711,7 +712,7 @@ async fn drill_virtual_apiserver_stopped_during_installs_and_gone_at_deletion() 
 
     // Down before the VirtualClusters exist, so no install can succeed while it lasts.
     s.rec.installs_impossible.store(true, Ordering::Relaxed);
-    component("stop-component", "virtual-apiserver").await?;
+    component("kill-component", "virtual-apiserver").await?;
     s.faults += 1;
     s.create_vcs(&names).await?;
     let api = s.vcs();
@@ -772,7 +773,7 @@ async fn drill_virtual_apiserver_stopped_during_installs_and_gone_at_deletion() 
 
     // Gone for good: deleting (with uninstall) still finishes within the bound (the operator's
     // uninstall wait is 10 s here).
-    component("stop-component", "virtual-apiserver").await?;
+    component("kill-component", "virtual-apiserver").await?;
     s.faults += 1;
     s.delete_all_and_check_nothing_left(&names, Duration::from_secs(if full() { 180 } else { 90 }))
         .await?;
@@ -799,8 +800,8 @@ async fn drill_host_apiserver_and_etcd_restarted_mid_rollout() -> Result<()> {
             Ok((list.items.len() > round).then_some(()))
         })
         .await?;
-        component("stop-component", "host-apiserver").await?;
-        component("stop-component", "etcd").await?;
+        component("kill-component", "host-apiserver").await?;
+        component("kill-component", "etcd").await?;
         s.faults += 2;
         tokio::time::sleep(Duration::from_secs(2)).await;
         component("start-component", "etcd").await?;
@@ -871,7 +872,7 @@ async fn drill_node_gone_while_executors_run() -> Result<()> {
     // The node goes: its kubelet stops (its containers keep running, unseen) and the Node is
     // deleted, as when a dead machine is removed. Nothing can succeed until it is back.
     s.rec.installs_impossible.store(true, Ordering::Relaxed);
-    component("stop-component", "kubelet").await?;
+    component("kill-component", "kubelet").await?;
     let node_api: Api<Node> = Api::all(s.admin.clone());
     for node in &nodes {
         node_api
