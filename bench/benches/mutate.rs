@@ -51,6 +51,7 @@ fn bench(c: &mut Criterion) {
         operator_user: fixture::OPERATOR_USER.into(),
         metrics: Arc::new(Metrics::default()),
         synced: AtomicBool::new(true),
+        mark_key: Default::default(),
     });
 
     for (name, plugin_name) in [

@@ -445,6 +445,8 @@ async fn register_webhook(
         .arg("--tls-key")
         .arg(certs.path().join("tls.key"))
         .arg(format!("--watch-namespace={ns}"))
+        // Its mark key Secret in the bench's namespace, where the operator reads it.
+        .arg(format!("--namespace={ns}"))
         .arg(format!("--operator-user={user}"))
         .env(
             "KUBECONFIG",
@@ -534,6 +536,7 @@ async fn run_operator(
     let mut command = proc::pinned(proc::SERVER_CORE, binary);
     command
         .args(["--namespace", ns, "--leader-election", "false"])
+        .args(["--mark-key-namespace", ns])
         .arg(format!("--admin-addr=127.0.0.1:{admin}"))
         // Every plugin's Job at once: the run measures creation, not the per-cluster limit.
         .arg(format!("--max-parallel-jobs={}", m.max(1)))

@@ -151,6 +151,8 @@ pub async fn run(args: &WebhookArgs) -> Result<()> {
         .arg("--tls-key")
         .arg(&key)
         .arg(format!("--watch-namespace={ns}"))
+        // Its mark key Secret goes into the bench's namespace.
+        .arg(format!("--namespace={ns}"))
         .arg(format!("--operator-user={OPERATOR_USER}"))
         .env(
             "KUBECONFIG",

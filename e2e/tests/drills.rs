@@ -384,6 +384,9 @@ impl Stack {
         let mut args = kosmos_webhook::server::ServeArgs {
             operator_user: OPERATOR_USER.to_owned(),
             watch_namespace: Some(n.clone()),
+            // Its mark key in the drill's namespace, where the operator reads it.
+            mark_key_secret: Some(kosmos_api::mark::DEFAULT_KEY_SECRET.to_owned()),
+            namespace: n.clone(),
             allowed_host_path_prefixes: vec![manifests.display().to_string()],
             ..kosmos_webhook::server::ServeArgs::local(
                 certs_dir.path().join("tls.crt"),
@@ -458,6 +461,10 @@ impl Stack {
                 uninstall_on_delete: false,
                 uninstall_timeout: Duration::from_secs(10),
                 namespace: Some(n.clone()),
+                mark_key_secret: kosmos_api::mark::KeySecret {
+                    namespace: n.clone(),
+                    name: kosmos_api::mark::DEFAULT_KEY_SECRET.to_owned(),
+                },
             },
             probes: Arc::default(),
         });

@@ -147,13 +147,31 @@ async fn the_design_walk_through_completes_on_the_real_node() {
         status.plugins
     );
 
-    // Every Job that counted was mutated by the webhook and really completed.
+    // Every Job that counted was mutated by the webhook and really completed; its mark is the
+    // webhook's signature with the key the webhook wrote into the key Secret itself.
+    let key_secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(admin.clone(), &ns_name)
+        .get(kosmos_api::mark::DEFAULT_KEY_SECRET)
+        .await
+        .unwrap();
+    let key_data = key_secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    let keys = kosmos_api::mark::keys_of(&key_data).unwrap();
     for plugin in &status.plugins {
         let job = jobs.get(plugin.job_name.as_deref().unwrap()).await.unwrap();
         assert!(
             job.annotations()
                 .contains_key(contract::INJECTED_ANNOTATION),
             "{} lacks the mark",
+            job.name_any()
+        );
+        assert_eq!(
+            kosmos_api::mark::verify(&keys, &job),
+            Ok(()),
+            "{}",
             job.name_any()
         );
         assert_eq!(

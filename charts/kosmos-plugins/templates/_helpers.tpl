@@ -35,6 +35,11 @@
 {{ include "kosmos-plugins.webhook.name" . }}-bootstrap
 {{- end }}
 
+{{/* The Secret with the key of the webhook's mark (made empty by the chart, filled by the webhook). */}}
+{{- define "kosmos-plugins.webhook.markKeySecret" -}}
+{{ include "kosmos-plugins.webhook.name" . }}-mark-key
+{{- end }}
+
 {{/* The Secret the webhook serves from (cert-manager's, or the admin's). */}}
 {{- define "kosmos-plugins.webhook.tlsSecret" -}}
 {{- if eq .Values.certificates.mode "secret" }}

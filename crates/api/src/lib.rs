@@ -5,6 +5,7 @@
 pub mod contract;
 pub mod crd;
 pub mod kubeconfig;
+pub mod mark;
 pub mod plugin;
 pub mod validation;
 pub mod virtual_cluster;

@@ -412,6 +412,11 @@ pub mod condition {
     /// The webhook mutates executor Jobs. `False` means a Job arrived without the webhook's mark
     /// and was deleted; the operator retries with backoff.
     pub const WEBHOOK_MUTATING: &str = "WebhookMutating";
+    /// Every executor Job that carries a mark carries one the webhook made for it
+    /// (`kosmos_api::mark`). Written only once a Job's mark failed to verify: `False` names the
+    /// Jobs (never counted; the plugin went on under another Job name), `True` again once they
+    /// are gone.
+    pub const JOBS_VERIFIED: &str = "JobsVerified";
     /// Every plugin succeeded. `False` with reason `Installing`, `Failed` or `Waiting` while not.
     pub const PLUGINS_INSTALLED: &str = "PluginsInstalled";
     /// (`builtin` readiness only) the virtual API answers and the promoted nodes are Ready.

@@ -38,6 +38,8 @@ pub struct Config {
     pub uninstall_timeout: Duration,
     /// Watch only this namespace (all when None).
     pub namespace: Option<String>,
+    /// The Secret with the keys the webhook's marks are verified with.
+    pub mark_key_secret: kosmos_api::mark::KeySecret,
 }
 
 /// What every reconciliation shares.

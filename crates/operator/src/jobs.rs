@@ -6,6 +6,7 @@ use k8s_openapi::api::core::v1::{LocalObjectReference, Pod, ResourceRequirements
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kosmos_api::VirtualCluster;
 use kosmos_api::contract::{self, ExecutorJobId};
+use kosmos_api::mark;
 use kube::Resource;
 
 use crate::plan::{JobOutcome, JobView, NewJob};
@@ -63,6 +64,14 @@ pub fn bare_job(vc: &VirtualCluster, new: &NewJob, default_image: &str) -> Job {
     job
 }
 
+/// Whether the Job carries a mark at all (whether it verifies is [`job_view`]'s question).
+pub fn has_mark(job: &Job) -> bool {
+    job.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(contract::INJECTED_ANNOTATION))
+}
+
 /// True when the Job has condition `type_` with status True.
 fn has_condition(job: &Job, type_: &str) -> bool {
     job.status
@@ -80,13 +89,19 @@ pub fn has_failed(job: &Job) -> bool {
 /// annotations missing or garbled, see [`ExecutorJobId::parse`]: such a Job is ignored, never
 /// counted). `pod_message` is the executor pod's
 /// termination message, read by the caller for failed Jobs.
-pub fn job_view(job: &Job, pod_message: Option<String>) -> Option<JobView> {
+///
+/// A mark counts only if it verifies with one of `keys` (the mark key Secret's; the caller reads
+/// them when the Job has a mark at all, see [`has_mark`]).
+pub fn job_view(job: &Job, pod_message: Option<String>, keys: &[mark::Key]) -> Option<JobView> {
     let id = ExecutorJobId::parse(&job.metadata).ok()?;
-    let injected = job
-        .metadata
-        .annotations
-        .as_ref()
-        .is_some_and(|a| a.contains_key(contract::INJECTED_ANNOTATION));
+    let (injected, forged) = if has_mark(job) {
+        match mark::verify(keys, job) {
+            Ok(()) => (true, None),
+            Err(e) => (false, Some(e.to_string())),
+        }
+    } else {
+        (false, None)
+    };
     let status = job.status.clone().unwrap_or_default();
     let outcome = if has_condition(job, "Complete") {
         JobOutcome::Succeeded
@@ -126,6 +141,7 @@ pub fn job_view(job: &Job, pod_message: Option<String>) -> Option<JobView> {
         name: job.metadata.name.clone()?,
         id,
         injected,
+        forged,
         taken_names: job
             .metadata
             .annotations
@@ -288,14 +304,19 @@ mod tests {
         assert_eq!(image.as_deref(), Some("registry.local/exec:1"));
     }
 
+    fn key() -> mark::Key {
+        mark::Key::new(&[3; mark::KEY_BYTES]).unwrap()
+    }
+
     fn with_status(status: serde_json::Value, injected: bool) -> Job {
         let mut job = bare_job(&vc(), &new_job(None), "img");
         if injected {
+            let signed = mark::sign(&key(), &job);
             job.metadata
                 .annotations
                 .as_mut()
                 .unwrap()
-                .insert(contract::INJECTED_ANNOTATION.into(), "x".into());
+                .insert(contract::INJECTED_ANNOTATION.into(), signed);
         }
         job.status = Some(serde_json::from_value(status).unwrap());
         job
@@ -303,20 +324,35 @@ mod tests {
 
     #[test]
     fn job_view_reads_labels_annotations_and_outcome() {
-        let running = job_view(&with_status(json!({}), true), None).unwrap();
+        let running = job_view(&with_status(json!({}), true), None, &[key()]).unwrap();
         assert_eq!(running.id.plugin, "dns");
         assert_eq!(running.id.action, Action::Install);
         assert_eq!(running.id.attempt, 2);
         assert_eq!(running.id.retry, "r");
         assert!(running.injected);
+        assert_eq!(running.forged, None);
         assert_eq!(running.outcome, JobOutcome::Running);
+        // A mark copied onto another Job, or made with another key, is forged, never injected.
+        let mut copied = with_status(json!({}), true);
+        copied
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(contract::ATTEMPT_ANNOTATION.into(), "3".into());
+        let view = job_view(&copied, None, &[key()]).unwrap();
+        assert!(!view.injected);
+        assert!(view.forged.unwrap().contains("does not match this Job"));
+        let other = mark::Key::new(&[4; mark::KEY_BYTES]).unwrap();
+        let view = job_view(&with_status(json!({}), true), None, &[other]).unwrap();
+        assert!(!view.injected && view.forged.is_some());
 
         let done = with_status(
             json!({"completionTime": "2026-01-01T00:00:00Z",
                    "conditions": [{"type": "Complete", "status": "True"}]}),
             false,
         );
-        let done = job_view(&done, None).unwrap();
+        let done = job_view(&done, None, &[key()]).unwrap();
         assert_eq!(done.outcome, JobOutcome::Succeeded);
         assert!(!done.injected);
         assert!(done.finished_at.is_some());
@@ -327,7 +363,7 @@ mod tests {
                    "lastTransitionTime": "2026-01-01T00:00:00Z"}]}),
             true,
         );
-        let view = job_view(&failed, None).unwrap();
+        let view = job_view(&failed, None, &[key()]).unwrap();
         assert_eq!(
             view.outcome,
             JobOutcome::Failed {
@@ -336,7 +372,12 @@ mod tests {
                         .into()
             }
         );
-        let view = job_view(&failed, Some("helm: boom (exit code 1, Error)".into())).unwrap();
+        let view = job_view(
+            &failed,
+            Some("helm: boom (exit code 1, Error)".into()),
+            &[key()],
+        )
+        .unwrap();
         assert_eq!(
             view.outcome,
             JobOutcome::Failed {
@@ -353,7 +394,7 @@ mod tests {
             .as_mut()
             .unwrap()
             .remove(contract::PLUGIN_LABEL);
-        assert!(job_view(&job, None).is_none());
+        assert!(job_view(&job, None, &[]).is_none());
     }
 
     #[test]

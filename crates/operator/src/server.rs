@@ -102,6 +102,17 @@ pub struct Args {
     /// Namespace of the Lease (in a pod: its own namespace).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub lease_namespace: String,
+    /// Secret with the keys the webhook signs its mark on executor Jobs with (the webhook's
+    /// --mark-key-secret): only Jobs whose mark verifies count.
+    #[arg(
+        long,
+        env = "OPERATOR_MARK_KEY_SECRET",
+        default_value = kosmos_api::mark::DEFAULT_KEY_SECRET
+    )]
+    pub mark_key_secret: String,
+    /// Namespace of that Secret (the webhook's); default: the operator's own (--lease-namespace).
+    #[arg(long, env = "OPERATOR_MARK_KEY_NAMESPACE")]
+    pub mark_key_namespace: Option<String>,
     /// This replica's name in the Lease (in a pod: its name); default
     /// `virtual-cluster-operator-<pid>`.
     #[arg(long, env = "POD_NAME")]
@@ -164,6 +175,14 @@ impl Args {
             uninstall_on_delete: self.uninstall_on_delete,
             uninstall_timeout: Duration::from_secs(self.uninstall_timeout_seconds),
             namespace: self.namespace.clone(),
+            mark_key_secret: kosmos_api::mark::KeySecret {
+                namespace: self
+                    .mark_key_namespace
+                    .clone()
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| self.lease_namespace.clone()),
+                name: self.mark_key_secret.clone(),
+            },
         }
     }
 

@@ -42,6 +42,7 @@ pub(crate) async fn write_status(
         kosmos_api::condition::PLUGINS_RESOLVED,
         kosmos_api::condition::KUBECONFIG_AVAILABLE,
         kosmos_api::condition::WEBHOOK_MUTATING,
+        kosmos_api::condition::JOBS_VERIFIED,
         kosmos_api::condition::PLUGINS_INSTALLED,
         kosmos_api::condition::VIRTUAL_CLUSTER_READY,
     ];

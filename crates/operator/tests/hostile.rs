@@ -323,3 +323,117 @@ async fn jobs_squatting_the_next_names_are_reported_and_passed_by() -> Result<()
     webhook.stop().await?;
     ns.delete().await
 }
+
+/// The route the UPDATE registration closes, taken where it is missing (the stand-in webhook is
+/// registered for CREATE only, as old registrations were): a Job created without the executor
+/// labels, with the VirtualCluster as owner and a real mark copied from another Job, gets the
+/// labels by a patch and "succeeds". Its mark does not verify, so it never counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_with_a_copied_mark_never_counts() -> Result<()> {
+    let (ns, client, _sweep) = setup("op-forged-mark").await?;
+    let n = ns.name();
+    let webhook = MarkingWebhook::start(&client, n).await?;
+    apply_plugin(&client, n, "dns", yaml_plugin(json!({}))).await?;
+    let plugin = Api::<VirtualClusterPlugin>::namespaced(client.clone(), n)
+        .get("dns")
+        .await?;
+    let hash = contract::spec_hash(&plugin.spec);
+    create_vc(
+        &client,
+        n,
+        "vc",
+        phase::ALL_NODE_READY,
+        json!({ "pluginSet": { "enabled": [{"name": "dns"}] } }),
+    )
+    .await?;
+    let vc = get_vc(&client, n, "vc").await?;
+    let uid = vc.metadata.uid.clone().context("no uid")?;
+
+    // A genuine mark, as anyone who may read Jobs sees on the webhook's Jobs: here of attempt 9.
+    let key = mark_key(&client, n).await?;
+    let id =
+        |attempt| contract::ExecutorJobId::new("vc", "dns", Action::Install, &hash, attempt, "");
+    let owner = json!([{ "apiVersion": "kosmos.io/v1alpha1", "kind": "VirtualCluster",
+        "name": "vc", "uid": uid, "controller": true, "blockOwnerDeletion": false }]);
+    let mut genuine = id(9).bare_job(n, 600, "registry.invalid/x");
+    genuine.metadata.owner_references = Some(serde_json::from_value(owner.clone())?);
+    let copied = kosmos_api::mark::sign(&key, &genuine);
+
+    let forged = id(1);
+    let mut annotations = forged.annotations();
+    annotations.insert(contract::INJECTED_ANNOTATION.to_owned(), copied);
+    let name = forged.job_name();
+    let mut job = json!({
+        "metadata": { "name": name, "annotations": annotations, "ownerReferences": owner },
+        "spec": { "backoffLimit": 0, "template": { "spec": {
+            "restartPolicy": "Never",
+            "containers": [{ "name": contract::EXECUTOR_CONTAINER, "image": "registry.invalid/x",
+                             "command": ["true"] }],
+        }}},
+    });
+    // A pod the test's node runs and ends when told (kosmos_e2e::finish_pod).
+    let runnable: json_patch::Patch =
+        serde_json::from_value(kosmos_e2e::obedient_job_patch(&job)?)?;
+    json_patch::patch(&mut job, &runnable)?;
+    let job: Job = serde_json::from_value(job)?;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), n);
+    jobs.create(&Default::default(), &job).await?;
+    jobs.patch(
+        &name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({ "metadata": { "labels": forged.labels() } })),
+    )
+    .await
+    .context("adding the executor labels by a patch")?;
+    finish(&client, n, &name, ok()).await?;
+
+    let op = Operator::start(n, &[]).await?;
+    // Not counted: the plugin goes on under attempt 2's name.
+    let second = wait_job(&client, n, "dns", "install", 2).await?;
+    ensure!(second != name);
+    let vc = wait_vc(
+        &client,
+        n,
+        "vc",
+        "JobsVerified=False naming the Job",
+        |vc| {
+            condition(vc, condition::JOBS_VERIFIED)
+                .is_some_and(|(s, r, m)| s == "False" && r == "MarkInvalid" && m.contains(&name))
+        },
+    )
+    .await?;
+    ensure!(
+        vc.phase() != phase::COMPLETED,
+        "a forged Job completed the VirtualCluster"
+    );
+    ensure!(plugin_phase(&vc, "dns") != Some(PluginPhase::Succeeded));
+    let events: Api<Event> = Api::namespaced(client.clone(), n);
+    wait_for("a JobMarkInvalid event naming the Job", STEP, || async {
+        let list = events.list(&Default::default()).await?;
+        Ok(list
+            .items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("JobMarkInvalid")
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.message.as_deref().is_some_and(|m| m.contains(&name))
+            })
+            .then_some(()))
+    })
+    .await?;
+    // The forged Job is left for the admin; the genuine one installs.
+    ensure!(jobs.get(&name).await?.metadata.deletion_timestamp.is_none());
+    finish(&client, n, &second, ok()).await?;
+    let vc = wait_vc(&client, n, "vc", "phase Completed", |vc| {
+        vc.phase() == phase::COMPLETED
+    })
+    .await?;
+    let entry = entry(&vc, "dns").context("no status entry")?;
+    ensure!(
+        entry.job_name.as_deref() == Some(second.as_str()),
+        "{entry:?}"
+    );
+    drop(op);
+    webhook.stop().await?;
+    ns.delete().await
+}

@@ -21,6 +21,7 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::runtime::reflector::{ObjectRef, Store};
 
+use crate::mark_key::MarkKey;
 use crate::metrics::{Decision, Metrics};
 use crate::mutation::{Settings, job_name, mutate, parse_job};
 
@@ -41,6 +42,8 @@ pub struct AdmissionState {
     pub metrics: Arc<Metrics>,
     /// Set once both caches have listed everything; before that lookups could miss.
     pub synced: AtomicBool,
+    /// The key marks are signed with.
+    pub mark_key: Arc<MarkKey>,
 }
 
 impl AdmissionState {
@@ -277,7 +280,29 @@ fn decide(state: &AdmissionState, body: &[u8], facts: &mut Facts) -> (Decision, 
         );
         return deny(facts, response, message);
     };
-    match mutate(&job, &id, &plugin, &virtual_cluster, &state.settings) {
+    let key = state.mark_key.key.load_full();
+    if key.is_none()
+        && let Some(secret) = &state.mark_key.secret
+    {
+        let message = format!(
+            "Job {}: the plugin webhook has no key to sign its mark with yet (Secret {secret}); \
+             retry shortly",
+            facts.job
+        );
+        return deny(facts, response, message);
+    }
+    let keyed;
+    let settings = match key {
+        Some(key) => {
+            keyed = Settings {
+                mark_key: Some(key),
+                ..state.settings.clone()
+            };
+            &keyed
+        }
+        None => &state.settings,
+    };
+    match mutate(&job, &id, &plugin, &virtual_cluster, settings) {
         Ok(mutation) if mutation.patch.0.is_empty() => {
             facts.message = format!("already injected ({})", mutation.mark);
             (Decision::Unchanged, response)

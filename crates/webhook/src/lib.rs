@@ -6,6 +6,7 @@ pub mod authoring;
 pub mod bootstrap;
 pub mod executor_env;
 pub mod limits;
+pub mod mark_key;
 pub mod metrics;
 pub mod mutation;
 pub mod server;

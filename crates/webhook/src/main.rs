@@ -221,6 +221,8 @@ fn render(args: RenderArgs) -> ExitCode {
             settings: Settings {
                 allowed_host_path_prefixes: args.allowed_host_path_prefixes,
                 recursive_read_only: args.recursive_read_only,
+                // Offline: no key, so the mark is the unsigned hash of the injection.
+                mark_key: None,
             },
             executor_image: args.executor_image,
         },

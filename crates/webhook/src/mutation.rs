@@ -62,6 +62,9 @@ pub struct Settings {
     pub allowed_host_path_prefixes: Vec<String>,
     /// `recursiveReadOnly` of the storage mounts.
     pub recursive_read_only: RecursiveReadOnly,
+    /// The key the mark is signed with ([`kosmos_api::mark`]); without one the mark is an
+    /// unsigned hash of the injection, which the operator does not count (`render`, tests).
+    pub mark_key: Option<std::sync::Arc<kosmos_api::mark::Key>>,
 }
 
 /// Whether the read-only storage mounts are read-only all the way down: a plain read-only bind
@@ -210,18 +213,28 @@ pub fn mutate(
 
     let injection = build_injection(plugin, virtual_cluster, secret, action, settings)
         .map_err(|e| Denial(format!("{plugin_ref}: {e}")))?;
-    let mark = mark_of(&injection);
+    let mut mutated = job.clone();
+    let unsigned = mark_of(&injection);
+    apply(&mut mutated, &injection, &unsigned).map_err(|e| Denial(format!("{job_ref}: {e}")))?;
+    // Signed over the Job as it leaves the webhook (the mark itself is not part of what is
+    // signed), so the operator can check it against the Job it reads back.
+    let mark = match &settings.mark_key {
+        Some(key) => {
+            let mark = kosmos_api::mark::sign(key, &mutated);
+            set_mark(&mut mutated, &mark);
+            mark
+        }
+        None => unsigned,
+    };
 
     if job.annotations().get(contract::INJECTED_ANNOTATION) == Some(&mark) {
+        // Reinvocation: the Job already is what this mutation makes of it (the mark binds it).
         return Ok(Mutation {
             patch: json_patch::Patch(Vec::new()),
             mark,
             action,
         });
     }
-
-    let mut mutated = job.clone();
-    apply(&mut mutated, &injection, &mark).map_err(|e| Denial(format!("{job_ref}: {e}")))?;
     let before = serde_json::to_value(job).map_err(|e| Denial(format!("{job_ref}: {e}")))?;
     let after = serde_json::to_value(&mutated).map_err(|e| Denial(format!("{job_ref}: {e}")))?;
     Ok(Mutation {
@@ -650,22 +663,29 @@ fn upsert<T: Clone>(list: &mut Option<Vec<T>>, items: &[T], name: impl Fn(&T) ->
     }
 }
 
-fn apply(job: &mut Job, injection: &Injection, mark: &str) -> Result<(), String> {
+/// Writes the mark on the Job and its pod template.
+fn set_mark(job: &mut Job, mark: &str) {
     job.metadata
         .annotations
         .get_or_insert_with(Default::default)
         .insert(contract::INJECTED_ANNOTATION.to_owned(), mark.to_owned());
+    if let Some(spec) = job.spec.as_mut() {
+        spec.template
+            .metadata
+            .get_or_insert_with(Default::default)
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(contract::INJECTED_ANNOTATION.to_owned(), mark.to_owned());
+    }
+}
+
+fn apply(job: &mut Job, injection: &Injection, mark: &str) -> Result<(), String> {
+    set_mark(job, mark);
     let spec = job
         .spec
         .as_mut()
         .ok_or_else(|| "spec is missing".to_owned())?;
     let template = &mut spec.template;
-    template
-        .metadata
-        .get_or_insert_with(Default::default)
-        .annotations
-        .get_or_insert_with(Default::default)
-        .insert(contract::INJECTED_ANNOTATION.to_owned(), mark.to_owned());
     let pod: &mut PodSpec = template
         .spec
         .as_mut()

@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use crate::admission::{self, AdmissionState};
 use crate::bootstrap::{self, BootstrapConfig};
 use crate::limits;
+use crate::mark_key::{self, KeySecret, MarkKey};
 use crate::metrics::Metrics;
 use crate::mutation::{RecursiveReadOnly, Settings};
 use crate::tls;
@@ -116,7 +117,16 @@ pub struct ServeArgs {
     /// --webhook-configuration. Unset: serve the files as they are (cert-manager, the chart).
     #[arg(long, env = "PLUGIN_WEBHOOK_BOOTSTRAP_SECRET")]
     pub bootstrap_secret: Option<String>,
-    /// The webhook's namespace (bootstrap Secret, Service DNS names).
+    /// Secret (in --namespace) with the key the webhook signs its mark on executor Jobs with; the
+    /// operator reads the same Secret to verify marks. Created, or filled with a random key, if
+    /// it holds none. Empty: marks are not signed and the operator counts no Job (tests only).
+    #[arg(
+        long,
+        env = "PLUGIN_WEBHOOK_MARK_KEY_SECRET",
+        default_value = kosmos_api::mark::DEFAULT_KEY_SECRET
+    )]
+    pub mark_key_secret: Option<String>,
+    /// The webhook's namespace (bootstrap Secret, mark key Secret, Service DNS names).
     #[arg(
         long,
         env = "PLUGIN_WEBHOOK_NAMESPACE",
@@ -169,6 +179,7 @@ impl ServeArgs {
             watch_namespace: None,
             log_format: LogFormat::Text,
             bootstrap_secret: None,
+            mark_key_secret: None,
             namespace: "kosmos-system".to_owned(),
             service: "plugin-webhook".to_owned(),
             webhook_configuration: "plugin-webhook".to_owned(),
@@ -200,7 +211,18 @@ impl ServeArgs {
                 .filter(|p| !p.is_empty())
                 .collect(),
             recursive_read_only: self.recursive_read_only,
+            // Loaded from the Secret at run time (mark_key::run).
+            mark_key: None,
         }
+    }
+
+    /// The mark key Secret, when --mark-key-secret is set.
+    pub fn mark_key_secret(&self) -> Option<KeySecret> {
+        let name = self.mark_key_secret.clone().filter(|s| !s.is_empty())?;
+        Some(KeySecret {
+            namespace: self.namespace.clone(),
+            name,
+        })
     }
 }
 
@@ -345,13 +367,15 @@ impl Drop for Running {
 }
 
 /// The admin port starts only after the TLS endpoint is bound, so being up implies that;
-/// readiness adds the caches.
+/// readiness adds the caches and the mark key.
 impl Health for AdmissionState {
     fn ready(&self) -> Result<(), String> {
-        if self.is_synced() {
-            Ok(())
-        } else {
+        if !self.is_synced() {
             Err("caches of plugins and VirtualClusters not synced".to_owned())
+        } else if !self.mark_key.is_ready() {
+            Err("no mark key loaded from its Secret yet".to_owned())
+        } else {
+            Ok(())
         }
     }
 
@@ -393,7 +417,13 @@ pub async fn start(args: &ServeArgs, client: Client) -> Result<Running> {
     let rustls_config = tls::server_config(resolver.clone(), client_ca)?;
 
     let (plugins, virtual_clusters, cache_task) = caches(&client, args.watch_namespace.as_deref());
+    let mark_key = Arc::new(match args.mark_key_secret() {
+        Some(secret) => MarkKey::from_secret(secret),
+        None => MarkKey::default(),
+    });
+    let key_task = tokio::spawn(mark_key::run(client.clone(), mark_key.clone()));
     let state = Arc::new(AdmissionState {
+        mark_key,
         plugins: plugins.clone(),
         virtual_clusters: virtual_clusters.clone(),
         settings: args.settings(),
@@ -477,6 +507,7 @@ pub async fn start(args: &ServeArgs, client: Client) -> Result<Running> {
         %admin_addr,
         operator_user = %args.operator_user,
         client_ca = %client_ca.map(|p| p.display().to_string()).unwrap_or_else(|| "none: any client is served".to_owned()),
+        mark_key_secret = %args.mark_key_secret().map(|s| s.to_string()).unwrap_or_else(|| "none: marks are not signed".to_owned()),
         "plugin webhook listening"
     );
     Ok(Running {
@@ -486,7 +517,7 @@ pub async fn start(args: &ServeArgs, client: Client) -> Result<Running> {
         handle,
         server: server_task,
         tasks: {
-            tasks.extend([cache_task, sync_task, cert_task, admin_task]);
+            tasks.extend([cache_task, sync_task, cert_task, admin_task, key_task]);
             tasks
         },
     })

@@ -138,6 +138,7 @@ fn state(plugin: VirtualClusterPlugin) -> AdmissionState {
         operator_user: OPERATOR.into(),
         metrics: Arc::new(Metrics::default()),
         synced: AtomicBool::new(true),
+        mark_key: Default::default(),
     }
 }
 

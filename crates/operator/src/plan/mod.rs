@@ -67,8 +67,13 @@ pub struct JobView {
     pub name: String,
     /// Its labels and annotations, parsed.
     pub id: ExecutorJobId,
-    /// Whether the Job carries the webhook's [`contract::INJECTED_ANNOTATION`].
+    /// Whether the Job carries the webhook's [`contract::INJECTED_ANNOTATION`] and it verifies
+    /// ([`kosmos_api::mark::verify`]).
     pub injected: bool,
+    /// Set when the Job carries a mark that does not verify (why): the webhook did not make it for
+    /// this Job. Such a Job is never counted, never followed, and left alone; the plugin goes on
+    /// with a Job under another name.
+    pub forged: Option<String>,
     /// Names the Job's earlier attempts would have had, held by Jobs the VirtualCluster does not
     /// own ([`contract::TAKEN_NAMES_ANNOTATION`]).
     pub taken_names: Vec<String>,
@@ -384,7 +389,7 @@ impl<'a, 'o> Planner<'a, 'o> {
         let running = obs
             .jobs
             .iter()
-            .filter(|j| !j.deleting && j.outcome == JobOutcome::Running)
+            .filter(|j| !j.deleting && j.forged.is_none() && j.outcome == JobOutcome::Running)
             .count();
         Self {
             obs,

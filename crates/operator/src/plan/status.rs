@@ -183,6 +183,45 @@ impl<'a> Planner<'a, '_> {
                 }
             }
         }
+        // Jobs whose mark does not verify: said in a condition (and an event when the set
+        // changes) for as long as they exist; nothing else of ours looks at them.
+        let ns = obs.vc.metadata.namespace.clone().unwrap_or_default();
+        let forged: Vec<String> = obs
+            .jobs
+            .iter()
+            .filter(|j| !j.deleting)
+            .filter_map(|j| {
+                j.forged
+                    .as_ref()
+                    .map(|why| format!("job {ns}/{} ({why})", j.name))
+            })
+            .collect();
+        let verified_was = old_conditions
+            .iter()
+            .find(|c| c.type_ == condition::JOBS_VERIFIED);
+        if !forged.is_empty() {
+            let message = format!(
+                "{}: the webhook did not mark these Jobs, so they are not counted and the plugins \
+                 go on with Jobs under other names; delete them and find out who made them",
+                forged.join("; ")
+            );
+            if verified_was.is_none_or(|c| c.message != message) {
+                self.notes.push(Note {
+                    kind: NoteKind::Warning,
+                    reason: "JobMarkInvalid",
+                    message: message.clone(),
+                    plugin: None,
+                });
+            }
+            set(condition::JOBS_VERIFIED, false, "MarkInvalid", message);
+        } else if verified_was.is_some() {
+            set(
+                condition::JOBS_VERIFIED,
+                true,
+                "Verified",
+                "every executor Job's mark verifies".into(),
+            );
+        }
         let current = obs.vc.phase().to_owned();
         let ready = current == phase::ALL_NODE_READY
             || current == phase::COMPLETED

@@ -32,16 +32,28 @@ impl<'a, 'o> Planner<'a, 'o> {
         self.obs.vc.spec.options()
     }
 
-    /// The plugin's Jobs, in sequence order.
+    /// The plugin's Jobs, in sequence order; Jobs with a forged mark are not among them.
     fn jobs_of(&self, plugin: &str) -> Vec<&'a JobView> {
         let mut jobs: Vec<&JobView> = self
             .obs
             .jobs
             .iter()
-            .filter(|j| j.id.plugin == plugin)
+            .filter(|j| j.id.plugin == plugin && j.forged.is_none())
             .collect();
         jobs.sort_by_key(|j| j.id.attempt);
         jobs
+    }
+
+    /// The attempt number of the plugin's next Job: past every Job it has, forged ones included,
+    /// so the new Job never takes the name of one of them.
+    fn next_attempt(&self, plugin: &str) -> u32 {
+        self.obs
+            .jobs
+            .iter()
+            .filter(|j| j.id.plugin == plugin)
+            .map(|j| j.id.attempt)
+            .max()
+            .map_or(1, |a| a.saturating_add(1))
     }
 
     fn wake_at(&mut self, t: Timestamp) {
@@ -159,7 +171,7 @@ impl<'a, 'o> Planner<'a, 'o> {
             .cloned();
         let jobs = self.jobs_of(&name);
         let latest = jobs.last().copied();
-        let next_attempt = latest.map_or(1, |j| j.id.attempt.saturating_add(1));
+        let next_attempt = self.next_attempt(&name);
         let mut entry = PluginStatus {
             name: name.clone(),
             phase: PluginPhase::Pending,
@@ -319,6 +331,33 @@ impl<'a, 'o> Planner<'a, 'o> {
             self.entries.push(entry);
             return;
         }
+        let forged = self
+            .obs
+            .jobs
+            .iter()
+            .filter(|j| {
+                j.id.plugin == name
+                    && j.id.action == action
+                    && j.id.spec_hash == hash
+                    && j.id.retry == self.retry
+                    && j.forged.is_some()
+            })
+            .count();
+        if forged >= usize::try_from(self.settings.max_attempts).unwrap_or(usize::MAX) {
+            // Not a stream of Jobs when every mark fails (another mutating webhook changing the
+            // Job after plugin-webhook signed it, or a key Secret out of step): stop and say so.
+            entry.phase = PluginPhase::Failed;
+            entry.message = Some(format!(
+                "{forged} {action} jobs carry marks that do not verify (see condition {}): \
+                 check that no other mutating webhook changes executor Jobs after plugin-webhook \
+                 and that the operator reads the webhook's mark key Secret; then set annotation \
+                 {} to retry",
+                kosmos_api::condition::JOBS_VERIFIED,
+                contract::RETRY_ANNOTATION
+            ));
+            self.entries.push(entry);
+            return;
+        }
         if self.slots == 0 {
             entry.message = Some(format!(
                 "waiting for a free slot ({} jobs at once)",
@@ -436,7 +475,7 @@ impl<'a, 'o> Planner<'a, 'o> {
                     plugin,
                     &hash,
                     Action::Install,
-                    job.id.attempt.saturating_add(1),
+                    self.next_attempt(&name),
                     entry,
                     may_act,
                 );
@@ -619,7 +658,7 @@ impl<'a, 'o> Planner<'a, 'o> {
         let name = old.name.clone();
         let hash = contract::install_hash(&plugin.spec, self.options());
         let latest = jobs.last().copied();
-        let next_attempt = latest.map_or(1, |j| j.id.attempt.saturating_add(1));
+        let next_attempt = self.next_attempt(&name);
         let mut entry = PluginStatus {
             phase: PluginPhase::Uninstalling,
             spec_hash: Some(hash.clone()),
@@ -676,7 +715,7 @@ impl<'a, 'o> Planner<'a, 'o> {
                             plugin,
                             &hash,
                             Action::Uninstall,
-                            job.id.attempt.saturating_add(1),
+                            self.next_attempt(&name),
                             entry,
                             may_act,
                         );

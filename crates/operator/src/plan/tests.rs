@@ -86,6 +86,7 @@ fn job(p: &VirtualClusterPlugin, action: Action, attempt: u32, outcome: JobOutco
         name: id.job_name(),
         id,
         injected: true,
+        forged: None,
         taken_names: Vec::new(),
         deleting: false,
         finished_at: (outcome != JobOutcome::Running).then(|| at(NOW - 5)),
@@ -1308,4 +1309,75 @@ fn a_taken_job_name_is_reported_in_an_event_and_the_status() {
     assert!(plan.notes.iter().all(|n| n.reason != "JobNameTaken"));
     let later = plan.status.plugins[0].message.clone().unwrap_or_default();
     assert!(later.contains("job name ns/squatted is taken"), "{later}");
+}
+
+#[test]
+fn a_job_with_a_forged_mark_never_counts_and_the_plugin_goes_on_under_another_name() {
+    let dns = plugin("dns", false, &[]);
+    let cluster = vc(phase::ALL_NODE_READY, &["dns"], &[]);
+    let plugins = [dns.clone()];
+    // Someone made attempt 1 with a mark copied from elsewhere; its pod "succeeded".
+    let mut forged = job(&dns, Action::Install, 1, JobOutcome::Succeeded);
+    forged.injected = false;
+    forged.forged = Some("annotation plugin.kosmos.io/injected does not match this Job".into());
+    let jobs = [forged.clone()];
+    let plan = run(&cluster, &plugins, &jobs);
+    assert_ne!(phase_of(&plan, "dns"), Some(PluginPhase::Succeeded));
+    assert_ne!(plan.status.phase.as_deref(), Some(phase::COMPLETED));
+    // Left alone, and the next Job takes attempt 2's name.
+    assert!(deleted(&plan).is_empty(), "{:?}", plan.steps);
+    assert_eq!(created(&plan), vec![("dns".to_owned(), Action::Install, 2)]);
+    let c = cond(&plan, condition::JOBS_VERIFIED).unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "MarkInvalid")
+    );
+    assert!(
+        c.message.contains(&format!("job ns/{}", forged.name)),
+        "{}",
+        c.message
+    );
+    let note = plan
+        .notes
+        .iter()
+        .find(|n| n.reason == "JobMarkInvalid")
+        .expect("a JobMarkInvalid event");
+    assert_eq!(note.kind, NoteKind::Warning);
+    // The attempt 2 Job succeeds: counted, the forged Job still reported, no second event.
+    let verified = with_entries(cluster.clone(), plan.status.plugins.clone());
+    let mut verified = verified;
+    if let Some(s) = verified.status.as_mut() {
+        s.conditions = plan.status.conditions.clone();
+    }
+    let jobs = [forged, job(&dns, Action::Install, 2, JobOutcome::Succeeded)];
+    let plan = run(&verified, &plugins, &jobs);
+    assert_eq!(phase_of(&plan, "dns"), Some(PluginPhase::Succeeded));
+    assert!(plan.notes.iter().all(|n| n.reason != "JobMarkInvalid"));
+    assert_eq!(
+        cond(&plan, condition::JOBS_VERIFIED).unwrap().status,
+        "False"
+    );
+}
+
+#[test]
+fn jobs_whose_marks_never_verify_stop_after_max_attempts() {
+    let dns = plugin("dns", false, &[]);
+    let cluster = vc(phase::ALL_NODE_READY, &["dns"], &[]);
+    let plugins = [dns.clone()];
+    let jobs: Vec<JobView> = (1..=3)
+        .map(|attempt| {
+            let mut j = job(&dns, Action::Install, attempt, JobOutcome::Running);
+            j.injected = false;
+            j.forged = Some("does not match".into());
+            j
+        })
+        .collect();
+    let plan = run(&cluster, &plugins, &jobs);
+    assert!(created(&plan).is_empty(), "{:?}", plan.steps);
+    assert_eq!(phase_of(&plan, "dns"), Some(PluginPhase::Failed));
+    let message = plan.status.plugins[0].message.clone().unwrap_or_default();
+    assert!(
+        message.contains("3 install jobs carry marks that do not verify"),
+        "{message}"
+    );
 }

@@ -14,8 +14,8 @@ use axum::routing::post;
 use base64::Engine as _;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::batch::v1::Job;
-use kosmos_api::contract;
 use kosmos_api::{PluginPhase, PluginStatus, VirtualCluster, VirtualClusterPlugin};
+use kosmos_api::{contract, mark};
 use kosmos_e2e::{
     Cluster, DEFAULT_TIMEOUT, PodOutcome, TestNamespace, wait_for, wait_for_job_pod_and_finish,
 };
@@ -83,6 +83,9 @@ impl Operator {
             "5",
             "--executor-image",
             "registry.invalid/kosmos/executor:e2e",
+            // The stand-in webhook keeps its mark key in the test's namespace.
+            "--mark-key-namespace",
+            namespace,
         ]
         .iter()
         .map(|s| (*s).to_owned())
@@ -132,7 +135,13 @@ pub struct MarkingWebhook {
     handle: axum_server::Handle<std::net::SocketAddr>,
     addr: std::net::SocketAddr,
     tls: axum_server::tls_rustls::RustlsConfig,
-    mode: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    state: std::sync::Arc<StandIn>,
+}
+
+/// What the stand-in answers with: its mode and the key it signs marks with.
+struct StandIn {
+    mode: std::sync::atomic::AtomicU8,
+    key: mark::Key,
 }
 
 /// How the stand-in answers (fault drills switch it while it runs).
@@ -151,11 +160,11 @@ fn serve_stand_in(
     listener: std::net::TcpListener,
     tls: axum_server::tls_rustls::RustlsConfig,
     handle: axum_server::Handle<std::net::SocketAddr>,
-    mode: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    state: std::sync::Arc<StandIn>,
 ) -> tokio::task::JoinHandle<()> {
     let app = axum::Router::new()
         .route("/mutate", post(mutate))
-        .with_state(mode);
+        .with_state(state);
     tokio::spawn(async move {
         if let Ok(server) = axum_server::from_tcp_rustls(listener, tls) {
             let _ = server.handle(handle).serve(app.into_make_service()).await;
@@ -191,8 +200,12 @@ impl MarkingWebhook {
         .await?;
         let addr = listener.local_addr()?;
         let handle = axum_server::Handle::new();
-        let mode = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(WebhookMode::Normal as u8));
-        let server = serve_stand_in(listener, tls.clone(), handle.clone(), mode.clone());
+        let key = mark_key(client, namespace).await?;
+        let state = std::sync::Arc::new(StandIn {
+            mode: std::sync::atomic::AtomicU8::new(WebhookMode::Normal as u8),
+            key,
+        });
+        let server = serve_stand_in(listener, tls.clone(), handle.clone(), state.clone());
 
         let name = format!("e2e-mark-{namespace}");
         let config = kosmos_e2e::executor_webhook_configuration(
@@ -211,7 +224,7 @@ impl MarkingWebhook {
             handle,
             addr,
             tls,
-            mode,
+            state,
         };
         // The apiserver picks up new webhook configurations a moment later: probe with a
         // dry-run Job until it comes back marked.
@@ -262,7 +275,8 @@ impl MarkingWebhook {
 
     /// Switches how the stand-in answers.
     pub fn set_mode(&self, mode: WebhookMode) {
-        self.mode
+        self.state
+            .mode
             .store(mode as u8, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -286,7 +300,7 @@ impl MarkingWebhook {
             listener,
             self.tls.clone(),
             self.handle.clone(),
-            self.mode.clone(),
+            self.state.clone(),
         );
         Ok(())
     }
@@ -384,11 +398,11 @@ impl Drop for DeadWebhook {
 pub const DENIED_PLUGIN: &str = "denied";
 
 async fn mutate(
-    axum::extract::State(mode): axum::extract::State<std::sync::Arc<std::sync::atomic::AtomicU8>>,
+    axum::extract::State(state): axum::extract::State<std::sync::Arc<StandIn>>,
     body: axum::body::Bytes,
 ) -> axum::response::Response {
     use axum::response::IntoResponse as _;
-    match mode.load(std::sync::atomic::Ordering::Relaxed) {
+    match state.mode.load(std::sync::atomic::Ordering::Relaxed) {
         m if m == WebhookMode::Garbage as u8 => {
             return (
                 [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -402,10 +416,34 @@ async fn mutate(
     let Ok(review) = serde_json::from_slice::<Value>(&body) else {
         return axum::http::StatusCode::BAD_REQUEST.into_response();
     };
-    mark(review).into_response()
+    mark(review, &state.key).into_response()
 }
 
-fn mark(review: Value) -> Json<Value> {
+/// The mark key Secret of the test's namespace (the operator's --mark-key-namespace): the
+/// stand-in writes a fresh key, as the webhook does when the Secret is missing.
+pub async fn mark_key(client: &Client, namespace: &str) -> Result<mark::Key> {
+    let bytes = mark::generate()?;
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": { "name": mark::DEFAULT_KEY_SECRET },
+        "data": { mark::KEY_DATA: base64::engine::general_purpose::STANDARD.encode(&bytes) },
+    }))?;
+    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), namespace);
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok(mark::Key::new(&bytes)?),
+        // A second stand-in in the same namespace: use the key already there.
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            let found = api.get(mark::DEFAULT_KEY_SECRET).await?;
+            let bytes = found
+                .data
+                .and_then(|d| d.get(mark::KEY_DATA).cloned())
+                .context("the mark key Secret has no key")?;
+            Ok(mark::Key::new(&bytes.0)?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn mark(review: Value, key: &mark::Key) -> Json<Value> {
     let uid = review["request"]["uid"].clone();
     let plugin = &review["request"]["object"]["metadata"]["labels"][contract::PLUGIN_LABEL];
     if plugin.as_str() == Some(DENIED_PLUGIN) {
@@ -419,35 +457,45 @@ fn mark(review: Value) -> Json<Value> {
             },
         }));
     }
-    let has_annotations = review["request"]["object"]["metadata"]["annotations"].is_object();
-    let key = contract::INJECTED_ANNOTATION
-        .replace('~', "~0")
-        .replace('/', "~1");
-    let mut patch = if has_annotations {
-        json!([{ "op": "add", "path": format!("/metadata/annotations/{key}"), "value": "e2e" }])
-    } else {
-        json!([{ "op": "add", "path": "/metadata/annotations",
-                 "value": { contract::INJECTED_ANNOTATION: "e2e" } }])
+    let refuse = || {
+        Json(json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "response": {
+                "uid": uid,
+                "allowed": false,
+                "status": { "code": 400, "message": "the stand-in webhook could not read the Job's pod template" },
+            },
+        }))
     };
     // The pod runs on the real node and ends when the test says so (kosmos_e2e::finish_pod).
-    match kosmos_e2e::obedient_job_patch(&review["request"]["object"]) {
-        Ok(Value::Array(ops)) => {
-            if let Value::Array(all) = &mut patch {
-                all.extend(ops);
-            }
-        }
-        Ok(_) | Err(_) => {
-            return Json(json!({
-                "apiVersion": "admission.k8s.io/v1",
-                "kind": "AdmissionReview",
-                "response": {
-                    "uid": uid,
-                    "allowed": false,
-                    "status": { "code": 400, "message": "the stand-in webhook could not read the Job's pod template" },
-                },
-            }));
-        }
-    }
+    let object = &review["request"]["object"];
+    let Ok(Value::Array(mut ops)) = kosmos_e2e::obedient_job_patch(object) else {
+        return refuse();
+    };
+    // Signed as the webhook signs: over the Job as it leaves, every change but the mark applied.
+    let mut leaving = object.clone();
+    let changed = serde_json::from_value::<json_patch::Patch>(Value::Array(ops.clone()))
+        .ok()
+        .and_then(|p| json_patch::patch(&mut leaving, &p).ok());
+    let Some(job) = changed.and_then(|()| serde_json::from_value::<Job>(leaving).ok()) else {
+        return refuse();
+    };
+    let signed = mark::sign(key, &job);
+    let path = contract::INJECTED_ANNOTATION
+        .replace('~', "~0")
+        .replace('/', "~1");
+    let has_annotations = object["metadata"]["annotations"].is_object();
+    ops.insert(
+        0,
+        if has_annotations {
+            json!({ "op": "add", "path": format!("/metadata/annotations/{path}"), "value": signed })
+        } else {
+            json!({ "op": "add", "path": "/metadata/annotations",
+                    "value": { contract::INJECTED_ANNOTATION: signed } })
+        },
+    );
+    let patch = Value::Array(ops);
     Json(json!({
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",

@@ -36,6 +36,7 @@ pub(crate) fn state(synced: bool) -> Arc<AdmissionState> {
         operator_user: OPERATOR.into(),
         metrics: Arc::new(Metrics::default()),
         synced: AtomicBool::new(synced),
+        mark_key: Default::default(),
     })
 }
 
@@ -197,6 +198,7 @@ async fn long_names_are_found_through_the_annotations() {
         operator_user: OPERATOR.into(),
         metrics: Arc::new(Metrics::default()),
         synced: AtomicBool::new(true),
+        mark_key: Default::default(),
     });
     let mut review: Value =
         serde_json::from_slice(&fixture("executor-job-by-operator.json")).unwrap();
@@ -294,5 +296,70 @@ async fn only_the_operator_may_change_the_contract_by_update() {
     assert!(
         response.get("patch").is_none_or(Value::is_null),
         "{response}"
+    );
+}
+
+fn keyed_state(key: Option<kosmos_api::mark::Key>) -> Arc<AdmissionState> {
+    let base = state(true);
+    let slot = crate::mark_key::MarkKey::from_secret(crate::mark_key::KeySecret {
+        namespace: "kosmos-system".into(),
+        name: "plugin-webhook-mark-key".into(),
+    });
+    slot.key.store(key.map(Arc::new));
+    Arc::new(AdmissionState {
+        plugins: base.plugins.clone(),
+        virtual_clusters: base.virtual_clusters.clone(),
+        settings: Settings::default(),
+        operator_user: OPERATOR.into(),
+        metrics: Arc::new(Metrics::default()),
+        synced: AtomicBool::new(true),
+        mark_key: Arc::new(slot),
+    })
+}
+
+#[tokio::test]
+async fn the_mark_is_signed_and_verifies_on_the_job_the_apiserver_stores() {
+    use kosmos_api::mark;
+    let bytes = [7u8; mark::KEY_BYTES];
+    let response = post(
+        keyed_state(Some(mark::Key::new(&bytes).unwrap())),
+        fixture("executor-job-by-operator.json"),
+    )
+    .await;
+    assert_eq!(response["allowed"], true, "{response}");
+    let review: Value = serde_json::from_slice(&fixture("executor-job-by-operator.json")).unwrap();
+    let mut job = review["request"]["object"].clone();
+    json_patch::patch(&mut job, &decoded_patch(&response)).unwrap();
+    let job: Job = serde_json::from_value(job).unwrap();
+    let key = || mark::Key::new(&bytes).unwrap();
+    assert_eq!(mark::verify(&[key()], &job), Ok(()));
+    // Another key (another install, or a guess) does not verify it.
+    let other = mark::Key::new(&[8u8; mark::KEY_BYTES]).unwrap();
+    assert!(mark::verify(&[other], &job).is_err());
+    // Reinvoked on its own output, the webhook changes nothing.
+    let mut again: Value =
+        serde_json::from_slice(&fixture("executor-job-by-operator.json")).unwrap();
+    again["request"]["object"] = serde_json::to_value(&job).unwrap();
+    let response = post(
+        keyed_state(Some(key())),
+        serde_json::to_vec(&again).unwrap(),
+    )
+    .await;
+    assert_eq!(response["allowed"], true, "{response}");
+    assert!(
+        response.get("patch").is_none_or(Value::is_null),
+        "{response}"
+    );
+}
+
+#[tokio::test]
+async fn without_its_key_the_webhook_marks_nothing() {
+    let response = post(keyed_state(None), fixture("executor-job-by-operator.json")).await;
+    assert_eq!(response["allowed"], false);
+    let message = response["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("no key to sign its mark with")
+            && message.contains("kosmos-system/plugin-webhook-mark-key"),
+        "{message}"
     );
 }
