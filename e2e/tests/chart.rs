@@ -3,16 +3,21 @@
 //! - `helm template` of each certificate mode and of a values file that sets every value, each
 //!   rendered object accepted by a server-side dry run with strict field validation;
 //! - bad values files refused by `values.schema.json`, naming the key;
-//! - the chart installed for real, the operator and webhook binaries *from the images* started
-//!   with the Deployments' own arguments and the chart's ServiceAccounts' tokens, carrying the
-//!   demo's VirtualCluster to `Completed` (the RBAC is enough), then actions outside their job
-//!   refused (the RBAC is not too much), `helm upgrade` of a value, and `helm uninstall` leaving
-//!   nothing of the release but the CRDs it keeps on purpose.
+//! - the chart installed for real: its operator and webhook pods, from the images, on the node,
+//!   carrying the demo's VirtualCluster to `Completed` (the RBAC is enough; every counted Job's
+//!   mark verifies with the key the webhook wrote into the chart's key Secret), a plain Job
+//!   patched into an executor Job denied (the registration covers UPDATE), then actions outside
+//!   their job refused with the ServiceAccounts' tokens (the RBAC is not too much: the operator
+//!   may not change the key, the webhook may not list Secrets), `helm upgrade` of values (the key survives; mutual TLS with
+//!   `webhook.clientCA`: the apiserver still reaches the webhook, curl without a client
+//!   certificate does not), and `helm uninstall` leaving nothing of the release but the CRDs it
+//!   keeps on purpose.
 //!
 //! The images come from `make images` (images/out), which `make test` builds first.
 
 #![allow(clippy::unwrap_used)] // a panic is how a test fails
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -332,6 +337,20 @@ async fn images_on_the_node() -> Result<()> {
     Ok(())
 }
 
+/// The data of Secret `name`, empty when it has none.
+async fn secret_data(secrets: &Api<Secret>, name: &str) -> Result<BTreeMap<String, Vec<u8>>> {
+    let secret = secrets
+        .get(name)
+        .await
+        .with_context(|| format!("reading Secret {name}"))?;
+    Ok(secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect())
+}
+
 fn is_forbidden<T: std::fmt::Debug>(result: &kube::Result<T>) -> bool {
     matches!(result, Err(kube::Error::Api(status)) if status.is_forbidden())
 }
@@ -510,14 +529,23 @@ async fn webhook_answers_through_its_service(
     }
 }
 
+/// A client certificate for the TLS check: the one the apiserver presents to webhooks.
+struct ClientCertificate {
+    cert_pem: String,
+    key_pem: String,
+}
+
 /// From a pod on the node, `curl` each webhook pod and the Service's ClusterIP by the Service's
 /// DNS name, trusting only `ca_bundle` (what the registration gives the apiserver): every replica
-/// serves a certificate of the mode in use, valid for the name the apiserver calls. The pod
-/// satisfies the restricted Pod Security Standard of the release namespace.
+/// serves a certificate of the mode in use, valid for the name the apiserver calls. With
+/// `client`, the webhook must require mutual TLS: each target refuses curl without a client
+/// certificate and answers it with `client`'s. The pod satisfies the restricted Pod Security
+/// Standard of the release namespace.
 async fn every_replica_serves_a_trusted_certificate(
     admin: &Client,
     namespace: &str,
     ca_bundle: &[u8],
+    client: Option<&ClientCertificate>,
 ) -> Result<()> {
     let service = Api::<Service>::namespaced(admin.clone(), namespace)
         .get(WEBHOOK)
@@ -547,23 +575,49 @@ async fn every_replica_serves_a_trusted_certificate(
             &Patch::Apply(&ca),
         )
         .await?;
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), namespace);
+    if let Some(client) = client {
+        let cert: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "served-client"},
+            "stringData": {"tls.crt": client.cert_pem, "tls.key": client.key_pem},
+        }))?;
+        secrets
+            .patch(
+                "served-client",
+                &PatchParams::apply(kosmos_e2e::FIELD_MANAGER).force(),
+                &Patch::Apply(&cert),
+            )
+            .await?;
+    }
     // GET on the admission path: 405 from our server is the answer; curl fails (exit 60, 51)
     // before any HTTP when the certificate is not trusted or does not name the host. Refused
     // connections (exit 7) are retried for a while: kube-proxy programs the ClusterIP a moment
-    // after the pods are ready (until then the Service rejects connections).
+    // after the pods are ready (until then the Service rejects connections). With a client
+    // certificate in /client, each target is first asked without one, which must fail in TLS
+    // (any exit but 0 and 7; the server's alert ends the handshake), then with it.
     let script = r#"set -u
 host="$1"; shift
-for target in "$@"; do
-  port="${target##*:}"
+ask() {
   tries=0
   while :; do
     rc=0
-    code="$(curl -sS --max-time 10 --cacert /ca/ca.crt --resolve "${host}:${port}:${target%:*}" \
+    code="$(curl -sS --max-time 10 --cacert /ca/ca.crt "$@" --resolve "${host}:${port}:${target%:*}" \
       -o /dev/null -w '%{http_code}' "https://${host}:${port}/mutate")" || rc=$?
     tries=$((tries + 1))
     [ "${rc}" = 7 ] && [ "${tries}" -lt 30 ] || break
     sleep 1
   done
+}
+for target in "$@"; do
+  port="${target##*:}"
+  if [ -f /client/tls.crt ]; then
+    ask
+    [ "${rc}" != 0 ] && [ "${rc}" != 7 ] || { echo "${target} served a client without a certificate (curl exit ${rc}, HTTP ${code})"; exit 1; }
+    echo "${target} refused without a client certificate (curl exit ${rc})"
+    ask --cert /client/tls.crt --key /client/tls.key
+  else
+    ask
+  fi
   [ "${rc}" = 0 ] || { echo "${target} failed (curl exit ${rc})"; exit 1; }
   echo "${target} ${code}"
 done"#;
@@ -576,6 +630,12 @@ done"#;
     ];
     command.extend(targets.iter().cloned());
     let name = format!("check-tls-{}", std::process::id());
+    let mut mounts = vec![json!({"name": "ca", "mountPath": "/ca", "readOnly": true})];
+    let mut volumes = vec![json!({"name": "ca", "configMap": {"name": "served-ca"}})];
+    if client.is_some() {
+        mounts.push(json!({"name": "client", "mountPath": "/client", "readOnly": true}));
+        volumes.push(json!({"name": "client", "secret": {"secretName": "served-client"}}));
+    }
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": name},
         "spec": {
@@ -591,16 +651,16 @@ done"#;
                 "command": command,
                 "securityContext": {"allowPrivilegeEscalation": false,
                     "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
-                "volumeMounts": [{"name": "ca", "mountPath": "/ca", "readOnly": true}],
+                "volumeMounts": mounts,
             }],
-            "volumes": [{"name": "ca", "configMap": {"name": "served-ca"}}],
+            "volumes": volumes,
         },
     }))?;
     let pods: Api<Pod> = Api::namespaced(admin.clone(), namespace);
     pods.create(&PostParams::default(), &pod).await?;
     let finished = wait_for(
         "the certificate check pod to finish",
-        Duration::from_secs(90),
+        Duration::from_secs(120),
         || {
             let (pods, name) = (pods.clone(), name.clone());
             async move {
@@ -615,10 +675,13 @@ done"#;
     let logs = pods.logs(&name, &Default::default()).await?;
     pods.delete(&name, &Default::default()).await?;
     configmaps.delete("served-ca", &Default::default()).await?;
+    if client.is_some() {
+        secrets.delete("served-client", &Default::default()).await?;
+    }
     let (phase, status) = finished;
     ensure!(
         phase == "Succeeded",
-        "the webhook's certificate was not trusted:\n{logs}\n{:?}",
+        "the webhook's TLS check failed:\n{logs}\n{:?}",
         status.container_statuses
     );
     for target in &targets {
@@ -626,6 +689,14 @@ done"#;
             logs.lines().any(|l| l == format!("{target} 405")),
             "{target} did not answer with the admission server's 405:\n{logs}"
         );
+        if client.is_some() {
+            ensure!(
+                logs.lines()
+                    .any(|l| l
+                        .starts_with(&format!("{target} refused without a client certificate"))),
+                "{target} was not checked without a client certificate:\n{logs}"
+            );
+        }
     }
     Ok(())
 }
@@ -779,7 +850,7 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
             ),
         "the registration does not cover Job creation and update"
     );
-    every_replica_serves_a_trusted_certificate(&admin, &rns, &ca_bundle).await?;
+    every_replica_serves_a_trusted_certificate(&admin, &rns, &ca_bundle, None).await?;
     webhook_answers_through_its_service(&admin, &rns, &pns).await?;
 
     // Tokens of the chart's ServiceAccounts, for the checks of what they may not do.
@@ -866,13 +937,19 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
         status.plugins
     );
     let jobs: Api<Job> = Api::namespaced(admin.clone(), &pns);
+    // The webhook filled the chart's empty key Secret, and every Job that counted carries the
+    // webhook's mark for that very Job under that key (the operator verified it, and so do we).
+    let key_secret = format!("{WEBHOOK}-mark-key");
+    let key_data = secret_data(&secrets, &key_secret).await?;
+    let keys = kosmos_api::mark::keys_of(&key_data)
+        .map_err(|e| anyhow::anyhow!("the chart's key Secret {rns}/{key_secret}: {e}"))?;
     for plugin in &status.plugins {
         let job_name = plugin.job_name.as_deref().context("no job name")?;
         let job = jobs.get(job_name).await?;
+        let verified = kosmos_api::mark::verify(&keys, &job);
         ensure!(
-            job.annotations()
-                .contains_key(contract::INJECTED_ANNOTATION),
-            "{job_name} lacks the webhook's mark"
+            verified.is_ok(),
+            "{job_name}'s mark does not verify with the key Secret: {verified:?}"
         );
         // The chart's executor settings reached the pod, through the webhook's mutation.
         let pod = job
@@ -927,6 +1004,38 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
         holder.as_ref().is_some_and(|h| operator_pods.contains(h)),
         "the chart's Lease is held by {holder:?}, not by an operator pod of {operator_pods:?}"
     );
+
+    // The key: the operator reads it (the install above) but cannot change it; the webhook
+    // reads and fills it by name but cannot list the release namespace's Secrets.
+    let key_update = Api::<Secret>::namespaced(as_operator.clone(), &rns)
+        .patch(
+            &key_secret,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {(kosmos_api::mark::KEY_DATA): ""}})),
+        )
+        .await;
+    ensure!(
+        is_forbidden(&key_update),
+        "the operator changed the mark key Secret: {key_update:?}"
+    );
+    let webhook_lists = Api::<Secret>::namespaced(as_webhook.clone(), &rns)
+        .list(&ListParams::default())
+        .await;
+    ensure!(
+        is_forbidden(&webhook_lists),
+        "the webhook listed the release namespace's Secrets: {webhook_lists:?}"
+    );
+    // The operator may delete a Secret of the namespaces it serves (a refused kubeconfig takes
+    // the executor's copy away).
+    let scratch: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "scratch-kubeconfig"}}))?;
+    Api::<Secret>::namespaced(admin.clone(), &pns)
+        .create(&PostParams::default(), &scratch)
+        .await?;
+    Api::<Secret>::namespaced(as_operator.clone(), &pns)
+        .delete("scratch-kubeconfig", &DeleteParams::default())
+        .await
+        .context("the operator may not delete a Secret of the namespace it serves")?;
 
     // Not their job: refused.
     let other = Api::<Secret>::namespaced(as_operator.clone(), &rns)
@@ -1070,6 +1179,11 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
         .iter()
         .map(|p| p.name_any())
         .collect();
+    // The upgrade also turns on mutual TLS: the CA of the client certificate this cluster's
+    // apiservers present to every webhook (their admission configuration).
+    let client_dir = kosmos_e2e::admission_client_dir().await?;
+    let client_ca = client_dir.join("admission-client-ca.crt");
+    let client_ca_value = format!("webhook.clientCA={}", client_ca.display());
     helm(&[
         "upgrade",
         RELEASE,
@@ -1081,6 +1195,8 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
         "webhook.timeoutSeconds=17",
         "--set",
         "webhook.logLevel=debug",
+        "--set-file",
+        client_ca_value.as_str(),
     ])
     .await?;
     wait_for_rollout(&admin, &rns, WEBHOOK, 2).await?;
@@ -1128,6 +1244,33 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
             == Some(&bootstrap_ca),
         "upgrade replaced or emptied the bootstrap Secret"
     );
+    // The key survived the upgrade (Helm's three-way merge leaves the data the webhook wrote).
+    let key_after = secret_data(&secrets, &key_secret).await?;
+    ensure!(
+        key_after.contains_key(kosmos_api::mark::KEY_DATA)
+            && key_after.get(kosmos_api::mark::KEY_DATA)
+                == key_data.get(kosmos_api::mark::KEY_DATA),
+        "upgrade changed or emptied the mark key"
+    );
+    // Mutual TLS: the chart's ConfigMap holds the CA, the new pods require a client certificate
+    // of it, and the apiserver, presenting one, still reaches the webhook.
+    let mounted = Api::<ConfigMap>::namespaced(admin.clone(), &rns)
+        .get(&format!("{WEBHOOK}-client-ca"))
+        .await?;
+    ensure!(
+        mounted
+            .data
+            .as_ref()
+            .and_then(|d| d.get("ca.crt"))
+            .map(|c| c.trim())
+            == Some(std::fs::read_to_string(&client_ca)?.trim()),
+        "the chart's client CA ConfigMap does not hold the CA it was given"
+    );
+    let client = ClientCertificate {
+        cert_pem: std::fs::read_to_string(client_dir.join("admission-client.crt"))?,
+        key_pem: std::fs::read_to_string(client_dir.join("admission-client.key"))?,
+    };
+    every_replica_serves_a_trusted_certificate(&admin, &rns, &ca_bundle, Some(&client)).await?;
     webhook_answers_through_its_service(&admin, &rns, &pns).await?;
 
     // helm uninstall: nothing of the release is left but the CRDs it keeps on purpose.

@@ -103,7 +103,8 @@ async fn register_webhook(admin: &Client, ns: &str, port: u16, ca_pem: &str) -> 
         ns,
         &format!("https://{}:{port}/mutate", webhook_host()),
         ca_pem,
-        &["CREATE"],
+        // As the chart registers it: a later patch cannot turn a plain Job into an executor Job.
+        &["CREATE", "UPDATE"],
     );
     Api::<MutatingWebhookConfiguration>::all(admin.clone())
         .create(&PostParams::default(), &config)
@@ -142,6 +143,10 @@ impl Stack {
             operator_user: format!("system:serviceaccount:{ns_name}:{OPERATOR_ACCOUNT}"),
             watch_namespace: Some(ns_name.clone()),
             allowed_host_path_prefixes: options.allowed_host_path_prefixes,
+            // Its mark key in the test namespace, where the operator reads it (Args::local: the
+            // default Secret name in the operator's own namespace).
+            mark_key_secret: Some(kosmos_api::mark::DEFAULT_KEY_SECRET.to_owned()),
+            namespace: ns_name.clone(),
             ..kosmos_webhook::server::ServeArgs::local(
                 certs_dir.path().join("tls.crt"),
                 certs_dir.path().join("tls.key"),
