@@ -1270,6 +1270,29 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
         cert_pem: std::fs::read_to_string(client_dir.join("admission-client.crt"))?,
         key_pem: std::fs::read_to_string(client_dir.join("admission-client.key"))?,
     };
+    // The old pods (no client CA) keep serving through the Service while they terminate
+    // (`webhook.shutdownDelaySeconds`): asked only once they are gone.
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &rns);
+    let gone = wait_for(
+        "the old webhook pods to be gone",
+        Duration::from_secs(120),
+        || {
+            let (pods, old) = (pods.clone(), old_webhook_pods.clone());
+            async move {
+                let mut left = Vec::new();
+                for name in &old {
+                    if pods.get_opt(name).await?.is_some() {
+                        left.push(name.clone());
+                    }
+                }
+                Ok(left.is_empty().then_some(()))
+            }
+        },
+    )
+    .await;
+    if let Err(e) = gone {
+        bail!("{e:#}{}", release_report(&rns).await);
+    }
     every_replica_serves_a_trusted_certificate(&admin, &rns, &ca_bundle, Some(&client)).await?;
     webhook_answers_through_its_service(&admin, &rns, &pns).await?;
 
