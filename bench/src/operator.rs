@@ -77,6 +77,8 @@ struct Outcome {
     /// After everything finished: the controller's CPU share and the apiserver's request rate.
     idle_cpu_percent: f64,
     idle_requests_per_s: f64,
+    /// The machine's one-minute load average when the round started (others share the cores).
+    load_average: f64,
 }
 
 /// Runs the scale benchmark and writes `operator.json` and `operator.md`.
@@ -114,36 +116,32 @@ pub async fn run(args: &OperatorArgs) -> Result<()> {
             );
             let namespace =
                 TestNamespace::create(Cluster::Host, &format!("bench-{target}")).await?;
-            let ns = namespace.name().to_owned();
+            let setting = Setting {
+                client: &client,
+                ns: namespace.name(),
+                n,
+                m,
+                kubeconfig: &kubeconfig,
+                idle,
+                timeout,
+                out: &args.out,
+            };
             let mut outcome = match target {
-                "operator" => {
-                    run_operator(
-                        &client,
-                        &ns,
-                        n,
-                        m,
-                        &kubeconfig,
-                        &operator_binary,
-                        idle,
-                        timeout,
-                        &args.out,
-                    )
-                    .await
-                }
-                "ceiling" => run_ceiling(&client, &ns, n, m, &kubeconfig, timeout).await,
+                "operator" => run_operator(&setting, &operator_binary).await,
+                "ceiling" => run_ceiling(&setting).await,
                 _ => {
                     let binary = helm_controller
                         .as_ref()
                         .map_err(|e| anyhow::anyhow!("{e}"))?;
-                    run_peer(&client, &ns, n, m, binary, idle, timeout, &args.out).await
+                    run_peer(&setting, binary).await
                 }
             }
             .with_context(|| format!("{target}, round {}", round + 1))?;
             outcome.round = round;
             outcome.target = target.to_owned();
             eprintln!(
-                "operator bench: {target}: jobs in {:.2} s, done in {:.2} s",
-                outcome.jobs_created_s, outcome.completed_s
+                "operator bench: {target}: jobs in {:.2} s, done in {:.2} s (load average {:.1})",
+                outcome.jobs_created_s, outcome.completed_s, outcome.load_average
             );
             outcomes.push(outcome);
             namespace.delete().await?;
@@ -312,28 +310,27 @@ fn writes_per_vc(
         .collect()
 }
 
-/// Waits until `done` says so of the listed Jobs, polling a cheap list every 200 ms; returns the
-/// elapsed time since `start`.
-async fn wait_jobs(
-    api: &Api<Job>,
-    start: Instant,
-    timeout: Duration,
-    what: &str,
-    done: impl Fn(&[Job]) -> bool,
-) -> Result<f64> {
-    loop {
-        let jobs = api.list(&ListParams::default()).await?.items;
-        if done(&jobs) {
-            return Ok(start.elapsed().as_secs_f64());
+/// Waits until `total` Jobs exist in `api`'s namespace, watching them (a poll would add its
+/// interval to a round of well under a second); returns the elapsed time since `start`.
+async fn wait_jobs(api: &Api<Job>, start: Instant, timeout: Duration, total: usize) -> Result<f64> {
+    let mut seen = HashSet::new();
+    let mut stream =
+        std::pin::pin!(watcher(api.clone(), watcher::Config::default()).applied_objects());
+    let deadline = tokio::time::Instant::from_std(start + timeout);
+    while seen.len() < total {
+        match tokio::time::timeout_at(deadline, stream.try_next()).await {
+            Ok(Ok(Some(job))) => {
+                seen.insert(job.name_any());
+            }
+            Ok(Ok(None)) => bail!("the watch of Jobs ended"),
+            Ok(Err(e)) => return Err(e).context("watching Jobs"),
+            Err(_) => bail!(
+                "not all {total} Jobs created within {timeout:?} ({} seen)",
+                seen.len()
+            ),
         }
-        if start.elapsed() > timeout {
-            bail!(
-                "{what}: not reached within {timeout:?} ({} Jobs)",
-                jobs.len()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    Ok(start.elapsed().as_secs_f64())
 }
 
 fn complete(job: &Job) -> bool {
@@ -516,22 +513,115 @@ async fn register_webhook(
     Ok(registered)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_operator(
-    client: &Client,
-    ns: &str,
+/// What every round of every target shares: the namespace, the size, the limits.
+struct Setting<'a> {
+    client: &'a Client,
+    ns: &'a str,
     n: usize,
     m: usize,
-    kubeconfig: &str,
-    binary: &std::path::Path,
+    kubeconfig: &'a str,
     idle: Duration,
     timeout: Duration,
-    out: &std::path::Path,
+    out: &'a std::path::Path,
+}
+
+/// When a target's round is over.
+#[derive(Clone, Copy)]
+enum Finish {
+    /// Every VirtualCluster is Completed (the operator).
+    VirtualClustersCompleted,
+    /// Every Job has completed (the plain client, helm-controller).
+    JobsComplete,
+}
+
+/// The one measured round, the same for every target: with the kubelet stand-in running, the
+/// clock starts, `work` starts the N×M installs (the flip, the plain client's creates, the
+/// HelmCharts) while the driver counts the Jobs, then waits for `finish`. Request counts cover
+/// the whole round; `own` names the driver's own writes, taken out of the target's. With a
+/// `process` (a controller), its RSS and CPU are sampled and its idle figures taken after.
+async fn measure(
+    setting: &Setting<'_>,
+    mut process: Option<&mut Server>,
+    own: BTreeMap<String, f64>,
+    work: impl std::future::Future<Output = Result<()>>,
+    finish: Finish,
 ) -> Result<Outcome> {
+    let Setting {
+        client,
+        ns,
+        n,
+        m,
+        timeout,
+        ..
+    } = *setting;
+    let total = n * m;
+    let load_average = Machine::now().load_average;
+    let stand_in = kubelet_stand_in(client, ns);
+    let sampler = process.as_ref().map(|p| Sampler::start(p.pid()));
+    let cpu_before = match &process {
+        Some(p) => p.cpu_seconds()?,
+        None => 0.0,
+    };
+    let before = request_counts(client).await?;
+    let start = Instant::now();
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let (worked, created) = tokio::join!(work, wait_jobs(&jobs, start, timeout, total));
+    worked?;
+    let jobs_created_s = created?;
+    let vcs: Api<VirtualCluster> = Api::namespaced(client.clone(), ns);
+    let completed_s = loop {
+        let done = match finish {
+            Finish::VirtualClustersCompleted => {
+                let list = vcs.list(&ListParams::default()).await?.items;
+                list.iter().filter(|vc| vc.phase() == "Completed").count() >= n
+            }
+            Finish::JobsComplete => {
+                let list = jobs.list(&ListParams::default()).await?.items;
+                list.iter().filter(|j| complete(j)).count() >= total
+            }
+        };
+        if done {
+            break start.elapsed().as_secs_f64();
+        }
+        if let Some(p) = process.as_mut() {
+            p.check_alive()?;
+        }
+        if start.elapsed() > timeout {
+            bail!("not all done within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let after = request_counts(client).await?;
+    let d = delta(&before, &after);
+    let mut outcome = Outcome {
+        jobs_created_s,
+        completed_s,
+        jobs_per_s: total as f64 / jobs_created_s,
+        writes_per_vc: writes_per_vc(&d, &own, n),
+        requests_per_vc: d.values().sum::<f64>() / n as f64,
+        load_average,
+        ..Outcome::default()
+    };
+    if let (Some(p), Some(sampler)) = (process, sampler) {
+        outcome.cpu_s = p.cpu_seconds()? - cpu_before;
+        outcome.rss_kib = sampler.max();
+        (outcome.idle_cpu_percent, outcome.idle_requests_per_s) =
+            idle_figures(client, p, setting.idle).await?;
+    }
+    stand_in.abort();
+    Ok(outcome)
+}
+
+/// The operator, with the real webhook registered for the namespace.
+async fn run_operator(setting: &Setting<'_>, binary: &std::path::Path) -> Result<Outcome> {
+    let Setting {
+        client, ns, n, m, ..
+    } = *setting;
     let plugins = plugins(ns, m)?;
     crate::fixture::create_all(client, ns, plugins.clone(), 16).await?;
-    crate::fixture::create_all(client, ns, waiting_vcs(ns, n, &plugins, kubeconfig)?, 16).await?;
-    let webhook = register_webhook(client, ns, out).await?;
+    let vcs = waiting_vcs(ns, n, &plugins, setting.kubeconfig)?;
+    crate::fixture::create_all(client, ns, vcs, 16).await?;
+    let webhook = register_webhook(client, ns, setting.out).await?;
     let admin = proc::free_port()?;
     let mut command = proc::pinned(proc::SERVER_CORE, binary);
     command
@@ -548,7 +638,7 @@ async fn run_operator(
     let mut operator = Server::start(
         "virtual-cluster-operator",
         command,
-        &out.join("operator.log"),
+        &setting.out.join("operator.log"),
     )?;
     proc::wait_for_port(
         &mut operator,
@@ -557,52 +647,149 @@ async fn run_operator(
     )?;
     // Let it list and settle on the waiting VirtualClusters (it creates their kubeconfig Secrets).
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let stand_in = kubelet_stand_in(client, ns);
-    let sampler = Sampler::start(operator.pid());
-    let cpu_before = operator.cpu_seconds()?;
-    let before = request_counts(client).await?;
-    let start = Instant::now();
-    flip(client, ns, n).await?;
-    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
-    let total = n * m;
-    let jobs_created_s = wait_jobs(&jobs, start, timeout, "all Jobs created", |j| {
-        j.len() >= total
-    })
-    .await?;
-    let vcs: Api<VirtualCluster> = Api::namespaced(client.clone(), ns);
-    let completed_s = loop {
-        let list = vcs.list(&ListParams::default()).await?.items;
-        if list.iter().filter(|vc| vc.phase() == "Completed").count() >= n {
-            break start.elapsed().as_secs_f64();
-        }
-        operator.check_alive()?;
-        if start.elapsed() > timeout {
-            bail!("VirtualClusters not all Completed within {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
-    let after = request_counts(client).await?;
-    let cpu = operator.cpu_seconds()? - cpu_before;
-    let d = delta(&before, &after);
+    // The flips are the driver's own writes.
     let own = BTreeMap::from([("PATCH virtualclusters".to_owned(), n as f64)]);
-    let (idle_cpu, idle_rate) = idle_figures(client, &operator, idle).await?;
-    stand_in.abort();
+    let outcome = measure(
+        setting,
+        Some(&mut operator),
+        own,
+        flip(client, ns, n),
+        Finish::VirtualClustersCompleted,
+    )
+    .await?;
     drop(operator);
     drop(webhook);
     let names = (0..n).map(|i| format!("tenant-{i:04}")).collect();
     release_finalizers(Api::<VirtualCluster>::namespaced(client.clone(), ns), names).await?;
-    Ok(Outcome {
-        jobs_created_s,
-        completed_s,
-        jobs_per_s: total as f64 / jobs_created_s,
-        writes_per_vc: writes_per_vc(&d, &own, n),
-        requests_per_vc: d.values().sum::<f64>() / n as f64,
-        rss_kib: sampler.max(),
-        cpu_s: cpu,
-        idle_cpu_percent: idle_cpu,
-        idle_requests_per_s: idle_rate,
-        ..Outcome::default()
-    })
+    Ok(outcome)
+}
+
+/// The ceiling: the operator's own bare Jobs, created by a plain client, one task per
+/// VirtualCluster creating its Jobs one after the other, all tasks at once.
+async fn run_ceiling(setting: &Setting<'_>) -> Result<Outcome> {
+    let Setting {
+        client, ns, n, m, ..
+    } = *setting;
+    let plugins = plugins(ns, m)?;
+    let vcs = waiting_vcs(ns, n, &plugins, setting.kubeconfig)?;
+    let api: Api<Job> = Api::namespaced(client.clone(), ns);
+    let jobs: Vec<Vec<Job>> = vcs
+        .iter()
+        .map(|vc| {
+            plugins
+                .iter()
+                .map(|p| {
+                    let spec_hash = contract::spec_hash(&p.spec);
+                    let new = kosmos_operator::plan::NewJob {
+                        id: contract::ExecutorJobId::new(
+                            &vc.name_any(),
+                            &p.name_any(),
+                            Action::Install,
+                            &spec_hash,
+                            1,
+                            "",
+                        ),
+                        timeout_seconds: p.spec.timeout_seconds(),
+                        executor_image: None,
+                    };
+                    let mut job = kosmos_operator::jobs::bare_job(
+                        vc,
+                        &new,
+                        "registry.invalid/kosmos/executor:bench",
+                    );
+                    // The owner (a VirtualCluster) does not exist here; the garbage collector
+                    // would delete Jobs whose owner is missing.
+                    job.metadata.owner_references = None;
+                    job
+                })
+                .collect()
+        })
+        .collect();
+    let params = PostParams {
+        dry_run: false,
+        field_manager: Some(contract::OPERATOR_FIELD_MANAGER.to_owned()),
+    };
+    let work = async {
+        futures::future::try_join_all(jobs.into_iter().map(|list| {
+            let (api, params) = (api.clone(), params.clone());
+            async move {
+                for job in list {
+                    api.create(&params, &job).await?;
+                }
+                Ok::<_, kube::Error>(())
+            }
+        }))
+        .await?;
+        Ok(())
+    };
+    measure(setting, None, BTreeMap::new(), work, Finish::JobsComplete).await
+}
+
+/// The peer: helm-controller with N×M HelmCharts; its Jobs are counted as they appear.
+async fn run_peer(setting: &Setting<'_>, binary: &std::path::Path) -> Result<Outcome> {
+    let Setting {
+        client, ns, n, m, ..
+    } = *setting;
+    let kubeconfig = kosmos_e2e::kubeconfig_path(Cluster::Host).await?;
+    let mut command = proc::pinned(proc::SERVER_CORE, binary);
+    command
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["--namespace", ns]);
+    let mut controller = Server::start(
+        "helm-controller",
+        command,
+        &setting.out.join("helm-controller.log"),
+    )?;
+    // It installs its CRDs at start; wait for them to be served.
+    let charts = kube::discovery::ApiResource {
+        group: "helm.cattle.io".into(),
+        version: "v1".into(),
+        api_version: "helm.cattle.io/v1".into(),
+        kind: "HelmChart".into(),
+        plural: "helmcharts".into(),
+    };
+    let api: Api<kube::core::DynamicObject> = Api::namespaced_with(client.clone(), ns, &charts);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while api.list(&ListParams::default().limit(1)).await.is_err() {
+        controller.check_alive()?;
+        if Instant::now() > deadline {
+            bail!("helm-controller did not install the HelmChart CRD within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let total = n * m;
+    let charts: Vec<kube::core::DynamicObject> = (0..total)
+        .map(|i| {
+            serde_json::from_value(json!({
+                "apiVersion": "helm.cattle.io/v1",
+                "kind": "HelmChart",
+                "metadata": {"name": format!("chart-{i:05}"), "namespace": ns},
+                "spec": {"chart": "stable/bench", "repo": "https://charts.example.com", "targetNamespace": "default"}
+            }))
+        })
+        .collect::<Result<_, _>>()?;
+    // The HelmCharts are created once the clock runs: they are its work, as the flips are the
+    // operator's.
+    let work = futures::stream::iter(charts.into_iter().map(|chart| {
+        let api = api.clone();
+        async move { api.create(&PostParams::default(), &chart).await.map(|_| ()) }
+    }))
+    .buffer_unordered(32)
+    .try_collect::<Vec<()>>();
+    let work = async { work.await.map(|_| ()).map_err(anyhow::Error::from) };
+    let own = BTreeMap::from([("POST helmcharts".to_owned(), total as f64)]);
+    let outcome = measure(
+        setting,
+        Some(&mut controller),
+        own,
+        work,
+        Finish::JobsComplete,
+    )
+    .await?;
+    drop(controller);
+    release_finalizers(api, (0..total).map(|i| format!("chart-{i:05}")).collect()).await?;
+    Ok(outcome)
 }
 
 /// Takes the finalizers off objects once their controller is stopped, so that deleting the
@@ -649,187 +836,6 @@ async fn idle_figures(client: &Client, server: &Server, idle: Duration) -> Resul
     ))
 }
 
-/// The ceiling: the operator's own bare Jobs, created by a plain client, one task per
-/// VirtualCluster creating its Jobs one after the other, all tasks at once.
-async fn run_ceiling(
-    client: &Client,
-    ns: &str,
-    n: usize,
-    m: usize,
-    kubeconfig: &str,
-    timeout: Duration,
-) -> Result<Outcome> {
-    let plugins = plugins(ns, m)?;
-    let vcs = waiting_vcs(ns, n, &plugins, kubeconfig)?;
-    let stand_in = kubelet_stand_in(client, ns);
-    let api: Api<Job> = Api::namespaced(client.clone(), ns);
-    let jobs: Vec<Vec<Job>> = vcs
-        .iter()
-        .map(|vc| {
-            plugins
-                .iter()
-                .map(|p| {
-                    let spec_hash = contract::spec_hash(&p.spec);
-                    let new = kosmos_operator::plan::NewJob {
-                        id: contract::ExecutorJobId::new(
-                            &vc.name_any(),
-                            &p.name_any(),
-                            Action::Install,
-                            &spec_hash,
-                            1,
-                            "",
-                        ),
-                        timeout_seconds: p.spec.timeout_seconds(),
-                        executor_image: None,
-                    };
-                    kosmos_operator::jobs::bare_job(
-                        vc,
-                        &new,
-                        "registry.invalid/kosmos/executor:bench",
-                    )
-                })
-                .collect()
-        })
-        .collect();
-    let before = request_counts(client).await?;
-    let start = Instant::now();
-    let params = PostParams {
-        dry_run: false,
-        field_manager: Some(contract::OPERATOR_FIELD_MANAGER.to_owned()),
-    };
-    futures::future::try_join_all(jobs.into_iter().map(|list| {
-        let (api, params) = (api.clone(), params.clone());
-        async move {
-            for mut job in list {
-                // The owner (a VirtualCluster) does not exist here; the garbage collector would
-                // delete Jobs whose owner is missing.
-                job.metadata.owner_references = None;
-                api.create(&params, &job).await?;
-            }
-            Ok::<_, kube::Error>(())
-        }
-    }))
-    .await?;
-    let jobs_created_s = start.elapsed().as_secs_f64();
-    let total = n * m;
-    let completed_s = wait_jobs(&api, start, timeout, "all Jobs Complete", |j| {
-        j.iter().filter(|j| complete(j)).count() >= total
-    })
-    .await?;
-    let after = request_counts(client).await?;
-    stand_in.abort();
-    let d = delta(&before, &after);
-    Ok(Outcome {
-        jobs_created_s,
-        completed_s,
-        jobs_per_s: total as f64 / jobs_created_s,
-        writes_per_vc: writes_per_vc(&d, &BTreeMap::new(), n),
-        requests_per_vc: d.values().sum::<f64>() / n as f64,
-        ..Outcome::default()
-    })
-}
-
-/// The peer: helm-controller with N×M HelmCharts; its Jobs are counted as they appear.
-#[allow(clippy::too_many_arguments)]
-async fn run_peer(
-    client: &Client,
-    ns: &str,
-    n: usize,
-    m: usize,
-    binary: &std::path::Path,
-    idle: Duration,
-    timeout: Duration,
-    out: &std::path::Path,
-) -> Result<Outcome> {
-    let kubeconfig = kosmos_e2e::kubeconfig_path(Cluster::Host).await?;
-    let mut command = proc::pinned(proc::SERVER_CORE, binary);
-    command
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .args(["--namespace", ns]);
-    let mut controller =
-        Server::start("helm-controller", command, &out.join("helm-controller.log"))?;
-    // It installs its CRDs at start; wait for them to be served.
-    let charts = kube::discovery::ApiResource {
-        group: "helm.cattle.io".into(),
-        version: "v1".into(),
-        api_version: "helm.cattle.io/v1".into(),
-        kind: "HelmChart".into(),
-        plural: "helmcharts".into(),
-    };
-    let api: Api<kube::core::DynamicObject> = Api::namespaced_with(client.clone(), ns, &charts);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while api.list(&ListParams::default().limit(1)).await.is_err() {
-        controller.check_alive()?;
-        if Instant::now() > deadline {
-            bail!("helm-controller did not install the HelmChart CRD within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    // Created before the clock starts, as the VirtualClusters are for the operator; the
-    // controller sees them all at once when it starts its informers.
-    let stand_in = kubelet_stand_in(client, ns);
-    let sampler = Sampler::start(controller.pid());
-    let cpu_before = controller.cpu_seconds()?;
-    let before = request_counts(client).await?;
-    let start = Instant::now();
-    let charts: Vec<kube::core::DynamicObject> = (0..n * m)
-        .map(|i| {
-            serde_json::from_value(json!({
-                "apiVersion": "helm.cattle.io/v1",
-                "kind": "HelmChart",
-                "metadata": {"name": format!("chart-{i:05}"), "namespace": ns},
-                "spec": {"chart": "stable/bench", "repo": "https://charts.example.com", "targetNamespace": "default"}
-            }))
-        })
-        .collect::<Result<_, _>>()?;
-    futures::stream::iter(charts.into_iter().map(|chart| {
-        let api = api.clone();
-        async move { api.create(&PostParams::default(), &chart).await.map(|_| ()) }
-    }))
-    .buffer_unordered(32)
-    .try_collect::<Vec<()>>()
-    .await?;
-    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
-    let total = n * m;
-    let jobs_created_s = wait_jobs(
-        &jobs,
-        start,
-        timeout,
-        "all helm-controller Jobs created",
-        |j| j.len() >= total,
-    )
-    .await?;
-    let completed_s = wait_jobs(
-        &jobs,
-        start,
-        timeout,
-        "all helm-controller Jobs Complete",
-        |j| j.iter().filter(|j| complete(j)).count() >= total,
-    )
-    .await?;
-    let after = request_counts(client).await?;
-    let cpu = controller.cpu_seconds()? - cpu_before;
-    let d = delta(&before, &after);
-    let own = BTreeMap::from([("POST helmcharts".to_owned(), total as f64)]);
-    let (idle_cpu, idle_rate) = idle_figures(client, &controller, idle).await?;
-    stand_in.abort();
-    drop(controller);
-    release_finalizers(api, (0..total).map(|i| format!("chart-{i:05}")).collect()).await?;
-    Ok(Outcome {
-        jobs_created_s,
-        completed_s,
-        jobs_per_s: total as f64 / jobs_created_s,
-        writes_per_vc: writes_per_vc(&d, &own, n),
-        requests_per_vc: d.values().sum::<f64>() / n as f64,
-        rss_kib: sampler.max(),
-        cpu_s: cpu,
-        idle_cpu_percent: idle_cpu,
-        idle_requests_per_s: idle_rate,
-        ..Outcome::default()
-    })
-}
-
 fn summarize(outcomes: &[Outcome], targets: &[&str]) -> Value {
     let mut out = serde_json::Map::new();
     for target in targets {
@@ -848,6 +854,7 @@ fn summarize(outcomes: &[Outcome], targets: &[&str]) -> Value {
                 "cpu_s": pick(|o| o.cpu_s),
                 "idle_cpu_percent": pick(|o| o.idle_cpu_percent),
                 "idle_requests_per_s": pick(|o| o.idle_requests_per_s),
+                "load_average": pick(|o| o.load_average),
             }),
         );
     }
@@ -889,14 +896,14 @@ fn markdown(report: &Value) -> String {
     if let Some(why) = report["peer_unavailable"].as_str() {
         md.push_str(&format!("Peer not measured: {why}\n\n"));
     }
-    md.push_str("| | all Jobs created (s) | Jobs/s | all done (s) | API requests / VC | writes / VC | RSS MiB | CPU s | idle CPU % | idle requests/s |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("| | all Jobs created (s) | Jobs/s | all done (s) | API requests / VC | writes / VC | RSS MiB | CPU s | idle CPU % | idle requests/s | load average |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
     for target in ["operator", "ceiling", "peer"] {
         let t = &s[target];
         if t.is_null() {
             continue;
         }
         md.push_str(&format!(
-            "| {target} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {target} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             show(&t["jobs_created_s"], 2),
             show(&t["jobs_per_s"], 0),
             show(&t["completed_s"], 2),
@@ -906,6 +913,7 @@ fn markdown(report: &Value) -> String {
             show(&t["cpu_s"], 2),
             show(&t["idle_cpu_percent"], 2),
             show(&t["idle_requests_per_s"], 2),
+            show(&t["load_average"], 1),
         ));
     }
     md.push_str(&format!(

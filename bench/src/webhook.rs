@@ -71,6 +71,9 @@ struct Measurement {
     scenario: String,
     target: &'static str,
     outcome: Outcome,
+    /// The machine's one-minute load average just before the measurement: others' work on
+    /// the shared cores, which the figure shares.
+    load_average: f64,
 }
 
 /// Environment variable naming a built tool; `unavailable:<why>` when it could not be built.
@@ -313,6 +316,7 @@ pub async fn run(args: &WebhookArgs) -> Result<()> {
                     round + 1,
                     target.name
                 );
+                let load_average = Machine::now().load_average;
                 let outcome = Load {
                     oha: &oha,
                     url: target.urls[review].clone(),
@@ -334,6 +338,7 @@ pub async fn run(args: &WebhookArgs) -> Result<()> {
                     scenario: scenario.clone(),
                     target: target.name,
                     outcome,
+                    load_average,
                 });
             }
         }
@@ -548,6 +553,12 @@ fn summarize(
                 .collect()
         };
         let mut entry = serde_json::Map::new();
+        let loads: Vec<f64> = measurements
+            .iter()
+            .filter(|m| &m.scenario == scenario)
+            .map(|m| m.load_average)
+            .collect();
+        entry.insert("load_average".to_owned(), json!(Spread::of(&loads)));
         for target in targets {
             let runs = of(target);
             let pick = |f: fn(&Outcome) -> f64| {
@@ -610,20 +621,21 @@ fn markdown(report: &Value, summary: &Value) -> String {
     if let Some(why) = report["peer_unavailable"].as_str() {
         md.push_str(&format!("Peer not measured: {why}\n\n"));
     }
-    md.push_str("| saturated | webhook reviews/s | ceiling reviews/s | peer reviews/s | webhook ÷ ceiling | webhook ÷ peer |\n|---|---|---|---|---|---|\n");
+    md.push_str("| saturated | webhook reviews/s | ceiling reviews/s | peer reviews/s | webhook ÷ ceiling | webhook ÷ peer | load average |\n|---|---|---|---|---|---|---|\n");
     let map = summary.as_object().cloned().unwrap_or_default();
     for (scenario, entry) in map.iter().filter(|(s, _)| s.starts_with("saturated")) {
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
             scenario.trim_start_matches("saturated "),
             spread(&entry["webhook"]["rps"]).show(0),
             spread(&entry["ceiling"]["rps"]).show(0),
             opt(&entry["peer"]["rps"], 0),
             spread(&entry["webhook_vs_ceiling"]["rps"]).show(2),
             opt(&entry["webhook_vs_peer"]["rps"], 2),
+            spread(&entry["load_average"]).show(1),
         ));
     }
-    md.push_str("\n| fixed rate | webhook p50 / p99 / p99.9 ms | ceiling p50 / p99 / p99.9 ms | peer p50 / p99 / p99.9 ms | p99 webhook ÷ ceiling |\n|---|---|---|---|---|\n");
+    md.push_str("\n| fixed rate | webhook p50 / p99 / p99.9 ms | ceiling p50 / p99 / p99.9 ms | peer p50 / p99 / p99.9 ms | p99 webhook ÷ ceiling | load average |\n|---|---|---|---|---|---|\n");
     for (scenario, entry) in map.iter().filter(|(s, _)| !s.starts_with("saturated")) {
         let lat = |t: &str| {
             if entry[t].is_null() {
@@ -638,11 +650,12 @@ fn markdown(report: &Value, summary: &Value) -> String {
             }
         };
         md.push_str(&format!(
-            "| {scenario} | {} | {} | {} | {} |\n",
+            "| {scenario} | {} | {} | {} | {} | {} |\n",
             lat("webhook"),
             lat("ceiling"),
             lat("peer"),
             spread(&entry["webhook_vs_ceiling"]["p99"]).show(2),
+            spread(&entry["load_average"]).show(1),
         ));
     }
     md.push_str("\n| memory (RSS, MiB) | at rest | under load (max seen) |\n|---|---|---|\n");

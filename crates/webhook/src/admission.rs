@@ -116,7 +116,7 @@ pub fn encode(mut review: AdmissionReview<DynamicObject>) -> Vec<u8> {
         .as_mut()
         .and_then(|r| r.patch.take())
         .map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes));
-    let answer = Answer {
+    let answer = |patch| Answer {
         api_version: &review.types.api_version,
         kind: &review.types.kind,
         response: review
@@ -124,9 +124,25 @@ pub fn encode(mut review: AdmissionReview<DynamicObject>) -> Vec<u8> {
             .as_ref()
             .map(|rest| Response { rest, patch }),
     };
+    // The base64 text is most of the answer and needs no escaping: it is appended as it is
+    // (the patch is the response's last field) rather than scanned by the serializer.
+    if let Ok(mut out) = serde_json::to_vec(&answer(None)) {
+        let Some(patch) = &patch else {
+            return out;
+        };
+        let len = out.len();
+        if len >= 3 && out.ends_with(b"}}") && out[len - 3] != b'{' {
+            out.truncate(len - 2);
+            out.reserve(patch.len() + 14);
+            out.extend_from_slice(br#","patch":""#);
+            out.extend_from_slice(patch.as_bytes());
+            out.extend_from_slice(br#""}}"#);
+            return out;
+        }
+    }
     // Plain structs of strings, numbers and maps with string keys always serialize; the
     // fallback is only there so this can never panic.
-    serde_json::to_vec(&answer).unwrap_or_else(|e| {
+    serde_json::to_vec(&answer(patch)).unwrap_or_else(|e| {
         serde_json::to_vec(&serde_json::json!({
             "apiVersion": "admission.k8s.io/v1",
             "kind": "AdmissionReview",
@@ -175,16 +191,49 @@ pub fn review(state: &AdmissionState, body: &[u8]) -> AdmissionReview<DynamicObj
     response.into_review()
 }
 
+/// The object of a review, typed as a Job (the registration sends only Jobs, so a review
+/// parses straight into one) or dynamic (anything else: a review the typed parse refused is
+/// parsed again as it was before, so its answer does not change).
+trait ReviewObject: kube::Resource + serde::de::DeserializeOwned {
+    /// The object as a Job.
+    fn into_job(self) -> Result<Job, serde_json::Error>;
+}
+
+impl ReviewObject for Job {
+    fn into_job(self) -> Result<Job, serde_json::Error> {
+        Ok(self)
+    }
+}
+
+impl ReviewObject for DynamicObject {
+    fn into_job(self) -> Result<Job, serde_json::Error> {
+        serde_json::to_value(self).and_then(serde_json::from_value)
+    }
+}
+
+fn invalid(facts: &mut Facts, message: String) -> (Decision, AdmissionResponse) {
+    facts.message = message.clone();
+    (Decision::Invalid, AdmissionResponse::invalid(message))
+}
+
 fn decide(state: &AdmissionState, body: &[u8], facts: &mut Facts) -> (Decision, AdmissionResponse) {
-    let invalid = |facts: &mut Facts, message: String| {
-        facts.message = message.clone();
-        (Decision::Invalid, AdmissionResponse::invalid(message))
-    };
-    let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
-        Ok(review) => review,
-        Err(e) => return invalid(facts, format!("malformed AdmissionReview: {e}")),
-    };
-    let request: AdmissionRequest<DynamicObject> = match review.try_into() {
+    // Parsing into a `DynamicObject` built a JSON tree of the Job, then a second one to make the
+    // Job from: a sixth of a review's time.
+    if let Ok(review) = serde_json::from_slice::<AdmissionReview<Job>>(body) {
+        return decide_review(state, review, facts);
+    }
+    match serde_json::from_slice::<AdmissionReview<DynamicObject>>(body) {
+        Ok(review) => decide_review(state, review, facts),
+        Err(e) => invalid(facts, format!("malformed AdmissionReview: {e}")),
+    }
+}
+
+fn decide_review<K: ReviewObject>(
+    state: &AdmissionState,
+    review: AdmissionReview<K>,
+    facts: &mut Facts,
+) -> (Decision, AdmissionResponse) {
+    let mut request: AdmissionRequest<K> = match review.try_into() {
         Ok(request) => request,
         Err(_) => return invalid(facts, "AdmissionReview has no request".to_owned()),
     };
@@ -203,13 +252,13 @@ fn decide(state: &AdmissionState, body: &[u8], facts: &mut Facts) -> (Decision, 
         facts.message = "not the creation of a Job".to_owned();
         return (Decision::Ignored, response);
     }
-    let Some(object) = request.object.as_ref() else {
+    let Some(object) = request.object.take() else {
         return invalid(
             facts,
             "AdmissionReview for a Job create carries no object".to_owned(),
         );
     };
-    let job: Job = match serde_json::to_value(object).and_then(serde_json::from_value) {
+    let job: Job = match object.into_job() {
         Ok(job) => job,
         Err(e) => return invalid(facts, format!("the object is not a batch/v1 Job: {e}")),
     };
@@ -310,7 +359,21 @@ fn decide(state: &AdmissionState, body: &[u8], facts: &mut Facts) -> (Decision, 
         Ok(mutation) => {
             facts.patch_ops = mutation.patch.0.len();
             facts.message = format!("{} injected ({})", mutation.action, mutation.mark);
-            match response.clone().with_patch(mutation.patch) {
+            // `with_patch` of an empty patch sets the patch type (a private field); the bytes
+            // come from `patch_json`, which writes the executor script without escaping it
+            // again for every review.
+            let patched = mutation
+                .patch_json()
+                .map_err(|e| e.to_string())
+                .and_then(|json| {
+                    let mut response = response
+                        .clone()
+                        .with_patch(json_patch::Patch(Vec::new()))
+                        .map_err(|e| e.to_string())?;
+                    response.patch = Some(json);
+                    Ok(response)
+                });
+            match patched {
                 Ok(response) => (Decision::Mutated, response),
                 Err(e) => {
                     let message = format!("Job {}: cannot serialize the patch: {e}", facts.job);
@@ -342,14 +405,14 @@ const CONTRACT_ANNOTATIONS: [&str; 4] = [
 /// An update of a Job: allowed unless someone other than the operator changes a label or
 /// annotation of the contract. (The webhook is registered for UPDATE with an objectSelector on
 /// the executor label, which matches the old or the new object.)
-fn update(
+fn update<K: ReviewObject>(
     state: &AdmissionState,
-    request: &AdmissionRequest<DynamicObject>,
+    request: &AdmissionRequest<K>,
     response: AdmissionResponse,
     facts: &mut Facts,
 ) -> (Decision, AdmissionResponse) {
-    let metadata = |object: Option<&DynamicObject>| {
-        object.map(|o| (o.metadata.labels.clone(), o.metadata.annotations.clone()))
+    let metadata = |object: Option<&K>| {
+        object.map(|o| (o.meta().labels.clone(), o.meta().annotations.clone()))
     };
     let (old_labels, old_annotations) = metadata(request.old_object.as_ref()).unwrap_or_default();
     let (new_labels, new_annotations) = metadata(request.object.as_ref()).unwrap_or_default();

@@ -898,3 +898,132 @@ fn executor_script_passes_shellcheck_as_posix_sh() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// The mark hashes `injection_json` and the answer carries `patch_json`: both must be exactly
+/// what serde_json writes (a mark already on a Job must keep matching; a patch must parse).
+#[test]
+fn the_pre_escaped_script_gives_the_bytes_serde_gives() {
+    let plugins = [
+        yaml_plugin(pv("store:/pv")),
+        yaml_plugin(host("/data/x.yaml", Some("node-1"))),
+        yaml_plugin(uri("https://example.com/m.yaml", Some(&"a".repeat(64)))),
+    ];
+    for p in &plugins {
+        for action in [Action::Install, Action::Uninstall] {
+            let injection =
+                build_injection(p, &virtual_cluster(), "kc", action, &any_host_path()).unwrap();
+            let json = serde_json::to_vec(&injection).unwrap();
+            assert_eq!(injection_json(&injection), json);
+            // Computed, then kept: the same mark both times.
+            for _ in 0..2 {
+                assert_eq!(mark_of(&injection), contract::short_hash(&[&json], 16));
+            }
+            let m = mutate_job(
+                &bare_job(p, action),
+                p,
+                &virtual_cluster(),
+                &any_host_path(),
+            )
+            .unwrap();
+            assert_eq!(
+                m.patch_json().unwrap(),
+                serde_json::to_vec(&m.patch).unwrap()
+            );
+        }
+    }
+}
+
+/// The patch is built from the fields the mutation writes, not by diffing whole Jobs; a Job that
+/// already holds volumes, variables, arguments, an affinity and pod annotations of its own keeps
+/// them, gets ours replaced in place or added, and its arguments removed. (In debug builds every
+/// mutation also checks its patch against a diff of the two whole Jobs.)
+#[test]
+fn the_patch_keeps_what_the_job_had_and_replaces_only_our_items() {
+    let p = yaml_plugin(host("/data/x.yaml", Some("node-1")));
+    let mut job = bare_job(&p, Action::Install);
+    let template = &mut job.spec.as_mut().unwrap().template;
+    template
+        .metadata
+        .get_or_insert_with(Default::default)
+        .annotations = Some([("team".to_owned(), "a".to_owned())].into());
+    let pod = template.spec.as_mut().unwrap();
+    pod.volumes = Some(vec![
+        serde_json::from_value(json!({"name": "theirs", "emptyDir": {}})).unwrap(),
+        serde_json::from_value(json!({"name": "kosmos-work", "configMap": {"name": "x"}})).unwrap(),
+    ]);
+    pod.affinity = Some(
+        serde_json::from_value(json!({"podAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1,
+                "podAffinityTerm": {"topologyKey": "zone"}}]}}))
+        .unwrap(),
+    );
+    let container = &mut pod.containers[0];
+    container.args = Some(vec!["--old".into()]);
+    container.env = Some(vec![
+        EnvVar {
+            name: "THEIRS".into(),
+            value: Some("1".into()),
+            value_from: None,
+        },
+        EnvVar {
+            name: env::HOME.into(),
+            value: Some("/elsewhere".into()),
+            value_from: None,
+        },
+    ]);
+    let m = mutate_job(&job, &p, &virtual_cluster(), &any_host_path()).unwrap();
+    let ops = serde_json::to_value(&m.patch).unwrap();
+    let paths: Vec<&str> = ops
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|op| op["path"].as_str().unwrap())
+        .collect();
+    // Item by item: ours replaced where the name was taken, the rest appended.
+    assert!(
+        paths.contains(&"/spec/template/spec/volumes/1"),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&"/spec/template/spec/volumes/-"),
+        "{paths:?}"
+    );
+    assert!(!paths.contains(&"/spec/template/spec/volumes"), "{paths:?}");
+    assert!(
+        paths.contains(&"/spec/template/spec/affinity/nodeAffinity"),
+        "{paths:?}"
+    );
+    let out = m.apply(&job).unwrap();
+    let pod = out.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let volumes: Vec<&str> = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(volumes[0], "theirs");
+    assert_eq!(volumes[1], "kosmos-work");
+    assert!(pod.volumes.as_ref().unwrap()[1].empty_dir.is_some());
+    let affinity = pod.affinity.as_ref().unwrap();
+    assert!(affinity.pod_affinity.is_some());
+    assert!(affinity.node_affinity.is_some());
+    let container = &pod.containers[0];
+    assert_eq!(container.args, None);
+    let env = env_of(&out);
+    assert_eq!(env["THEIRS"], "1");
+    assert_eq!(env[env::HOME], format!("{WORK_DIR}/home"));
+    assert_eq!(
+        out.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()["team"],
+        "a"
+    );
+}
