@@ -427,15 +427,19 @@ async fn register_webhook(
         .and_then(|s| s.user_info)
         .and_then(|u| u.username)
         .context("the apiserver did not say who we are")?;
+    // The apiserver runs in the cluster's network namespace: it reaches this machine only at
+    // the veth address the cluster names (127.0.0.1 there is its own loopback).
+    let host = kosmos_e2e::webhook_host();
     let certs = tempfile::tempdir()?;
-    let generated = kosmos_webhook::tls::generate(&["localhost".into(), "127.0.0.1".into()], 30)?;
+    let generated =
+        kosmos_webhook::tls::generate(&["localhost".into(), "127.0.0.1".into(), host.clone()], 30)?;
     kosmos_webhook::tls::write(&generated, certs.path())?;
     let port = proc::free_port()?;
     let admin: std::net::SocketAddr = ([127, 0, 0, 1], proc::free_port()?).into();
     let mut command = std::process::Command::new(crate::webhook::sibling("plugin-webhook")?);
     command
         .arg("serve")
-        .arg(format!("--listen=127.0.0.1:{port}"))
+        .arg(format!("--listen={host}:{port}"))
         .arg(format!("--admin-listen={admin}"))
         .arg("--tls-cert")
         .arg(certs.path().join("tls.crt"))
@@ -468,7 +472,7 @@ async fn register_webhook(
             "metadata": {"name": name},
             "webhooks": [{
                 "name": "executor.plugin.kosmos.io",
-                "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate"), "caBundle": ca},
+                "clientConfig": {"url": format!("https://{host}:{port}/mutate"), "caBundle": ca},
                 "rules": [{"apiGroups": ["batch"], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["jobs"]}],
                 "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
                 "objectSelector": {"matchExpressions": [{"key": contract::EXECUTOR_LABEL, "operator": "Exists"}]},
