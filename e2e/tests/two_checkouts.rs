@@ -417,6 +417,25 @@ async fn two_checkouts_run_clusters_at_once_and_one_goes_down_alone() -> Result<
     ensure!(first.port_base != second.port_base, "{first:?} {second:?}");
     ensure!(first.node_ip != second.node_ip, "{first:?} {second:?}");
     ensure!(first.id != second.id, "{first:?} {second:?}");
+    // Each veth subnet is on its own veth only (two devices with one subnet: the machine routes
+    // to the first, and the second cluster is unreachable or, worse, the first one answers).
+    let addresses = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show"])
+        .output()?;
+    let addresses = String::from_utf8_lossy(&addresses.stdout);
+    for facts in [&first, &second] {
+        let subnet = format!(" {}.", facts.node_ip.rsplit_once('.').unwrap().0);
+        let devices: Vec<&str> = addresses
+            .lines()
+            .filter(|l| l.contains(&subnet))
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .collect();
+        ensure!(
+            devices == [facts.veth()],
+            "the subnet of {} is on {devices:?}",
+            facts.netns
+        );
+    }
     // Each apiserver answers at its own node IP and knows its own node there.
     ensure!(node_ip(&first_client).await? == first.node_ip);
     ensure!(node_ip(&second_client).await? == second.node_ip);
