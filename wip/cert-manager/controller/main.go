@@ -1,0 +1,72 @@
+// A try: cert-manager's controller from its published module (the cmd/controller module is not
+// on the module proxy): the certificate, issuer and self-signed/CA request controllers, started
+// the way its own command starts them, minus flags, ACME and the ingress/gateway shims.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	controller "github.com/cert-manager/cert-manager/pkg/controller"
+	_ "github.com/cert-manager/cert-manager/pkg/controller/certificaterequests/approver"
+	_ "github.com/cert-manager/cert-manager/pkg/controller/certificaterequests/ca"
+	_ "github.com/cert-manager/cert-manager/pkg/controller/certificaterequests/selfsigned"
+	_ "github.com/cert-manager/cert-manager/pkg/controller/certificates/issuing"
+	_ "github.com/cert-manager/cert-manager/pkg/controller/certificates/keymanager"
+	_ "github.com/cert-manager/cert-manager/pkg/controller/certificates/readiness"
+	_ "github.com/cert-manager/cert-manager/pkg/controller/certificates/requestmanager"
+	_ "github.com/cert-manager/cert-manager/pkg/controller/certificates/revisionmanager"
+	_ "github.com/cert-manager/cert-manager/pkg/controller/certificates/trigger"
+	_ "github.com/cert-manager/cert-manager/pkg/controller/clusterissuers"
+	_ "github.com/cert-manager/cert-manager/pkg/controller/issuers"
+	_ "github.com/cert-manager/cert-manager/pkg/issuer/ca"
+	_ "github.com/cert-manager/cert-manager/pkg/issuer/selfsigned"
+)
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, err)
+	os.Exit(1)
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	namespace := os.Getenv("POD_NAMESPACE")
+	if namespace == "" {
+		namespace = "cert-manager"
+	}
+	factory, err := controller.NewContextFactory(ctx, controller.ContextOptions{
+		KubernetesAPIQPS:   20,
+		KubernetesAPIBurst: 50,
+		IssuerOptions:      controller.IssuerOptions{ClusterResourceNamespace: namespace},
+	})
+	if err != nil {
+		fail(err)
+	}
+	var runners []controller.Interface
+	for name, construct := range controller.Known() {
+		c, err := construct(factory)
+		if err != nil {
+			fail(fmt.Errorf("controller %s: %w", name, err))
+		}
+		runners = append(runners, c)
+	}
+	shared, err := factory.Build()
+	if err != nil {
+		fail(err)
+	}
+	shared.KubeSharedInformerFactory.Start(ctx.Done())
+	shared.SharedInformerFactory.Start(ctx.Done())
+	shared.HTTP01ResourceMetadataInformersFactory.Start(ctx.Done())
+	for _, c := range runners {
+		go func() {
+			if err := c.Run(2, ctx); err != nil {
+				fail(err)
+			}
+		}()
+	}
+	<-ctx.Done()
+}
