@@ -62,7 +62,7 @@ for crd in virtualclusters.kosmos.io virtualclusterplugins.kosmos.io; do
 done
 helm upgrade --install "${RELEASE}" "${REPO_DIR}/charts/kosmos-plugins" \
   --namespace "${RELEASE_NAMESPACE}" \
-  --set watchNamespace="${NAMESPACE}" \
+  --set "watchNamespaces={${NAMESPACE}}" \
   --set operator.readiness=builtin \
   --set "webhook.allowedHostPathPrefixes={${DEMO_DIR}/hostpath,${DEMO_DIR}/charts}" \
   --set operator.logFormat=text --set webhook.logFormat=text

@@ -45,8 +45,8 @@ fn bench(c: &mut Criterion) {
         vc_writer.apply_watcher_event(&watcher::Event::Apply(v.clone()));
     }
     let state = Arc::new(AdmissionState {
-        plugins: plugin_store.clone(),
-        virtual_clusters: vc_store.clone(),
+        plugins: plugin_store.clone().into(),
+        virtual_clusters: vc_store.clone().into(),
         settings: Default::default(),
         operator_user: fixture::OPERATOR_USER.into(),
         metrics: Arc::new(Metrics::default()),

@@ -192,8 +192,9 @@ async fn every_rendered_object_is_accepted_by_the_apiserver_in_each_certificate_
     }
 
     let ns = TestNamespace::create(Cluster::Host, "chart-render").await?;
+    let ns2 = TestNamespace::create(Cluster::Host, "chart-render-b").await?;
     let chart = chart_dir().display().to_string();
-    let watch = format!("watchNamespace={}", ns.name());
+    let watch = format!("watchNamespaces={{{},{}}}", ns.name(), ns2.name());
     // (values file, extra --set, kinds the mode must render)
     let cases: Vec<(Option<String>, Option<&str>, &[&str])> = vec![
         (None, None, &["Secret", "Lease", "PodDisruptionBudget"]),
@@ -239,6 +240,31 @@ async fn every_rendered_object_is_accepted_by_the_apiserver_in_each_certificate_
         dry_run_apply(&admin, ns.name(), &objects)
             .await
             .with_context(|| format!("values {file:?}"))?;
+        if set.is_some() {
+            // Watched namespaces: the watch rights are a Role and RoleBinding per component in
+            // each of them, and nothing cluster-wide.
+            for namespace in [ns.name(), ns2.name()] {
+                for kind in ["Role", "RoleBinding"] {
+                    let count = objects
+                        .iter()
+                        .filter(|o| {
+                            kind_of(o) == kind && o.namespace().as_deref() == Some(namespace)
+                        })
+                        .filter(|o| ["kp-operator", "kp-webhook"].contains(&o.name_any().as_str()))
+                        .count();
+                    ensure!(
+                        count == 2,
+                        "{count} {kind}s of the components in {namespace}"
+                    );
+                }
+            }
+            ensure!(
+                !objects
+                    .iter()
+                    .any(|o| kind_of(o) == "ClusterRole" && !o.name_any().ends_with("-ca-bundle")),
+                "a ClusterRole with watched namespaces: {rendered_kinds:?}"
+            );
+        }
         // The mode decides where the caBundle comes from.
         let mwc = objects
             .iter()
@@ -263,6 +289,7 @@ async fn every_rendered_object_is_accepted_by_the_apiserver_in_each_certificate_
             ),
         }
     }
+    ns2.delete().await?;
     ns.delete().await
 }
 
@@ -711,6 +738,9 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
     let release_ns = TestNamespace::create(Cluster::Host, "chart").await?;
     let vc_ns = TestNamespace::create(Cluster::Host, "chart-vc").await?;
     let (rns, pns) = (release_ns.name().to_owned(), vc_ns.name().to_owned());
+    // A second watched namespace: the release serves a list of them.
+    let vc_ns2 = TestNamespace::create(Cluster::Host, "chart-vc2").await?;
+    let pns2 = vc_ns2.name().to_owned();
 
     adopt_crds(&admin, &rns).await?;
     // The restricted Pod Security Standard, enforced: the chart's pods exist only if the
@@ -745,7 +775,7 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
     );
 
     let chart = chart_dir().display().to_string();
-    let watch = format!("watchNamespace={pns}");
+    let watch = format!("watchNamespaces={{{pns},{pns2}}}");
     // The demo's hostPath plugin reads e2e/demo: the one folder this install allows.
     let demo = kosmos_e2e::e2e_dir().join("demo");
     let host_paths = format!("webhook.allowedHostPathPrefixes={{{}}}", demo.display());
@@ -990,6 +1020,7 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
         .get("hello")
         .await
         .context("the hello plugin's ConfigMap in the virtual cluster")?;
+    a_second_watched_namespace_is_served(&admin, &as_operator, &pns, &pns2).await?;
     // One operator pod led, through the chart's Lease.
     let operator_pods: Vec<String> = component_pods(&admin, &rns, "operator")
         .await?
@@ -1312,16 +1343,19 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
         "the release's objects to be gone",
         Duration::from_secs(90),
         || {
-            let (rns, pns) = (rns.clone(), pns.clone());
+            let (rns, pns, pns2) = (rns.clone(), pns.clone(), pns2.clone());
             async move {
-                let left = release_leftovers(&rns, &pns).await?;
+                let left = release_leftovers(&rns, &[&pns, &pns2]).await?;
                 Ok(left.is_empty().then_some(()))
             }
         },
     )
     .await;
     if let Err(e) = strays {
-        bail!("{e:#}: {:#?}", release_leftovers(&rns, &pns).await?);
+        bail!(
+            "{e:#}: {:#?}",
+            release_leftovers(&rns, &[&pns, &pns2]).await?
+        );
     }
     ensure!(
         mwcs.get_opt(&configuration).await?.is_none(),
@@ -1335,8 +1369,132 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
         "uninstall deleted the plugin CRD"
     );
 
+    vc_ns2.delete().await?;
     vc_ns.delete().await?;
     release_ns.delete().await
+}
+
+/// The release serves its second watched namespace `pns2` as it serves the first (`pns`): the
+/// components' rights there are a Role each (the same as in `pns`, none cluster-wide), and a
+/// VirtualCluster there with the demo's default plugin (YAML from a hostPath) goes to Completed
+/// through the chart's pods: the operator and the webhook watch both namespaces. A namespace
+/// that is not listed stays closed to the operator.
+async fn a_second_watched_namespace_is_served(
+    admin: &Client,
+    as_operator: &Client,
+    pns: &str,
+    pns2: &str,
+) -> Result<()> {
+    for namespace in [pns, pns2] {
+        for name in [OPERATOR, WEBHOOK] {
+            Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(admin.clone(), namespace)
+                .get(name)
+                .await
+                .with_context(|| format!("Role {namespace}/{name}"))?;
+            Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(admin.clone(), namespace)
+                .get(name)
+                .await
+                .with_context(|| format!("RoleBinding {namespace}/{name}"))?;
+        }
+    }
+    for name in [OPERATOR, WEBHOOK] {
+        let cluster_role = Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(admin.clone())
+            .get_opt(name)
+            .await?;
+        ensure!(
+            cluster_role.is_none(),
+            "ClusterRole {name} with watched namespaces"
+        );
+    }
+    let unlisted = Api::<VirtualCluster>::namespaced(as_operator.clone(), "default")
+        .list(&ListParams::default())
+        .await;
+    ensure!(
+        is_forbidden(&unlisted),
+        "the operator listed VirtualClusters of a namespace it does not serve: {unlisted:?}"
+    );
+
+    let demo = kosmos_e2e::e2e_dir().join("demo");
+    let plugins_yaml = std::fs::read_to_string(demo.join("plugins.yaml"))?
+        .replace("HOSTPATH_DIR", &demo.display().to_string());
+    let plugin = kosmos_e2e::parse_yaml::<VirtualClusterPlugin>(&plugins_yaml)?
+        .into_iter()
+        .find(|p| p.name_any() == "demo-namespace")
+        .context("the demo's hostPath plugin")?;
+    Api::<VirtualClusterPlugin>::namespaced(admin.clone(), pns2)
+        .create(&PostParams::default(), &plugin)
+        .await?;
+    let kubeconfig = kosmos_e2e::kubeconfig_yaml(Cluster::Virtual).await?;
+    let vc: VirtualCluster = serde_json::from_value(json!({
+        "metadata": {"name": "tenant2-cluster"},
+        "spec": {"kubeconfig": base64::engine::general_purpose::STANDARD.encode(kubeconfig)},
+    }))?;
+    let vcs: Api<VirtualCluster> = Api::namespaced(admin.clone(), pns2);
+    vcs.create(&PostParams::default(), &vc).await?;
+    vcs.patch(
+        "tenant2-cluster",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": phase::ALL_NODE_READY}})),
+    )
+    .await?;
+    let done = wait_for(
+        "tenant2-cluster (second watched namespace) to be Completed",
+        Duration::from_secs(240),
+        || {
+            let vcs = vcs.clone();
+            async move {
+                let vc = vcs.get("tenant2-cluster").await?;
+                Ok((vc.phase() == phase::COMPLETED).then_some(vc))
+            }
+        },
+    )
+    .await;
+    let done = match done {
+        Ok(vc) => vc,
+        Err(e) => bail!(
+            "{e:#}\nstatus: {}",
+            serde_json::to_string_pretty(&vcs.get("tenant2-cluster").await?.status)?
+        ),
+    };
+    let status = done.status.context("no status")?;
+    ensure!(
+        status.plugin_progress.as_deref() == Some("1/1")
+            && status
+                .plugins
+                .iter()
+                .all(|p| p.phase == PluginPhase::Succeeded),
+        "{status:?}"
+    );
+    let job_name = status.plugins[0]
+        .job_name
+        .as_deref()
+        .context("no job name")?;
+    let job = Api::<Job>::namespaced(admin.clone(), pns2)
+        .get(job_name)
+        .await?;
+    ensure!(
+        job.annotations()
+            .contains_key(contract::INJECTED_ANNOTATION),
+        "{job_name} in {pns2} lacks the webhook's mark"
+    );
+    // Gone again while the release runs: the operator releases its finalizer there too.
+    vcs.delete("tenant2-cluster", &Default::default()).await?;
+    wait_for(
+        "tenant2-cluster to be deleted",
+        Duration::from_secs(60),
+        || {
+            let vcs = vcs.clone();
+            async move {
+                Ok(vcs
+                    .get_opt("tenant2-cluster")
+                    .await?
+                    .is_none()
+                    .then_some(()))
+            }
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 /// Every object that outlived `helm uninstall`: anything in the release namespace but what
@@ -1344,7 +1502,7 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
 /// ConfigMap, events), and anything elsewhere (the watched namespace, cluster-scoped) that
 /// Helm recorded as the release's, but the CRDs it keeps. Every listable resource type is
 /// asked, so a kind the chart starts making later is covered too.
-async fn release_leftovers(rns: &str, pns: &str) -> Result<Vec<String>> {
+async fn release_leftovers(rns: &str, watched: &[&str]) -> Result<Vec<String>> {
     let mut left = Vec::new();
     for namespaced in [true, false] {
         let types = kosmos_e2e::kubectl(
@@ -1366,7 +1524,10 @@ async fn release_leftovers(rns: &str, pns: &str) -> Result<Vec<String>> {
         let joined = types.join(",");
         args.push(&joined);
         let scopes: Vec<Option<&str>> = if namespaced {
-            vec![Some(rns), Some(pns)]
+            std::iter::once(rns)
+                .chain(watched.iter().copied())
+                .map(Some)
+                .collect()
         } else {
             vec![None]
         };

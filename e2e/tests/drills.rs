@@ -383,7 +383,7 @@ impl Stack {
         let manifests = kosmos_e2e::e2e_dir().join("testdata/drills");
         let mut args = kosmos_webhook::server::ServeArgs {
             operator_user: OPERATOR_USER.to_owned(),
-            watch_namespace: Some(n.clone()),
+            watch_namespace: vec![n.clone()],
             // Its mark key in the drill's namespace, where the operator reads it.
             mark_key_secret: Some(kosmos_api::mark::DEFAULT_KEY_SECRET.to_owned()),
             namespace: n.clone(),
@@ -460,7 +460,7 @@ impl Stack {
                 readiness: ReadinessMode::External,
                 uninstall_on_delete: false,
                 uninstall_timeout: Duration::from_secs(10),
-                namespace: Some(n.clone()),
+                namespaces: vec![n.clone()],
                 mark_key_secret: kosmos_api::mark::KeySecret {
                     namespace: n.clone(),
                     name: kosmos_api::mark::DEFAULT_KEY_SECRET.to_owned(),

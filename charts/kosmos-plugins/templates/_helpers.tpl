@@ -112,7 +112,10 @@ seccompProfile:
   type: RuntimeDefault
 {{- end }}
 
-{{/* RBAC kind for what the components watch: a Role in watchNamespace, else a ClusterRole. */}}
-{{- define "kosmos-plugins.watchRoleKind" -}}
-{{- if .Values.watchNamespace }}Role{{ else }}ClusterRole{{ end }}
+{{/*
+Where the components' watch rights go, as a JSON list: each of watchNamespaces (a Role there), or
+"" alone when it is empty (a ClusterRole).
+*/}}
+{{- define "kosmos-plugins.watchScopes" -}}
+{{- if .Values.watchNamespaces }}{{ toJson .Values.watchNamespaces }}{{ else }}[""]{{ end }}
 {{- end }}

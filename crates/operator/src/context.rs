@@ -36,8 +36,8 @@ pub struct Config {
     pub uninstall_on_delete: bool,
     /// Bound on waiting for uninstall Jobs when a VirtualCluster is deleted.
     pub uninstall_timeout: Duration,
-    /// Watch only this namespace (all when None).
-    pub namespace: Option<String>,
+    /// Watch only these namespaces (all when empty).
+    pub namespaces: Vec<String>,
     /// The Secret with the keys the webhook's marks are verified with.
     pub mark_key_secret: kosmos_api::mark::KeySecret,
 }

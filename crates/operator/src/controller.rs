@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
@@ -73,30 +73,60 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
     }
 }
 
-/// Runs the controller until `shutdown` resolves. `ready` turns true once it watches.
+/// Runs the controller until `shutdown` resolves. `ready` turns true once it watches. With
+/// watched namespaces, each gets a controller of its own (its own watches, which Roles in that
+/// namespace allow); a VirtualCluster, its plugins and its Jobs always share one namespace, so
+/// nothing is lost between them.
 pub async fn run(
     ctx: Arc<Context>,
     ready: Arc<AtomicBool>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let (vcs, plugins, jobs): (Api<VirtualCluster>, Api<VirtualClusterPlugin>, Api<Job>) =
-        match &ctx.config.namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (
+    let shutdown = shutdown.shared();
+    let controllers: Vec<_> = if ctx.config.namespaces.is_empty() {
+        vec![
+            watch(
+                ctx.clone(),
                 Api::all(client.clone()),
                 Api::all(client.clone()),
                 Api::all(client.clone()),
-            ),
-        };
+                shutdown,
+            )
+            .boxed(),
+        ]
+    } else {
+        ctx.config
+            .namespaces
+            .iter()
+            .map(|ns| {
+                watch(
+                    ctx.clone(),
+                    Api::namespaced(client.clone(), ns),
+                    Api::namespaced(client.clone(), ns),
+                    Api::namespaced(client.clone(), ns),
+                    shutdown.clone(),
+                )
+                .boxed()
+            })
+            .collect()
+    };
+    ready.store(true, Ordering::SeqCst);
+    futures::future::join_all(controllers).await;
+}
+
+/// One controller over the VirtualClusters of `vcs`, owning the executor Jobs of `jobs` and
+/// woken by the plugins of `plugins` (all three over the same namespace, or all namespaces).
+async fn watch(
+    ctx: Arc<Context>,
+    vcs: Api<VirtualCluster>,
+    plugins: Api<VirtualClusterPlugin>,
+    jobs: Api<Job>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     let controller = Controller::new(vcs, watcher::Config::default());
     let store = controller.store();
     let executor_jobs = watcher::Config::default().labels(contract::EXECUTOR_SELECTOR);
-    ready.store(true, Ordering::SeqCst);
     controller
         .trigger_backoff(WatchBackoff::new())
         .owns(jobs, executor_jobs)
@@ -115,7 +145,7 @@ pub async fn run(
             },
         )
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx.clone())
+        .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(error) = result {
                 debug!(%error, "reconcile did not finish");

@@ -86,9 +86,10 @@ pub struct Args {
         default_value_t = 300
     )]
     pub uninstall_timeout_seconds: u64,
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, env = "OPERATOR_NAMESPACE")]
-    pub namespace: Option<String>,
+    /// Watch only these namespaces (comma-separated, or the flag repeated; default: all
+    /// namespaces). Each gets its own watches, so the RBAC may be Roles in just these.
+    #[arg(long, env = "OPERATOR_NAMESPACE", value_delimiter = ',')]
+    pub namespace: Vec<String>,
     /// Elect a leader on a Lease so that only one replica acts.
     #[arg(long, env = "OPERATOR_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_election: bool,
@@ -120,6 +121,18 @@ pub struct Args {
     /// Seconds a leader holds the Lease without renewing it.
     #[arg(long, env = "OPERATOR_LEASE_DURATION_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..))]
     pub lease_duration_seconds: u64,
+}
+
+/// The watched namespaces of `--namespace`: empty entries dropped (an empty variable means all),
+/// each once, in order.
+fn namespaces(given: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for ns in given.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        if !out.iter().any(|o| o == ns) {
+            out.push(ns.to_owned());
+        }
+    }
+    out
 }
 
 /// `--executor-resources`: a ResourceRequirements as JSON (the Kubernetes field names).
@@ -174,7 +187,7 @@ impl Args {
             readiness: self.readiness,
             uninstall_on_delete: self.uninstall_on_delete,
             uninstall_timeout: Duration::from_secs(self.uninstall_timeout_seconds),
-            namespace: self.namespace.clone(),
+            namespaces: namespaces(&self.namespace),
             mark_key_secret: kosmos_api::mark::KeySecret {
                 namespace: self
                     .mark_key_namespace
@@ -412,6 +425,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn namespaces_are_a_list_from_the_flag_or_the_variable() {
+        let parse = |argv: &[&str]| {
+            Args::try_parse_from(
+                std::iter::once("virtual-cluster-operator").chain(argv.iter().copied()),
+            )
+            .unwrap()
+            .config()
+            .namespaces
+        };
+        assert!(parse(&[]).is_empty(), "no flag: every namespace");
+        assert_eq!(parse(&["--namespace", "a,b"]), ["a", "b"]);
+        assert_eq!(
+            parse(&["--namespace", "a", "--namespace", "b,a", "--namespace", ""]),
+            ["a", "b"]
+        );
+        assert!(
+            parse(&["--namespace", ""]).is_empty(),
+            "empty: every namespace"
+        );
+    }
+
+    #[test]
     fn local_args_give_the_config_and_identity() {
         let args = Args::local(
             "ns1",
@@ -432,7 +467,7 @@ mod tests {
         assert_eq!(args.admin_addr, SocketAddr::from(([127, 0, 0, 1], 0)));
         assert_eq!(args.lease_namespace, "ns1");
         let config = args.config();
-        assert_eq!(config.namespace.as_deref(), Some("ns1"));
+        assert_eq!(config.namespaces, ["ns1"]);
         // The ceiling is never below the first delay.
         assert_eq!(config.plan.backoff_max, Duration::from_secs(20));
         assert_eq!(config.executor_pod.image_pull_secrets, ["a", "b"]);

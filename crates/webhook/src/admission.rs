@@ -28,12 +28,71 @@ use crate::mutation::{Settings, job_name, mutate, parse_job};
 /// Largest AdmissionReview body read; the apiserver's own limit on an object is 3 MiB.
 pub const MAX_REVIEW_BYTES: usize = 8 * 1024 * 1024;
 
+/// Watch-fed objects of one kind: one store over every namespace, or one store per watched
+/// namespace (each fed by its own watch, which a Role in that namespace allows).
+pub struct Cache<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    stores: Vec<(Option<String>, Store<K>)>,
+}
+
+impl<K> Cache<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    /// A cache of the given stores, each holding the objects of its namespace (`None`: all).
+    pub fn new(stores: Vec<(Option<String>, Store<K>)>) -> Self {
+        Self { stores }
+    }
+
+    /// The object `namespace/name`, if a watched namespace holds it.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
+        let key = ObjectRef::new(name).within(namespace);
+        self.stores
+            .iter()
+            .filter(|(ns, _)| ns.as_deref().is_none_or(|ns| ns == namespace))
+            .find_map(|(_, store)| store.get(&key))
+    }
+
+    /// Resolves once every store has listed its namespace.
+    pub async fn wait_until_ready(
+        &self,
+    ) -> Result<(), kube::runtime::reflector::store::WriterDropped> {
+        for (_, store) in &self.stores {
+            store.wait_until_ready().await?;
+        }
+        Ok(())
+    }
+}
+
+impl<K> Clone for Cache<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    fn clone(&self) -> Self {
+        Self {
+            stores: self.stores.clone(),
+        }
+    }
+}
+
+impl<K> From<Store<K>> for Cache<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    /// One store over every namespace.
+    fn from(store: Store<K>) -> Self {
+        Self::new(vec![(None, store)])
+    }
+}
+
 /// What the admission endpoint needs: caches, settings, metrics.
 pub struct AdmissionState {
-    /// Plugins, fed by a watch.
-    pub plugins: Store<VirtualClusterPlugin>,
-    /// VirtualClusters, fed by a watch.
-    pub virtual_clusters: Store<VirtualCluster>,
+    /// Plugins, fed by watches.
+    pub plugins: Cache<VirtualClusterPlugin>,
+    /// VirtualClusters, fed by watches.
+    pub virtual_clusters: Cache<VirtualCluster>,
     /// Mutation settings.
     pub settings: Settings,
     /// The only user whose executor Jobs are mutated (the operator's service account).
@@ -305,10 +364,7 @@ fn decide_review<K: ReviewObject>(
         Ok(id) => id,
         Err(denial) => return deny(facts, response, denial.0),
     };
-    let Some(plugin) = state
-        .plugins
-        .get(&ObjectRef::new(&id.plugin).within(&namespace))
-    else {
+    let Some(plugin) = state.plugins.get(&namespace, &id.plugin) else {
         let message = format!(
             "Job {}: VirtualClusterPlugin {namespace}/{} (label {}) not found",
             facts.job,
@@ -317,10 +373,7 @@ fn decide_review<K: ReviewObject>(
         );
         return deny(facts, response, message);
     };
-    let Some(virtual_cluster) = state
-        .virtual_clusters
-        .get(&ObjectRef::new(&id.virtual_cluster).within(&namespace))
-    else {
+    let Some(virtual_cluster) = state.virtual_clusters.get(&namespace, &id.virtual_cluster) else {
         let message = format!(
             "Job {}: VirtualCluster {namespace}/{} (label {}) not found",
             facts.job,

@@ -8,16 +8,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow};
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use kosmos_api::{VirtualCluster, VirtualClusterPlugin, VirtualClusterSpec};
 use kosmos_runtime::LogFormat;
 use kosmos_runtime::admin::{self, AdminPort, Health};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector;
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client};
 use tokio::task::JoinHandle;
 
-use crate::admission::{self, AdmissionState};
+use crate::admission::{self, AdmissionState, Cache};
 use crate::bootstrap::{self, BootstrapConfig};
 use crate::limits;
 use crate::mark_key::{self, KeySecret, MarkKey};
@@ -101,9 +101,11 @@ pub struct ServeArgs {
         default_value = "if-possible"
     )]
     pub recursive_read_only: RecursiveReadOnly,
-    /// Watch plugins and VirtualClusters in this namespace only; empty watches all.
-    #[arg(long, env = "PLUGIN_WEBHOOK_WATCH_NAMESPACE")]
-    pub watch_namespace: Option<String>,
+    /// Watch plugins and VirtualClusters in these namespaces only (comma-separated, or the flag
+    /// repeated); none or empty watches all. Each gets its own watches, so the RBAC may be Roles
+    /// in just these.
+    #[arg(long, env = "PLUGIN_WEBHOOK_WATCH_NAMESPACE", value_delimiter = ',')]
+    pub watch_namespace: Vec<String>,
     /// Log format.
     #[arg(
         long,
@@ -176,7 +178,7 @@ impl ServeArgs {
             operator_user: DEFAULT_OPERATOR_USER.to_owned(),
             allowed_host_path_prefixes: Vec::new(),
             recursive_read_only: RecursiveReadOnly::default(),
-            watch_namespace: None,
+            watch_namespace: Vec::new(),
             log_format: LogFormat::Text,
             bootstrap_secret: None,
             mark_key_secret: None,
@@ -229,13 +231,15 @@ impl ServeArgs {
 /// Objects per page of the caches' initial lists.
 const LIST_PAGE_SIZE: u32 = 50;
 
-/// Watch-fed caches of plugins and VirtualClusters, and the task that feeds them.
+/// Watch-fed caches of plugins and VirtualClusters, and the task that feeds them: one watch of
+/// each kind over every namespace when `namespaces` names none (empty names ignored), else one
+/// per namespace.
 pub fn caches(
     client: &Client,
-    namespace: Option<&str>,
+    namespaces: &[String],
 ) -> (
-    Store<VirtualClusterPlugin>,
-    Store<VirtualCluster>,
+    Cache<VirtualClusterPlugin>,
+    Cache<VirtualCluster>,
     JoinHandle<()>,
 ) {
     fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -248,42 +252,74 @@ pub fn caches(
             None => Api::all(client.clone()),
         }
     }
+    let mut scopes: Vec<Option<String>> = Vec::new();
+    for ns in namespaces
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+    {
+        if !scopes.iter().any(|s| s.as_deref() == Some(ns)) {
+            scopes.push(Some(ns.to_owned()));
+        }
+    }
+    if scopes.is_empty() {
+        scopes.push(None);
+    }
     // Small pages: a page of the initial list is held whole before each object is slimmed, and
     // the allocator keeps the peak. With 500 (the default) VirtualClusters a page, their
     // kubeconfigs alone left the webhook 8 MiB larger for good.
     let config = watcher::Config::default().page_size(LIST_PAGE_SIZE);
-    let (plugins, plugin_writer) = reflector::store();
-    let (virtual_clusters, vc_writer) = reflector::store();
-    let plugin_stream = reflector::reflector(
-        plugin_writer,
-        watcher(
-            api::<VirtualClusterPlugin>(client, namespace),
-            config.clone(),
+    let mut plugin_stores = Vec::new();
+    let mut vc_stores = Vec::new();
+    let mut feeds: Vec<futures::future::BoxFuture<'static, ()>> = Vec::new();
+    for scope in scopes {
+        let (plugins, plugin_writer) = reflector::store();
+        let (virtual_clusters, vc_writer) = reflector::store();
+        let plugin_stream = reflector::reflector(
+            plugin_writer,
+            watcher(
+                api::<VirtualClusterPlugin>(client, scope.as_deref()),
+                config.clone(),
+            )
+            .modify(slim_plugin),
         )
-        .modify(slim_plugin),
-    )
-    .default_backoff();
-    // Of a VirtualCluster the mutation needs its name and its pluginOptions, nothing more. Its
-    // spec also carries an admin kubeconfig, which the webhook has no business holding (and which
-    // made up most of its memory with 1,000 of them): dropped as each object arrives.
-    let vc_stream = reflector::reflector(
-        vc_writer,
-        watcher(api::<VirtualCluster>(client, namespace), config).modify(slim_virtual_cluster),
-    )
-    .default_backoff();
-    let task = tokio::spawn(async move {
-        futures::join!(
-            plugin_stream.for_each(|event| {
-                log_watch_error("VirtualClusterPlugin", event.err());
-                std::future::ready(())
-            }),
-            vc_stream.for_each(|event| {
-                log_watch_error("VirtualCluster", event.err());
-                std::future::ready(())
-            }),
+        .default_backoff();
+        // Of a VirtualCluster the mutation needs its name and its pluginOptions, nothing more.
+        // Its spec also carries an admin kubeconfig, which the webhook has no business holding
+        // (and which made up most of its memory with 1,000 of them): dropped as each object
+        // arrives.
+        let vc_stream = reflector::reflector(
+            vc_writer,
+            watcher(
+                api::<VirtualCluster>(client, scope.as_deref()),
+                config.clone(),
+            )
+            .modify(slim_virtual_cluster),
+        )
+        .default_backoff();
+        feeds.push(
+            plugin_stream
+                .for_each(|event| {
+                    log_watch_error("VirtualClusterPlugin", event.err());
+                    std::future::ready(())
+                })
+                .boxed(),
         );
+        feeds.push(
+            vc_stream
+                .for_each(|event| {
+                    log_watch_error("VirtualCluster", event.err());
+                    std::future::ready(())
+                })
+                .boxed(),
+        );
+        plugin_stores.push((scope.clone(), plugins));
+        vc_stores.push((scope, virtual_clusters));
+    }
+    let task = tokio::spawn(async move {
+        futures::future::join_all(feeds).await;
     });
-    (plugins, virtual_clusters, task)
+    (Cache::new(plugin_stores), Cache::new(vc_stores), task)
 }
 
 /// Drops what the mutation never reads from a cached plugin: managed fields, annotations (kubectl's
@@ -419,7 +455,7 @@ pub async fn start(args: &ServeArgs, client: Client) -> Result<Running> {
         .filter(|p| !p.as_os_str().is_empty());
     let rustls_config = tls::server_config(resolver.clone(), client_ca)?;
 
-    let (plugins, virtual_clusters, cache_task) = caches(&client, args.watch_namespace.as_deref());
+    let (plugins, virtual_clusters, cache_task) = caches(&client, &args.watch_namespace);
     let mark_key = Arc::new(match args.mark_key_secret() {
         Some(secret) => MarkKey::from_secret(secret),
         None => MarkKey::default(),

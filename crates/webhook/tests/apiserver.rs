@@ -67,7 +67,7 @@ impl Registered {
         tls::write(&certs, certs_dir.path()).unwrap();
         let args = ServeArgs {
             operator_user: operator().user,
-            watch_namespace: Some(namespace.to_owned()),
+            watch_namespace: vec![namespace.to_owned()],
             ..ServeArgs::local(
                 certs_dir.path().join("tls.crt"),
                 certs_dir.path().join("tls.key"),

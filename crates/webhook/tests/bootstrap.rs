@@ -130,7 +130,7 @@ async fn replicas_share_one_bootstrapped_certificate_and_renew_it() {
         bootstrap_secret: Some(config.secret.clone()),
         namespace: ns.name().to_owned(),
         webhook_configuration: configuration.clone(),
-        watch_namespace: Some(ns.name().to_owned()),
+        watch_namespace: vec![ns.name().to_owned()],
         ..ServeArgs::local(dir.path().join("tls.crt"), dir.path().join("tls.key"))
     };
     let running = server::start(&args, client.clone()).await.unwrap();

@@ -132,8 +132,8 @@ fn state(plugin: VirtualClusterPlugin) -> AdmissionState {
     plugin_writer.apply_watcher_event(&watcher::Event::Apply(plugin));
     vc_writer.apply_watcher_event(&watcher::Event::Apply(virtual_cluster()));
     AdmissionState {
-        plugins,
-        virtual_clusters,
+        plugins: plugins.into(),
+        virtual_clusters: virtual_clusters.into(),
         settings: Settings::default(),
         operator_user: OPERATOR.into(),
         metrics: Arc::new(Metrics::default()),

@@ -141,7 +141,7 @@ impl Stack {
         kosmos_webhook::tls::write(&certs, certs_dir.path()).unwrap();
         let mut args = kosmos_webhook::server::ServeArgs {
             operator_user: format!("system:serviceaccount:{ns_name}:{OPERATOR_ACCOUNT}"),
-            watch_namespace: Some(ns_name.clone()),
+            watch_namespace: vec![ns_name.clone()],
             allowed_host_path_prefixes: options.allowed_host_path_prefixes,
             // Its mark key in the test namespace, where the operator reads it (Args::local: the
             // default Secret name in the operator's own namespace).

@@ -30,8 +30,8 @@ pub(crate) fn state(synced: bool) -> Arc<AdmissionState> {
     vc.metadata.namespace = Some("tenants".into());
     vc_writer.apply_watcher_event(&watcher::Event::Apply(vc));
     Arc::new(AdmissionState {
-        plugins,
-        virtual_clusters,
+        plugins: plugins.into(),
+        virtual_clusters: virtual_clusters.into(),
         settings: Settings::default(),
         operator_user: OPERATOR.into(),
         metrics: Arc::new(Metrics::default()),
@@ -192,8 +192,8 @@ async fn long_names_are_found_through_the_annotations() {
     vc.metadata.namespace = Some("tenants".into());
     vc_writer.apply_watcher_event(&watcher::Event::Apply(vc));
     let state = Arc::new(AdmissionState {
-        plugins,
-        virtual_clusters,
+        plugins: plugins.into(),
+        virtual_clusters: virtual_clusters.into(),
         settings: Settings::default(),
         operator_user: OPERATOR.into(),
         metrics: Arc::new(Metrics::default()),
@@ -362,4 +362,34 @@ async fn without_its_key_the_webhook_marks_nothing() {
             && message.contains("kosmos-system/plugin-webhook-mark-key"),
         "{message}"
     );
+}
+
+/// With watched namespaces each store answers only for its own namespace: an object is found in
+/// the store of the namespace the Job names, never through another namespace's store.
+#[test]
+fn a_cache_of_watched_namespaces_answers_per_namespace() {
+    let store_with = |namespace: &str| {
+        let (store, mut writer) = reflector::store::<VirtualCluster>();
+        let mut vc = VirtualCluster::new("tenant1-cluster", Default::default());
+        vc.metadata.namespace = Some(namespace.into());
+        writer.apply_watcher_event(&watcher::Event::Apply(vc));
+        store
+    };
+    let cache = Cache::new(vec![
+        (Some("team-a".to_owned()), store_with("team-a")),
+        (Some("team-b".to_owned()), store_with("team-b")),
+    ]);
+    for ns in ["team-a", "team-b"] {
+        let found = cache.get(ns, "tenant1-cluster").unwrap();
+        assert_eq!(found.metadata.namespace.as_deref(), Some(ns));
+    }
+    assert!(cache.get("team-c", "tenant1-cluster").is_none());
+    assert!(cache.get("team-a", "other").is_none());
+    // A store filled with another namespace's object (it cannot happen with per-namespace
+    // watches) is not asked for a namespace it does not serve.
+    let mislabelled = Cache::new(vec![(Some("team-a".to_owned()), store_with("team-b"))]);
+    assert!(mislabelled.get("team-b", "tenant1-cluster").is_none());
+    // One store over every namespace answers for each.
+    let all: Cache<VirtualCluster> = store_with("team-b").into();
+    assert!(all.get("team-b", "tenant1-cluster").is_some());
 }
