@@ -135,8 +135,8 @@ fn kind_of(object: &DynamicObject) -> String {
         .unwrap_or_default()
 }
 
-/// Server-side dry run of every object, with strict field validation: an unknown or misplaced
-/// field is an error, not silently dropped.
+/// Server-side dry run of every object (in `namespace` unless it names its own), with strict
+/// field validation: an unknown or misplaced field is an error, not silently dropped.
 async fn dry_run_apply(client: &Client, namespace: &str, objects: &[DynamicObject]) -> Result<()> {
     let mut params = PatchParams::apply("kosmos-e2e-chart").force().dry_run();
     params.field_validation = Some(ValidationDirective::Strict);
@@ -144,7 +144,9 @@ async fn dry_run_apply(client: &Client, namespace: &str, objects: &[DynamicObjec
         let types = object.types.clone().context("object without a kind")?;
         let gvk = GroupVersionKind::try_from(&types)?;
         let name = object.name_any();
-        let api = kosmos_e2e::dynamic_api(client, &gvk, namespace).await?;
+        // A rendered object that names its namespace (a Role in a watched namespace) goes there.
+        let namespace = object.namespace().unwrap_or_else(|| namespace.to_owned());
+        let api = kosmos_e2e::dynamic_api(client, &gvk, &namespace).await?;
         api.patch(&name, &params, &Patch::Apply(object))
             .await
             .with_context(|| format!("the apiserver refused {} {name}", types.kind))?;
