@@ -561,7 +561,7 @@ async fn bootstrap_renewal_by_two_replicas_under_load_fails_no_review() -> Resul
             namespace: n.clone(),
             service: SERVICE.into(),
             webhook_configuration: registration.0.clone(),
-            watch_namespace: Some(n.clone()),
+            watch_namespace: vec![n.clone()],
             bootstrap_cert_days: 100,
             bootstrap_renew_days: 30,
             ..ServeArgs::local(d.path().join("tls.crt"), d.path().join("tls.key"))
