@@ -1022,7 +1022,7 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
         .get("hello")
         .await
         .context("the hello plugin's ConfigMap in the virtual cluster")?;
-    a_second_watched_namespace_is_served(&admin, &as_operator, &pns, &pns2).await?;
+    a_second_watched_namespace_is_served(&admin, &as_operator, &pns, &pns2, &keys).await?;
     // One operator pod led, through the chart's Lease.
     let operator_pods: Vec<String> = component_pods(&admin, &rns, "operator")
         .await?
@@ -1379,13 +1379,15 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
 /// The release serves its second watched namespace `pns2` as it serves the first (`pns`): the
 /// components' rights there are a Role each (the same as in `pns`, none cluster-wide), and a
 /// VirtualCluster there with the demo's default plugin (YAML from a hostPath) goes to Completed
-/// through the chart's pods: the operator and the webhook watch both namespaces. A namespace
-/// that is not listed stays closed to the operator.
+/// through the chart's pods: the operator and the webhook watch both namespaces, and its Job's
+/// mark verifies with the release's `keys`. A namespace that is not listed stays closed to the
+/// operator.
 async fn a_second_watched_namespace_is_served(
     admin: &Client,
     as_operator: &Client,
     pns: &str,
     pns2: &str,
+    keys: &[kosmos_api::mark::Key],
 ) -> Result<()> {
     for namespace in [pns, pns2] {
         for name in [OPERATOR, WEBHOOK] {
@@ -1474,10 +1476,10 @@ async fn a_second_watched_namespace_is_served(
     let job = Api::<Job>::namespaced(admin.clone(), pns2)
         .get(job_name)
         .await?;
+    let verified = kosmos_api::mark::verify(keys, &job);
     ensure!(
-        job.annotations()
-            .contains_key(contract::INJECTED_ANNOTATION),
-        "{job_name} in {pns2} lacks the webhook's mark"
+        verified.is_ok(),
+        "{job_name} in {pns2}: its mark does not verify with the key Secret: {verified:?}"
     );
     // Gone again while the release runs: the operator releases its finalizer there too.
     vcs.delete("tenant2-cluster", &Default::default()).await?;
