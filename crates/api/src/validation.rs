@@ -476,6 +476,33 @@ pub fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
+/// One entry of a watched-namespace list (the operator's `--namespace`, the webhook's
+/// `--watch-namespace`), as the flags' value parser: trimmed; empty (from an empty variable or a
+/// trailing comma) is kept for [`watched_namespaces`] to drop; anything else must be a namespace
+/// name, so that a typo stops the binary at its start instead of watching nothing.
+pub fn watched_namespace(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() || is_dns_label(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a namespace name (a lower-case DNS label: a-z, 0-9 and '-', at most 63 characters)"
+        ))
+    }
+}
+
+/// The watched namespaces of a list given on the command line: each once, in order, empty
+/// entries dropped. Empty: every namespace.
+pub fn watched_namespaces(given: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for ns in given.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        if !out.iter().any(|o| o == ns) {
+            out.push(ns.to_owned());
+        }
+    }
+    out
+}
+
 /// A lower-case RFC 1123 subdomain: what Kubernetes accepts as most object names.
 pub fn is_dns_subdomain(s: &str) -> bool {
     !s.is_empty()

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, anyhow};
 use clap::Parser;
 use k8s_openapi::api::core::v1::ResourceRequirements;
-use kosmos_api::contract;
+use kosmos_api::{contract, validation};
 use kosmos_runtime::LogFormat;
 use kosmos_runtime::admin::{self, AdminPort, Health};
 use kube::Client;
@@ -88,7 +88,12 @@ pub struct Args {
     pub uninstall_timeout_seconds: u64,
     /// Watch only these namespaces (comma-separated, or the flag repeated; default: all
     /// namespaces). Each gets its own watches, so the RBAC may be Roles in just these.
-    #[arg(long, env = "OPERATOR_NAMESPACE", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "OPERATOR_NAMESPACE",
+        value_delimiter = ',',
+        value_parser = validation::watched_namespace
+    )]
     pub namespace: Vec<String>,
     /// Elect a leader on a Lease so that only one replica acts.
     #[arg(long, env = "OPERATOR_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
@@ -121,18 +126,6 @@ pub struct Args {
     /// Seconds a leader holds the Lease without renewing it.
     #[arg(long, env = "OPERATOR_LEASE_DURATION_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..))]
     pub lease_duration_seconds: u64,
-}
-
-/// The watched namespaces of `--namespace`: empty entries dropped (an empty variable means all),
-/// each once, in order.
-fn namespaces(given: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for ns in given.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
-        if !out.iter().any(|o| o == ns) {
-            out.push(ns.to_owned());
-        }
-    }
-    out
 }
 
 /// `--executor-resources`: a ResourceRequirements as JSON (the Kubernetes field names).
@@ -187,7 +180,7 @@ impl Args {
             readiness: self.readiness,
             uninstall_on_delete: self.uninstall_on_delete,
             uninstall_timeout: Duration::from_secs(self.uninstall_timeout_seconds),
-            namespaces: namespaces(&self.namespace),
+            namespaces: validation::watched_namespaces(&self.namespace),
             mark_key_secret: kosmos_api::mark::KeySecret {
                 namespace: self
                     .mark_key_namespace
@@ -443,6 +436,15 @@ mod tests {
         assert!(
             parse(&["--namespace", ""]).is_empty(),
             "empty: every namespace"
+        );
+        assert_eq!(parse(&["--namespace", " team-a "]), ["team-a"], "one, trimmed");
+        let refused = Args::try_parse_from(["virtual-cluster-operator", "--namespace", "a,Team_B"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            refused.contains("--namespace") && refused.contains("\"Team_B\" is not a namespace name"),
+            "{refused}"
         );
     }
 

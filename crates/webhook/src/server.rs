@@ -104,7 +104,12 @@ pub struct ServeArgs {
     /// Watch plugins and VirtualClusters in these namespaces only (comma-separated, or the flag
     /// repeated); none or empty watches all. Each gets its own watches, so the RBAC may be Roles
     /// in just these.
-    #[arg(long, env = "PLUGIN_WEBHOOK_WATCH_NAMESPACE", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "PLUGIN_WEBHOOK_WATCH_NAMESPACE",
+        value_delimiter = ',',
+        value_parser = kosmos_api::validation::watched_namespace
+    )]
     pub watch_namespace: Vec<String>,
     /// Log format.
     #[arg(
@@ -252,16 +257,10 @@ pub fn caches(
             None => Api::all(client.clone()),
         }
     }
-    let mut scopes: Vec<Option<String>> = Vec::new();
-    for ns in namespaces
-        .iter()
-        .map(|s| s.trim())
-        .filter(|s| !s.is_empty())
-    {
-        if !scopes.iter().any(|s| s.as_deref() == Some(ns)) {
-            scopes.push(Some(ns.to_owned()));
-        }
-    }
+    let mut scopes: Vec<Option<String>> = kosmos_api::validation::watched_namespaces(namespaces)
+        .into_iter()
+        .map(Some)
+        .collect();
     if scopes.is_empty() {
         scopes.push(None);
     }

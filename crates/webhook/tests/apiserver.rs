@@ -897,3 +897,123 @@ fn comparable(job: &Job) -> serde_json::Value {
     value.as_object_mut().unwrap().remove("status");
     value
 }
+
+/// One more registration of a running webhook, for `namespace`; removed on drop (which waits
+/// until it is deleted).
+struct AlsoRegistered {
+    name: String,
+}
+
+impl AlsoRegistered {
+    async fn new(client: &Client, webhook: &Registered, namespace: &str) -> Self {
+        let name = format!("plugin-webhook-also-{namespace}");
+        let ca = std::fs::read_to_string(webhook.certs.path().join("ca.crt")).unwrap();
+        let config = kosmos_e2e::executor_webhook_configuration(
+            &name,
+            namespace,
+            &format!(
+                "https://{}:{}/mutate",
+                webhook_host(),
+                webhook.running.addr.port()
+            ),
+            &ca,
+            &["CREATE"],
+        );
+        Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .create(&PostParams::default(), &config)
+            .await
+            .unwrap();
+        Self { name }
+    }
+}
+
+impl Drop for AlsoRegistered {
+    fn drop(&mut self) {
+        kosmos_e2e::delete_webhook_configuration_on_drop(&self.name);
+    }
+}
+
+/// Waits until the apiserver, calling the webhook, denies `job` in `namespace` with a message
+/// that contains `expected`; returns the message.
+async fn wait_until_denied(client: &Client, namespace: &str, job: &Job, expected: &str) -> String {
+    let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    wait_for(
+        &format!("the webhook to deny the Job in {namespace} with {expected:?}"),
+        Duration::from_secs(30),
+        || {
+            let (jobs, dry) = (jobs.clone(), dry.clone());
+            async move {
+                Ok(match jobs.create(&dry, job).await {
+                    Err(e) if e.to_string().contains(expected) => Some(e.to_string()),
+                    _ => None,
+                })
+            }
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// With watched namespaces the webhook serves each listed one and no other: a Job elsewhere is
+/// denied because its plugin is not in the caches, though the apiserver sends it. With none
+/// listed it serves every namespace, one watch over all.
+#[tokio::test]
+async fn listed_namespaces_are_served_and_an_empty_list_serves_every_one() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let admin = kosmos_e2e::host().await.unwrap();
+    let mut namespaces = Vec::new();
+    let mut plugins = Vec::new();
+    for prefix in ["webhook-ns-a", "webhook-ns-b", "webhook-ns-c"] {
+        let ns = TestNamespace::create(Cluster::Host, prefix).await.unwrap();
+        plugins.push(setup(ns.name(), &admin).await);
+        namespaces.push(ns);
+    }
+    let names: Vec<String> = namespaces.iter().map(|n| n.name().to_owned()).collect();
+    let as_operator = kosmos_e2e::client_as(Cluster::Host, &operator())
+        .await
+        .unwrap();
+    let job = |i: usize| common::bare_job(&names[i], VC, &plugins[i], Action::Install);
+
+    let listed = Registered::start_with(&admin, &names[0], |args| ServeArgs {
+        watch_namespace: vec![names[0].clone(), names[1].clone()],
+        ..args
+    })
+    .await;
+    let also: Vec<AlsoRegistered> = futures::future::join_all(
+        names[1..]
+            .iter()
+            .map(|ns| AlsoRegistered::new(&admin, &listed, ns)),
+    )
+    .await;
+    for i in 0..2 {
+        wait_until_webhook_active(&as_operator, &names[i], &job(i)).await;
+    }
+    let message = wait_until_denied(&as_operator, &names[2], &job(2), "not found").await;
+    assert!(
+        message.contains(&format!(
+            "VirtualClusterPlugin {}/{}",
+            names[2],
+            plugins[2].name_any()
+        )),
+        "{message}"
+    );
+    // Its registrations go before another webhook serves the third namespace: a stopped
+    // webhook's registration fails every call.
+    drop(also);
+    listed.unregister().await;
+
+    let every = Registered::start_with(&admin, &names[2], |args| ServeArgs {
+        watch_namespace: Vec::new(),
+        ..args
+    })
+    .await;
+    wait_until_webhook_active(&as_operator, &names[2], &job(2)).await;
+    every.unregister().await;
+    for ns in namespaces {
+        ns.delete().await.unwrap();
+    }
+}

@@ -112,3 +112,33 @@ fn render_prints_a_job_and_denies_with_the_field() {
         "{stderr}"
     );
 }
+
+/// `serve` with a watched namespace that is no namespace name: refused before it starts (exit
+/// 2, usage), naming the flag and the value, whether it came as the flag or its variable.
+#[test]
+fn serve_refuses_a_watched_namespace_that_is_no_namespace_name() {
+    for (args, variable) in [
+        (&["serve", "--watch-namespace", "tenants,Team_B"][..], None),
+        (&["--watch-namespace=tenants", "--watch-namespace=Team_B"][..], None),
+        (&["serve"][..], Some("tenants,Team_B")),
+    ] {
+        let mut command = bin();
+        command
+            .args(args)
+            // Were the value taken, the webhook would fail at its first call to a cluster
+            // instead (exit 1), never serve.
+            .env("KUBECONFIG", "/nonexistent/kubeconfig")
+            .env_remove("PLUGIN_WEBHOOK_WATCH_NAMESPACE");
+        if let Some(value) = variable {
+            command.env("PLUGIN_WEBHOOK_WATCH_NAMESPACE", value);
+        }
+        let output = command.current_dir(repo()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?} {variable:?}: {stderr}");
+        assert!(
+            stderr.contains("--watch-namespace")
+                && stderr.contains("\"Team_B\" is not a namespace name"),
+            "{args:?} {variable:?}: {stderr}"
+        );
+    }
+}

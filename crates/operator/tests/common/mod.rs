@@ -47,6 +47,12 @@ pub struct Operator {
 impl Operator {
     /// Starts the operator for `namespace` with fast retries; `extra` adds or overrides flags.
     pub async fn start(namespace: &str, extra: &[&str]) -> Result<Self> {
+        Self::start_watching(namespace, &[namespace], extra).await
+    }
+
+    /// Like [`Operator::start`], watching the namespaces of `watched` (every namespace when it is
+    /// empty) with its Lease and mark key in `namespace`.
+    pub async fn start_watching(namespace: &str, watched: &[&str], extra: &[&str]) -> Result<Self> {
         let kubeconfig = kosmos_e2e::kubeconfig_path(Cluster::Host).await?;
         // Two operators of one test may start in the same millisecond: a counter keeps their
         // logs apart.
@@ -64,9 +70,13 @@ impl Operator {
             STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         let file = std::fs::File::create(&log)?;
-        let mut args: Vec<String> = [
-            "--namespace",
-            namespace,
+        let mut args: Vec<String> = watched
+            .iter()
+            .flat_map(|w| ["--namespace", w])
+            .map(|s| (*s).to_owned())
+            .collect();
+        args.extend(
+            [
             "--lease-namespace",
             namespace,
             "--lease-name",
@@ -88,8 +98,8 @@ impl Operator {
             namespace,
         ]
         .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
+        .map(|s| (*s).to_owned()),
+        );
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         eprintln!("operator log: {}", log.display());
         let child = Command::new(env!("CARGO_BIN_EXE_virtual-cluster-operator"))
@@ -97,6 +107,8 @@ impl Operator {
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kosmos_operator=debug")
             .env_remove("POD_NAME")
+            // Only the flags above say what it watches.
+            .env_remove("OPERATOR_NAMESPACE")
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
