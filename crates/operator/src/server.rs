@@ -437,13 +437,18 @@ mod tests {
             parse(&["--namespace", ""]).is_empty(),
             "empty: every namespace"
         );
-        assert_eq!(parse(&["--namespace", " team-a "]), ["team-a"], "one, trimmed");
+        assert_eq!(
+            parse(&["--namespace", " team-a "]),
+            ["team-a"],
+            "one, trimmed"
+        );
         let refused = Args::try_parse_from(["virtual-cluster-operator", "--namespace", "a,Team_B"])
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(
-            refused.contains("--namespace") && refused.contains("\"Team_B\" is not a namespace name"),
+            refused.contains("--namespace")
+                && refused.contains("\"Team_B\" is not a namespace name"),
             "{refused}"
         );
     }

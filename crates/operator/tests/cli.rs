@@ -9,7 +9,10 @@ use std::process::Command;
 fn a_watched_namespace_that_is_no_namespace_name_is_refused() {
     for (args, variable) in [
         (&["--namespace", "tenants,Team_B"][..], None),
-        (&["--namespace", "tenants", "--namespace", "team b"][..], None),
+        (
+            &["--namespace", "tenants", "--namespace", "team b"][..],
+            None,
+        ),
         (&[][..], Some("tenants,Team_B")),
     ] {
         let mut command = Command::new(env!("CARGO_BIN_EXE_virtual-cluster-operator"));
@@ -24,10 +27,19 @@ fn a_watched_namespace_that_is_no_namespace_name_is_refused() {
         }
         let output = command.output().unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{args:?} {variable:?}: {stderr}");
-        let bad = if args.contains(&"team b") { "team b" } else { "Team_B" };
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?} {variable:?}: {stderr}"
+        );
+        let bad = if args.contains(&"team b") {
+            "team b"
+        } else {
+            "Team_B"
+        };
         assert!(
-            stderr.contains("--namespace") && stderr.contains(&format!("\"{bad}\" is not a namespace name")),
+            stderr.contains("--namespace")
+                && stderr.contains(&format!("\"{bad}\" is not a namespace name")),
             "{args:?} {variable:?}: {stderr}"
         );
     }

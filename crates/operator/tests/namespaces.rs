@@ -86,8 +86,15 @@ async fn listed_namespaces_are_served_and_an_empty_list_serves_every_one() -> Re
     );
     let untouched = get_vc(&client, names[2], VC).await?;
     ensure!(
-        untouched.status.as_ref().and_then(|s| s.plugin_progress.as_ref()).is_none()
-            && !untouched.finalizers().iter().any(|f| f == contract::FINALIZER),
+        untouched
+            .status
+            .as_ref()
+            .and_then(|s| s.plugin_progress.as_ref())
+            .is_none()
+            && !untouched
+                .finalizers()
+                .iter()
+                .any(|f| f == contract::FINALIZER),
         "the operator of {:?} acted on {}: {:?}",
         &names[..2],
         names[2],
@@ -97,13 +104,24 @@ async fn listed_namespaces_are_served_and_an_empty_list_serves_every_one() -> Re
 
     // None listed: every namespace, the third included; the two done stay done.
     let every = Operator::start_watching(names[0], &[], &[]).await?;
-    install(&client, names[2])
-        .await
-        .with_context(|| format!("namespace {} (every namespace); log:\n{}", names[2], every.log_text()))?;
+    install(&client, names[2]).await.with_context(|| {
+        format!(
+            "namespace {} (every namespace); log:\n{}",
+            names[2],
+            every.log_text()
+        )
+    })?;
     for ns in &names[..2] {
         let jobs = plugin_jobs(&client, ns, "dns").await?;
-        ensure!(jobs.len() == 1, "{} Jobs in {ns} after a second operator", jobs.len());
-        ensure!(get_vc(&client, ns, VC).await?.phase() == phase::COMPLETED, "{ns}");
+        ensure!(
+            jobs.len() == 1,
+            "{} Jobs in {ns} after a second operator",
+            jobs.len()
+        );
+        ensure!(
+            get_vc(&client, ns, VC).await?.phase() == phase::COMPLETED,
+            "{ns}"
+        );
     }
     drop(every);
     for webhook in webhooks {

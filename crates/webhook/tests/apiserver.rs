@@ -989,8 +989,8 @@ async fn listed_namespaces_are_served_and_an_empty_list_serves_every_one() {
             .map(|ns| AlsoRegistered::new(&admin, &listed, ns)),
     )
     .await;
-    for i in 0..2 {
-        wait_until_webhook_active(&as_operator, &names[i], &job(i)).await;
+    for (i, ns) in names.iter().enumerate().take(2) {
+        wait_until_webhook_active(&as_operator, ns, &job(i)).await;
     }
     let message = wait_until_denied(&as_operator, &names[2], &job(2), "not found").await;
     assert!(

@@ -119,7 +119,10 @@ fn render_prints_a_job_and_denies_with_the_field() {
 fn serve_refuses_a_watched_namespace_that_is_no_namespace_name() {
     for (args, variable) in [
         (&["serve", "--watch-namespace", "tenants,Team_B"][..], None),
-        (&["--watch-namespace=tenants", "--watch-namespace=Team_B"][..], None),
+        (
+            &["--watch-namespace=tenants", "--watch-namespace=Team_B"][..],
+            None,
+        ),
         (&["serve"][..], Some("tenants,Team_B")),
     ] {
         let mut command = bin();
@@ -134,7 +137,11 @@ fn serve_refuses_a_watched_namespace_that_is_no_namespace_name() {
         }
         let output = command.current_dir(repo()).output().unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{args:?} {variable:?}: {stderr}");
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?} {variable:?}: {stderr}"
+        );
         assert!(
             stderr.contains("--watch-namespace")
                 && stderr.contains("\"Team_B\" is not a namespace name"),

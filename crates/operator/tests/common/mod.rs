@@ -77,28 +77,28 @@ impl Operator {
             .collect();
         args.extend(
             [
-            "--lease-namespace",
-            namespace,
-            "--lease-name",
-            "virtual-cluster-operator",
-            "--lease-duration-seconds",
-            "3",
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--backoff-seconds",
-            "1",
-            "--max-backoff-seconds",
-            "2",
-            "--uninstall-timeout-seconds",
-            "5",
-            "--executor-image",
-            "registry.invalid/kosmos/executor:e2e",
-            // The stand-in webhook keeps its mark key in the test's namespace.
-            "--mark-key-namespace",
-            namespace,
-        ]
-        .iter()
-        .map(|s| (*s).to_owned()),
+                "--lease-namespace",
+                namespace,
+                "--lease-name",
+                "virtual-cluster-operator",
+                "--lease-duration-seconds",
+                "3",
+                "--admin-addr",
+                "127.0.0.1:0",
+                "--backoff-seconds",
+                "1",
+                "--max-backoff-seconds",
+                "2",
+                "--uninstall-timeout-seconds",
+                "5",
+                "--executor-image",
+                "registry.invalid/kosmos/executor:e2e",
+                // The stand-in webhook keeps its mark key in the test's namespace.
+                "--mark-key-namespace",
+                namespace,
+            ]
+            .iter()
+            .map(|s| (*s).to_owned()),
         );
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         eprintln!("operator log: {}", log.display());
