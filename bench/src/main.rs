@@ -6,6 +6,7 @@ mod ceiling;
 mod criterion;
 mod machine;
 mod operator;
+mod reviews;
 mod webhook;
 
 use kosmos_bench::{fixture, load, proc, stats};
@@ -14,6 +15,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+/// The webhook's allocator, so the ceiling (served from this binary) pays what the webhook pays
+/// for TLS and HTTP, and `reviews` measures the webhook's own path.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Benchmarks of the webhook and the operator against their ceilings and peers.
 #[derive(Parser)]
@@ -39,6 +45,8 @@ enum Command {
     Criterion(criterion::CriterionArgs),
     /// The ceiling server (started by `webhook`).
     Ceiling(ceiling::CeilingArgs),
+    /// One review answered in a loop, for callgrind.
+    Reviews(reviews::ReviewsArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +56,7 @@ fn main() -> ExitCode {
         Command::Ceiling(args) => ceiling::run(&args),
         Command::Report { out } => report(&out),
         Command::Criterion(args) => criterion::run(&args),
+        Command::Reviews(args) => reviews::run(&args),
         Command::Webhook(args) => runtime().and_then(|rt| rt.block_on(webhook::run(&args))),
         Command::Operator(args) => runtime().and_then(|rt| rt.block_on(operator::run(&args))),
     };

@@ -2,8 +2,8 @@
 //! the plugin and VirtualCluster in the watch-fed caches, calls [`mutate`] and answers. One log
 //! line per review.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use axum::Router;
@@ -21,9 +21,10 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::runtime::reflector::{ObjectRef, Store};
 
+use crate::base64_splice::{self, PreEncoded};
 use crate::mark_key::MarkKey;
 use crate::metrics::{Decision, Metrics};
-use crate::mutation::{Settings, job_name, mutate, parse_job};
+use crate::mutation::{self, Settings, job_name, mutate, parse_job};
 
 /// Largest AdmissionReview body read; the apiserver's own limit on an object is 3 MiB.
 pub const MAX_REVIEW_BYTES: usize = 8 * 1024 * 1024;
@@ -145,8 +146,17 @@ async fn refuse_declared_oversize(
 }
 
 async fn handle(State(state): State<Arc<AdmissionState>>, body: Bytes) -> impl IntoResponse {
-    let review = review(&state, &body);
-    ([(header::CONTENT_TYPE, "application/json")], encode(review))
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        answer(&state, &body),
+    )
+}
+
+/// The bytes that answer one AdmissionReview body: [`review`] then [`encode`], with the base64
+/// of the executor script in the patch (most of the answer) encoded once per process.
+pub fn answer(state: &AdmissionState, body: &[u8]) -> Vec<u8> {
+    let (review, script_at) = review_script_at(state, body);
+    encode_script_at(review, script_at)
 }
 
 /// The AdmissionReview answer as bytes, with the patch as a base64 string.
@@ -155,7 +165,19 @@ async fn handle(State(state): State<Arc<AdmissionState>>, body: Bytes) -> impl I
 /// that too, but Go's `[]byte` is base64 in JSON, and the array is almost three times larger
 /// than the base64 text (a 2.4 KB review got a 37.7 KB answer), all of it written, sent and parsed on
 /// every executor Job's way through the admission chain.
-pub fn encode(mut review: AdmissionReview<DynamicObject>) -> Vec<u8> {
+pub fn encode(review: AdmissionReview<DynamicObject>) -> Vec<u8> {
+    encode_script_at(review, None)
+}
+
+/// The executor script as the patch carries it, base64-encoded for its three alignments.
+static SCRIPT_BASE64: LazyLock<PreEncoded> =
+    LazyLock::new(|| PreEncoded::new(mutation::script_json().as_bytes()));
+
+/// [`encode`], where the patch holds the escaped executor script at `script_at`.
+fn encode_script_at(
+    mut review: AdmissionReview<DynamicObject>,
+    script_at: Option<usize>,
+) -> Vec<u8> {
     #[derive(serde::Serialize)]
     struct Answer<'a> {
         #[serde(rename = "apiVersion")]
@@ -170,11 +192,7 @@ pub fn encode(mut review: AdmissionReview<DynamicObject>) -> Vec<u8> {
         #[serde(skip_serializing_if = "Option::is_none")]
         patch: Option<String>,
     }
-    let patch = review
-        .response
-        .as_mut()
-        .and_then(|r| r.patch.take())
-        .map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes));
+    let patch = review.response.as_mut().and_then(|r| r.patch.take());
     let answer = |patch| Answer {
         api_version: &review.types.api_version,
         kind: &review.types.kind,
@@ -192,13 +210,17 @@ pub fn encode(mut review: AdmissionReview<DynamicObject>) -> Vec<u8> {
         let len = out.len();
         if len >= 3 && out.ends_with(b"}}") && out[len - 3] != b'{' {
             out.truncate(len - 2);
-            out.reserve(patch.len() + 14);
+            out.reserve(base64::encoded_len(patch.len(), true).unwrap_or_default() + 14);
             out.extend_from_slice(br#","patch":""#);
-            out.extend_from_slice(patch.as_bytes());
+            match script_at {
+                Some(at) => SCRIPT_BASE64.encode(patch, at, &mut out),
+                None => base64_splice::push(&mut out, patch),
+            }
             out.extend_from_slice(br#""}}"#);
             return out;
         }
     }
+    let patch = patch.map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes));
     // Plain structs of strings, numbers and maps with string keys always serialize; the
     // fallback is only there so this can never panic.
     serde_json::to_vec(&answer(patch)).unwrap_or_else(|e| {
@@ -222,10 +244,20 @@ struct Facts {
     dry_run: bool,
     patch_ops: usize,
     message: String,
+    /// Where the executor script starts in the patch.
+    script_at: Option<usize>,
 }
 
 /// Answers one AdmissionReview body. Never panics on input.
 pub fn review(state: &AdmissionState, body: &[u8]) -> AdmissionReview<DynamicObject> {
+    review_script_at(state, body).0
+}
+
+/// [`review`], and where the executor script starts in the patch.
+fn review_script_at(
+    state: &AdmissionState,
+    body: &[u8],
+) -> (AdmissionReview<DynamicObject>, Option<usize>) {
     let started = Instant::now();
     let mut facts = Facts::default();
     let (decision, response) = decide(state, body, &mut facts);
@@ -247,7 +279,7 @@ pub fn review(state: &AdmissionState, body: &[u8]) -> AdmissionReview<DynamicObj
     if let Some(patch) = &response.patch {
         tracing::debug!(uid = %facts.uid, patch = %String::from_utf8_lossy(patch), "patch");
     }
-    response.into_review()
+    (response.into_review(), facts.script_at)
 }
 
 /// The object of a review, typed as a Job (the registration sends only Jobs, so a review
@@ -416,9 +448,10 @@ fn decide_review<K: ReviewObject>(
             // come from `patch_json`, which writes the executor script without escaping it
             // again for every review.
             let patched = mutation
-                .patch_json()
+                .patch_json_script_at()
                 .map_err(|e| e.to_string())
-                .and_then(|json| {
+                .and_then(|(json, script_at)| {
+                    facts.script_at = script_at;
                     let mut response = response
                         .clone()
                         .with_patch(json_patch::Patch(Vec::new()))

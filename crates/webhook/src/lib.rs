@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod authoring;
+pub mod base64_splice;
 pub mod bootstrap;
 pub mod executor_env;
 pub mod limits;

@@ -115,8 +115,15 @@ impl Mutation {
     /// byte for byte, but with the executor script (the patch's largest value by far) pasted in
     /// escaped once per process instead of escaped again for every review.
     pub fn patch_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        self.patch_json_script_at().map(|(json, _)| json)
+    }
+
+    /// [`Self::patch_json`], and where in it the escaped script ([`script_json`]) starts, if
+    /// it is there: the answer's base64 of that part is encoded once per process.
+    pub fn patch_json_script_at(&self) -> Result<(Vec<u8>, Option<usize>), serde_json::Error> {
         use json_patch::{AddOperation, PatchOperation};
         let mut out = Vec::with_capacity(SCRIPT_JSON.len() + 4096);
+        let mut script_at = None;
         out.push(b'[');
         for (i, op) in self.patch.0.iter().enumerate() {
             if i > 0 {
@@ -127,14 +134,14 @@ impl Mutation {
                     out.extend_from_slice(br#"{"op":"add","path":"#);
                     serde_json::to_writer(&mut out, path)?;
                     out.extend_from_slice(br#","value":"#);
-                    write_value(&mut out, value)?;
+                    write_value(&mut out, value, &mut script_at)?;
                     out.push(b'}');
                 }
                 other => serde_json::to_writer(&mut out, other)?,
             }
         }
         out.push(b']');
-        Ok(out)
+        Ok((out, script_at))
     }
 
     /// `job` with the patch applied: the Job the apiserver stores (what `plugin-webhook render`
@@ -146,10 +153,16 @@ impl Mutation {
     }
 }
 
-/// Writes `value` as serde_json would, the executor script pre-escaped.
-fn write_value(out: &mut Vec<u8>, value: &serde_json::Value) -> Result<(), serde_json::Error> {
+/// Writes `value` as serde_json would, the executor script pre-escaped; `script_at` is set to
+/// where the script went (its first copy).
+fn write_value(
+    out: &mut Vec<u8>,
+    value: &serde_json::Value,
+    script_at: &mut Option<usize>,
+) -> Result<(), serde_json::Error> {
     match value {
         serde_json::Value::String(s) if s == EXECUTOR_SCRIPT => {
+            script_at.get_or_insert(out.len());
             out.extend_from_slice(SCRIPT_JSON.as_bytes());
         }
         serde_json::Value::Array(items) => {
@@ -158,7 +171,7 @@ fn write_value(out: &mut Vec<u8>, value: &serde_json::Value) -> Result<(), serde
                 if i > 0 {
                     out.push(b',');
                 }
-                write_value(out, item)?;
+                write_value(out, item, script_at)?;
             }
             out.push(b']');
         }
@@ -262,7 +275,13 @@ pub fn mutate(
     let injection = build_injection(plugin, virtual_cluster, secret, action, settings)
         .map_err(|e| Denial(format!("{plugin_ref}: {e}")))?;
     let mut mutated = job.clone();
-    let unsigned = mark_of(&injection);
+    // A signed mark replaces the unsigned one, which the signature does not cover (the mark
+    // annotation is not part of `mark::message`): with a key, the hash of the whole injection
+    // would be computed only to be overwritten.
+    let unsigned = match &settings.mark_key {
+        Some(_) => String::new(),
+        None => mark_of(&injection),
+    };
     let container = apply(&mut mutated, &injection, &unsigned)
         .map_err(|e| Denial(format!("{job_ref}: {e}")))?;
     // Signed over the Job as it leaves the webhook (the mark itself is not part of what is
@@ -341,6 +360,11 @@ const MAX_MARKS: usize = 4096;
 /// The executor script as a JSON string, escaped once: it is most of an injection's bytes.
 static SCRIPT_JSON: LazyLock<String> =
     LazyLock::new(|| serde_json::to_string(EXECUTOR_SCRIPT).unwrap_or_default());
+
+/// The executor script as a JSON string (with its quotes), as it appears in every patch.
+pub fn script_json() -> &'static str {
+    &SCRIPT_JSON
+}
 
 /// `serde_json::to_vec(injection)`, byte for byte (the mark is its hash, and marks already on
 /// Jobs must keep matching), with the constant script pasted in pre-escaped instead of being

@@ -1027,3 +1027,28 @@ fn the_patch_keeps_what_the_job_had_and_replaces_only_our_items() {
         "a"
     );
 }
+
+/// With a key, `mutate` skips the unsigned mark (it is overwritten): that is only sound while the
+/// signature leaves the mark annotation out, and the signed mark is the same either way.
+#[test]
+fn the_signed_mark_does_not_depend_on_the_unsigned_one() {
+    use kosmos_api::mark;
+    let p = yaml_plugin(pv("store:/pv"));
+    let job = bare_job(&p, Action::Install);
+    let key = || std::sync::Arc::new(mark::Key::new(&[7u8; mark::KEY_BYTES]).unwrap());
+    let settings = Settings {
+        mark_key: Some(key()),
+        ..Settings::default()
+    };
+    let signed = mutate_job(&job, &p, &virtual_cluster(), &settings).unwrap();
+    let unsigned = mutate_job(&job, &p, &virtual_cluster(), &Settings::default()).unwrap();
+    let mut with_unsigned = unsigned.apply(&job).unwrap();
+    assert_eq!(mark::sign(&key(), &with_unsigned), signed.mark);
+    set_mark(&mut with_unsigned, &signed.mark);
+    assert_eq!(
+        serde_json::to_value(&with_unsigned).unwrap(),
+        serde_json::to_value(signed.apply(&job).unwrap()).unwrap()
+    );
+    let verifying = mark::Key::new(&[7u8; mark::KEY_BYTES]).unwrap();
+    assert_eq!(mark::verify(&[verifying], &with_unsigned), Ok(()));
+}
