@@ -84,8 +84,8 @@ pub fn run(args: &ReviewsArgs) -> Result<()> {
         .key
         .store(Some(Arc::new(Key::new(&[7; kosmos_api::mark::KEY_BYTES])?)));
     let state = AdmissionState {
-        plugins: plugin_store,
-        virtual_clusters: vc_store,
+        plugins: plugin_store.into(),
+        virtual_clusters: vc_store.into(),
         settings: Default::default(),
         operator_user: fixture::OPERATOR_USER.to_owned(),
         metrics: Arc::new(Metrics::default()),
