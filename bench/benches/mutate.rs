@@ -21,10 +21,6 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher;
 
-/// The webhook's allocator.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const NS: &str = "tenants";
 
 fn bench(c: &mut Criterion) {

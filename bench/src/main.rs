@@ -16,11 +16,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// The webhook's allocator, so the ceiling (served from this binary) pays what the webhook pays
-/// for TLS and HTTP, and `reviews` measures the webhook's own path.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Benchmarks of the webhook and the operator against their ceilings and peers.
 #[derive(Parser)]
 #[command(name = "kosmos-bench")]

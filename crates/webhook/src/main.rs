@@ -12,12 +12,6 @@ use kosmos_webhook::mutation::{RecursiveReadOnly, Settings};
 use kosmos_webhook::server::{self, ServeArgs};
 use kosmos_webhook::tls;
 
-/// mimalloc instead of glibc's malloc: a review allocates and frees a few hundred small objects
-/// (the parsed Job, the injection, the patch), and glibc's `_int_malloc`/`malloc_consolidate`
-/// were ~15% of the webhook's samples under load.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Mutating admission webhook that turns bare executor Jobs into plugin installs.
 #[derive(Parser)]
 #[command(
