@@ -925,36 +925,7 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
     );
     let vc: VirtualCluster = serde_yaml::from_str(&vc_yaml)?;
     let vcs: Api<VirtualCluster> = Api::namespaced(admin.clone(), &pns);
-    vcs.create(&PostParams::default(), &vc).await?;
-    vcs.patch(
-        VC,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {"phase": phase::ALL_NODE_READY}})),
-    )
-    .await?;
-    let done = wait_for(
-        "tenant1-cluster to be Completed",
-        Duration::from_secs(240),
-        || {
-            let vcs = vcs.clone();
-            async move {
-                let vc = vcs.get(VC).await?;
-                Ok((vc.phase() == phase::COMPLETED).then_some(vc))
-            }
-        },
-    )
-    .await;
-    let done = match done {
-        Ok(vc) => vc,
-        Err(e) => {
-            let vc = vcs.get(VC).await?;
-            bail!(
-                "{e:#}\nstatus: {}{}",
-                serde_json::to_string_pretty(&vc.status)?,
-                release_report(&rns).await
-            );
-        }
-    };
+    let done = ready_and_completed(&vcs, &vc, &rns).await?;
     let status = done.status.context("no status")?;
     ensure!(
         status.plugin_progress.as_deref() == Some("3/3"),
@@ -1022,7 +993,7 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
         .get("hello")
         .await
         .context("the hello plugin's ConfigMap in the virtual cluster")?;
-    a_second_watched_namespace_is_served(&admin, &as_operator, &pns, &pns2, &keys).await?;
+    a_second_watched_namespace_is_served(&admin, &as_operator, &rns, &pns, &pns2, &keys).await?;
     // One operator pod led, through the chart's Lease.
     let operator_pods: Vec<String> = component_pods(&admin, &rns, "operator")
         .await?
@@ -1376,6 +1347,46 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
     release_ns.delete().await
 }
 
+/// Creates `vc` with `vcs`, marks it `AllNodeReady` as Kosmos would, and waits until it is
+/// `Completed`; on timeout the error shows its status and the release's pods (namespace `rns`).
+async fn ready_and_completed(
+    vcs: &Api<VirtualCluster>,
+    vc: &VirtualCluster,
+    rns: &str,
+) -> Result<VirtualCluster> {
+    let name = vc.name_any();
+    vcs.create(&PostParams::default(), vc).await?;
+    vcs.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": phase::ALL_NODE_READY}})),
+    )
+    .await?;
+    let done = wait_for(
+        &format!("{name} to be Completed"),
+        Duration::from_secs(240),
+        || {
+            let (vcs, name) = (vcs.clone(), name.clone());
+            async move {
+                let vc = vcs.get(&name).await?;
+                Ok((vc.phase() == phase::COMPLETED).then_some(vc))
+            }
+        },
+    )
+    .await;
+    match done {
+        Ok(vc) => Ok(vc),
+        Err(e) => {
+            let vc = vcs.get(&name).await?;
+            bail!(
+                "{e:#}\nstatus: {}{}",
+                serde_json::to_string_pretty(&vc.status)?,
+                release_report(rns).await
+            );
+        }
+    }
+}
+
 /// The release serves its second watched namespace `pns2` as it serves the first (`pns`): the
 /// components' rights there are a Role each (the same as in `pns`, none cluster-wide), and a
 /// VirtualCluster there with the demo's default plugin (YAML from a hostPath) goes to Completed
@@ -1385,6 +1396,7 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
 async fn a_second_watched_namespace_is_served(
     admin: &Client,
     as_operator: &Client,
+    rns: &str,
     pns: &str,
     pns2: &str,
     keys: &[kosmos_api::mark::Key],
@@ -1434,32 +1446,7 @@ async fn a_second_watched_namespace_is_served(
         "spec": {"kubeconfig": base64::engine::general_purpose::STANDARD.encode(kubeconfig)},
     }))?;
     let vcs: Api<VirtualCluster> = Api::namespaced(admin.clone(), pns2);
-    vcs.create(&PostParams::default(), &vc).await?;
-    vcs.patch(
-        "tenant2-cluster",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {"phase": phase::ALL_NODE_READY}})),
-    )
-    .await?;
-    let done = wait_for(
-        "tenant2-cluster (second watched namespace) to be Completed",
-        Duration::from_secs(240),
-        || {
-            let vcs = vcs.clone();
-            async move {
-                let vc = vcs.get("tenant2-cluster").await?;
-                Ok((vc.phase() == phase::COMPLETED).then_some(vc))
-            }
-        },
-    )
-    .await;
-    let done = match done {
-        Ok(vc) => vc,
-        Err(e) => bail!(
-            "{e:#}\nstatus: {}",
-            serde_json::to_string_pretty(&vcs.get("tenant2-cluster").await?.status)?
-        ),
-    };
+    let done = ready_and_completed(&vcs, &vc, rns).await?;
     let status = done.status.context("no status")?;
     ensure!(
         status.plugin_progress.as_deref() == Some("1/1")
