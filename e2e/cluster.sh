@@ -439,7 +439,9 @@ start_apiserver() {
   is_running "${cluster}-apiserver" && return
   # MutatingAdmissionWebhook, ValidatingAdmissionWebhook and ValidatingAdmissionPolicy are on by
   # default in 1.34; naming them states what the tests rely on. NodeRestriction goes with the
-  # Node authorizer for the kubelet. The host's `kubernetes` Service points at the node IP (the
+  # Node authorizer for the kubelet. PodNodeSelector and PodTolerationRestriction act only on
+  # namespaces annotated for them: the operator benchmark steers the pods of its namespaces to a
+  # node it registers without a kubelet (bench/src/fake_node.rs), so the real node never runs them. The host's `kubernetes` Service points at the node IP (the
   # lease endpoint reconciler), which pods reach through kube-proxy; the virtual cluster has no
   # pods, so its Service has no endpoints.
   local reconciler=lease
@@ -454,7 +456,7 @@ start_apiserver() {
     --tls-private-key-file "${PKI}/${cluster}-apiserver.key" \
     --client-ca-file "${PKI}/ca.crt" \
     --authorization-mode "${authz}" \
-    --enable-admission-plugins NodeRestriction,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ValidatingAdmissionPolicy \
+    --enable-admission-plugins NodeRestriction,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ValidatingAdmissionPolicy,PodNodeSelector,PodTolerationRestriction \
     --admission-control-config-file "${ADMISSION_CONFIG}" \
     --service-cluster-ip-range "${cidr}" \
     --service-account-issuer "https://kubernetes.default.svc.cluster.local/${cluster}" \

@@ -68,13 +68,19 @@ pub fn utc_now() -> String {
 
 /// Status code of a plain-HTTP GET on loopback (admin ports), or an error.
 pub fn http_get_status(addr: SocketAddr, path: &str) -> Result<u16> {
+    let text = http_get(addr, path)?;
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("GET {path} on {addr}: no status line"))
+}
+
+/// The whole answer (status line, headers, body) of a plain-HTTP GET on loopback (admin ports).
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut text = String::new();
     stream.read_to_string(&mut text)?;
-    text.split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .with_context(|| format!("GET {path} on {addr}: no status line"))
+    Ok(text)
 }

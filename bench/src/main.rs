@@ -4,6 +4,7 @@
 
 mod ceiling;
 mod criterion;
+mod fake_node;
 mod machine;
 mod operator;
 mod reviews;

@@ -130,16 +130,16 @@ async fn watch(
     controller
         .trigger_backoff(WatchBackoff::new())
         .owns(jobs, executor_jobs)
-        // A plugin change may concern any VirtualCluster of its namespace (defaults included).
+        // A plugin change wakes the VirtualClusters it concerns, not its whole namespace: with a
+        // thousand VirtualClusters, an edit of one tenant's plugin would otherwise reconcile all.
         .watches(
             plugins,
             watcher::Config::default(),
             move |plugin: VirtualClusterPlugin| {
-                let ns = plugin.namespace();
                 store
                     .state()
                     .into_iter()
-                    .filter(|vc| vc.namespace() == ns)
+                    .filter(|vc| plan::concerns(vc, &plugin))
                     .map(|vc| ObjectRef::from_obj(&*vc))
                     .collect::<Vec<_>>()
             },
@@ -221,7 +221,17 @@ async fn reconcile_one(ns: &str, name: &str, ctx: &Context) -> Result<Action, Er
         }
     };
 
-    let (kubeconfig, safe_kubeconfig) = match ensure_kubeconfig(ctx, &vc).await {
+    // The three reads are independent: at once, so a thousand VirtualClusters turning ready
+    // together wait one round trip before their Jobs, not three.
+    let plugins_api = Api::<VirtualClusterPlugin>::namespaced(client.clone(), ns);
+    let all = ListParams::default();
+    let mut mark_keys = MarkKeys::default();
+    let (kubeconfig_found, plugins, views) = tokio::join!(
+        ensure_kubeconfig(ctx, &vc),
+        plugins_api.list(&all),
+        observe_jobs(ctx, ns, name, &vc, &mut mark_keys),
+    );
+    let (kubeconfig, safe_kubeconfig) = match kubeconfig_found {
         Ok(found) => found,
         // Deletion must always finish: a namespace being torn down refuses to (re)create the
         // kubeconfig Secret, and that must not hold the finalizer forever.
@@ -232,14 +242,10 @@ async fn reconcile_one(ns: &str, name: &str, ctx: &Context) -> Result<Action, Er
         (ReadinessMode::External, _) | (_, Some(_)) => Readiness::External,
         (ReadinessMode::Builtin, None) => check_readiness(ctx, &vc, safe_kubeconfig.as_ref()),
     };
-    let plugins: Vec<VirtualClusterPlugin> =
-        Api::<VirtualClusterPlugin>::namespaced(client.clone(), ns)
-            .list(&ListParams::default())
-            .await
-            .map_err(kube_err(format!("listing virtualclusterplugins in {ns}")))?
-            .items;
-    let mut mark_keys = MarkKeys::default();
-    let mut views = observe_jobs(ctx, ns, name, &vc, &mut mark_keys).await?;
+    let plugins: Vec<VirtualClusterPlugin> = plugins
+        .map_err(kube_err(format!("listing virtualclusterplugins in {ns}")))?
+        .items;
+    let mut views = views?;
     let outside = Outside {
         kubeconfig,
         readiness,
@@ -357,6 +363,9 @@ async fn settle(
         if steps.is_empty() {
             break;
         }
+        // Created Jobs are checked after the pass's last create: reading the mark key Secret in
+        // between would delay the next create by a round trip.
+        let mut created: Vec<Job> = Vec::new();
         for step in steps {
             match step {
                 Step::CreateJob(new) => {
@@ -410,11 +419,7 @@ async fn settle(
                         }
                         Err(e) => return Err(e),
                     };
-                    let keys = mark_keys.for_job(ctx, &stored).await?;
-                    if let Some(view) = jobs::job_view(&stored, None, keys) {
-                        views.retain(|v| v.name != view.name);
-                        views.push(view);
-                    }
+                    created.push(stored);
                 }
                 Step::DeleteJob { name: job, why } => {
                     info!(job = %job, why = %why, "deleting executor job");
@@ -436,6 +441,13 @@ async fn settle(
                         v.deleting = true;
                     }
                 }
+            }
+        }
+        for stored in created {
+            let keys = mark_keys.for_job(ctx, &stored).await?;
+            if let Some(view) = jobs::job_view(&stored, None, keys) {
+                views.retain(|v| v.name != view.name);
+                views.push(view);
             }
         }
     }

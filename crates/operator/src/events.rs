@@ -1,4 +1,6 @@
-//! Events on the VirtualCluster (and the same lines in the log), one per note of the plan.
+//! Events on the VirtualCluster, one per reason and reconciliation: the notes of the plan with
+//! the same reason (five plugins starting at once) are one Event listing them all, instead of
+//! five writes. The log keeps one line per note.
 
 use k8s_openapi::api::events::v1 as events_v1;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -10,6 +12,31 @@ use tracing::{info, warn};
 
 use crate::context::Context;
 use crate::plan::{self, NoteKind};
+
+/// The most an event's note may hold (the API refuses longer ones).
+const MAX_NOTE: usize = 1024;
+
+/// Joins the messages of notes with the same kind and reason, in the order each reason first
+/// appears, `; ` between them; a message that would take an event's note past [`MAX_NOTE`]
+/// starts the next event of that reason.
+fn fold(notes: &[plan::Note]) -> Vec<(NoteKind, &'static str, String)> {
+    let mut events: Vec<(NoteKind, &'static str, String)> = Vec::new();
+    for note in notes {
+        let last = events
+            .iter_mut()
+            .rev()
+            .find(|(kind, reason, _)| *kind == note.kind && *reason == note.reason)
+            .filter(|(_, _, message)| message.len() + 2 + note.message.len() <= MAX_NOTE);
+        match last {
+            Some((_, _, message)) => {
+                message.push_str("; ");
+                message.push_str(&note.message);
+            }
+            None => events.push((note.kind, note.reason, note.message.clone())),
+        }
+    }
+    events
+}
 
 pub(crate) async fn publish(ctx: &Context, vc: &VirtualCluster, notes: &[plan::Note]) {
     let reference = vc.object_ref(&());
@@ -32,6 +59,8 @@ pub(crate) async fn publish(ctx: &Context, vc: &VirtualCluster, notes: &[plan::N
                 );
             }
         }
+    }
+    for (kind, reason, message) in fold(notes) {
         // Our own Event object rather than kube's recorder: the recorder folds events with the
         // same reason into one series that keeps the *first* message (ours differ in what
         // matters: plugin, Job, termination message), and names each event
@@ -44,10 +73,10 @@ pub(crate) async fn publish(ctx: &Context, vc: &VirtualCluster, notes: &[plan::N
                 ..ObjectMeta::default()
             },
             action: Some("Reconcile".to_owned()),
-            reason: Some(note.reason.to_owned()),
-            note: Some(note.message.clone()),
+            reason: Some(reason.to_owned()),
+            note: Some(message),
             type_: Some(
-                match note.kind {
+                match kind {
                     NoteKind::Normal => "Normal",
                     NoteKind::Warning => "Warning",
                 }
@@ -67,7 +96,7 @@ pub(crate) async fn publish(ctx: &Context, vc: &VirtualCluster, notes: &[plan::N
         let api: Api<events_v1::Event> =
             Api::namespaced(ctx.client.clone(), &vc.namespace().unwrap_or_default());
         if let Err(error) = api.create(&PostParams::default(), &event).await {
-            warn!(%error, reason = note.reason, "could not publish event");
+            warn!(%error, reason, "could not publish event");
         }
     }
 }
@@ -90,6 +119,67 @@ fn event_name(object: &str, nanos: i128) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn note(kind: NoteKind, reason: &'static str, message: &str) -> plan::Note {
+        plan::Note {
+            kind,
+            reason,
+            message: message.to_owned(),
+            plugin: None,
+        }
+    }
+
+    #[test]
+    fn notes_of_one_reason_are_one_event_in_order() {
+        let notes = [
+            note(NoteKind::Normal, "InstallStarted", "plugin a: created"),
+            note(NoteKind::Warning, "JobRejected", "plugin b: refused"),
+            note(NoteKind::Normal, "InstallStarted", "plugin c: created"),
+            note(NoteKind::Normal, "PluginInstalled", "plugin d: installed"),
+        ];
+        let events = fold(&notes);
+        assert_eq!(
+            events,
+            [
+                (
+                    NoteKind::Normal,
+                    "InstallStarted",
+                    "plugin a: created; plugin c: created".to_owned()
+                ),
+                (
+                    NoteKind::Warning,
+                    "JobRejected",
+                    "plugin b: refused".to_owned()
+                ),
+                (
+                    NoteKind::Normal,
+                    "PluginInstalled",
+                    "plugin d: installed".to_owned()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_folded_event_never_passes_what_a_note_holds() {
+        let long = "x".repeat(600);
+        let notes: Vec<_> = (0..3)
+            .map(|_| note(NoteKind::Warning, "InstallFailed", &long))
+            .collect();
+        let events = fold(&notes);
+        assert_eq!(events.len(), 3, "600 + 2 + 600 is past 1024");
+        let short: Vec<_> = (0..10)
+            .map(|i| note(NoteKind::Normal, "InstallStarted", &format!("plugin p{i}: {}", "y".repeat(200))))
+            .collect();
+        let events = fold(&short);
+        assert!(events.iter().all(|(_, _, m)| m.len() <= MAX_NOTE));
+        let joined: Vec<String> = events.iter().map(|(_, _, m)| m.clone()).collect();
+        assert_eq!(
+            joined.join("; "),
+            short.iter().map(|n| n.message.clone()).collect::<Vec<_>>().join("; "),
+            "every message, once, in order"
+        );
+    }
 
     #[test]
     fn event_names_fit_whatever_the_object_name() {

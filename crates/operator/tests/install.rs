@@ -81,7 +81,7 @@ async fn three_plugins_reach_completed() -> Result<()> {
             .iter()
             .any(|o| o.kind == "VirtualCluster")
     );
-    // One event per plugin, each naming its plugin (not folded into one series).
+    // Every plugin named in a PluginInstalled event (plugins finishing in one pass share one).
     let events: kube::Api<k8s_openapi::api::core::v1::Event> =
         kube::Api::namespaced(client.clone(), n);
     kosmos_e2e::wait_for("PluginInstalled events for every plugin", STEP, || async {

@@ -18,7 +18,7 @@ use k8s_openapi::jiff::Timestamp;
 use kosmos_api::contract::{self, ExecutorJobId};
 use kosmos_api::{PluginStatus, VirtualCluster, VirtualClusterPlugin, VirtualClusterStatus};
 
-pub use resolve::resolve;
+pub use resolve::{concerns, resolve};
 pub use retry::{backoff, outage_backoff};
 
 /// Settings that shape the decisions (flags of the binary).

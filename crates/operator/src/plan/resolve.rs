@@ -2,7 +2,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use kosmos_api::{VirtualCluster, VirtualClusterPlugin, validate_plugin};
+use kosmos_api::{VirtualCluster, VirtualClusterPlugin, condition, validate_plugin};
+use kube::ResourceExt as _;
 
 use super::Problem;
 
@@ -94,4 +95,36 @@ pub fn resolve<'p>(
         )]);
     }
     Ok(order)
+}
+
+/// Whether a change to `plugin` (created, edited or deleted) may change what [`resolve`] or the
+/// plan decides for `vc`, so that a plugin edit wakes only the VirtualClusters that use it
+/// instead of every one of its namespace: those that name it in their set (enabled or
+/// disabled), those whose status lists it (installed, installing or uninstalling: an edit
+/// reinstalls, a deletion is reported), every one when it is enabled by default, and those
+/// whose set did not resolve or was never resolved (the plugin may be the missing one, or a
+/// missing dependency). A plugin's dependencies are in the set of every VirtualCluster that
+/// resolved with it, so they are in its status too.
+pub fn concerns(vc: &VirtualCluster, plugin: &VirtualClusterPlugin) -> bool {
+    if vc.namespace() != plugin.namespace() {
+        return false;
+    }
+    if plugin.spec.enabled_by_default {
+        return true;
+    }
+    let name = plugin.name_any();
+    let named = vc.spec.plugin_set.as_ref().is_some_and(|set| {
+        set.enabled
+            .iter()
+            .chain(&set.disabled)
+            .any(|r| r.name == name)
+    });
+    let status = vc.status.as_ref();
+    let listed = status.is_some_and(|s| s.plugins.iter().any(|p| p.name == name));
+    let resolved = status.is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == condition::PLUGINS_RESOLVED && c.status == "True")
+    });
+    named || listed || !resolved
 }

@@ -1381,3 +1381,44 @@ fn jobs_whose_marks_never_verify_stop_after_max_attempts() {
         "{message}"
     );
 }
+
+/// With a thousand VirtualClusters in a namespace, a plugin edit must not reconcile them all:
+/// only those whose set or status names the plugin, all of them for a default plugin, and those
+/// whose set is unresolved (the plugin may be what they wait for).
+#[test]
+fn a_plugin_change_concerns_only_the_virtual_clusters_that_use_it() {
+    let dns = plugin("dns", false, &[]);
+    let other = plugin("other", false, &[]);
+    let base = plugin("base", true, &[]);
+    let all = [dns.clone(), other.clone()];
+    // As the reconciler leaves it: the status the plan wrote.
+    let resolved = |mut v: VirtualCluster| {
+        v.status = Some(run(&v, &all, &[]).status);
+        v
+    };
+    let uses = resolved(vc(phase::ALL_NODE_READY, &["dns"], &[]));
+    assert!(concerns(&uses, &dns));
+    assert!(!concerns(&uses, &other), "a plugin it does not use");
+    assert!(concerns(&uses, &base), "a default plugin concerns everyone");
+
+    let disables = resolved(vc(phase::ALL_NODE_READY, &[], &["other"]));
+    assert!(concerns(&disables, &other));
+    assert!(!concerns(&disables, &dns));
+
+    // Left the set but still uninstalling: its status lists it.
+    let mut left = uses.clone();
+    left.spec.plugin_set = None;
+    assert!(concerns(&left, &dns));
+
+    let waiting = resolved(vc(phase::ALL_NODE_READY, &["dns", "missing"], &[]));
+    assert!(
+        concerns(&waiting, &other),
+        "an unresolved set may be waiting for any plugin"
+    );
+    let never = vc("", &[], &[]);
+    assert!(concerns(&never, &other), "never resolved yet");
+
+    let mut elsewhere = dns.clone();
+    elsewhere.metadata.namespace = Some("other-ns".into());
+    assert!(!concerns(&uses, &elsewhere));
+}
