@@ -50,7 +50,8 @@ fn now() -> String {
 
 /// The status a kubelet reports for a node with room for every pod of the run.
 fn node_status() -> Value {
-    let capacity = json!({"cpu": "1k", "memory": "4Ti", "pods": "100k", "ephemeral-storage": "100Ti"});
+    let capacity =
+        json!({"cpu": "1k", "memory": "4Ti", "pods": "100k", "ephemeral-storage": "100Ti"});
     json!({"status": {
         "capacity": capacity,
         "allocatable": capacity,
@@ -121,7 +122,11 @@ impl FakeNode {
                     // The Ready condition too, now and then, as a kubelet does.
                     if round % 4 == 0
                         && let Err(e) = nodes
-                            .patch_status(NAME, &PatchParams::default(), &Patch::Merge(node_status()))
+                            .patch_status(
+                                NAME,
+                                &PatchParams::default(),
+                                &Patch::Merge(node_status()),
+                            )
                             .await
                     {
                         eprintln!("fake node: writing the status of node {NAME}: {e}");
@@ -155,7 +160,9 @@ impl FakeNode {
                 return Ok(registered);
             }
             if tokio::time::Instant::now() > deadline {
-                bail!("node {NAME} is not Ready with only taint {KEY} after 60 s (taints: {taints:?})");
+                bail!(
+                    "node {NAME} is not Ready with only taint {KEY} after 60 s (taints: {taints:?})"
+                );
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -165,7 +172,8 @@ impl FakeNode {
     /// and default-toleration annotations. Waits until a dry-run pod comes back steered, which
     /// also says whether the apiserver runs both admission plugins.
     pub async fn steer(&self, ns: &str) -> Result<()> {
-        let toleration = json!([{"key": KEY, "operator": "Equal", "value": "true", "effect": "NoSchedule"}]);
+        let toleration =
+            json!([{"key": KEY, "operator": "Equal", "value": "true", "effect": "NoSchedule"}]);
         Api::<Namespace>::all(self.client.clone())
             .patch(
                 ns,
@@ -237,7 +245,11 @@ impl FakeNode {
                     async move {
                         let name = pod.name_any();
                         if let Err(e) = pods
-                            .patch_status(&name, &PatchParams::default(), &Patch::Strategic(succeeded(&pod)))
+                            .patch_status(
+                                &name,
+                                &PatchParams::default(),
+                                &Patch::Strategic(succeeded(&pod)),
+                            )
                             .await
                         {
                             // A pod deleted meanwhile, or a second event for one already done.
@@ -280,7 +292,12 @@ fn succeeded(pod: &Pod) -> Value {
             "state": {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now}},
         })
     };
-    let init: Vec<Value> = spec.init_containers.iter().flatten().map(terminated).collect();
+    let init: Vec<Value> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(terminated)
+        .collect();
     let containers: Vec<Value> = spec.containers.iter().map(terminated).collect();
     let condition = |type_: &str, status: &str| {
         let mut c = BTreeMap::from([

@@ -169,14 +169,24 @@ mod tests {
         let events = fold(&notes);
         assert_eq!(events.len(), 3, "600 + 2 + 600 is past 1024");
         let short: Vec<_> = (0..10)
-            .map(|i| note(NoteKind::Normal, "InstallStarted", &format!("plugin p{i}: {}", "y".repeat(200))))
+            .map(|i| {
+                note(
+                    NoteKind::Normal,
+                    "InstallStarted",
+                    &format!("plugin p{i}: {}", "y".repeat(200)),
+                )
+            })
             .collect();
         let events = fold(&short);
         assert!(events.iter().all(|(_, _, m)| m.len() <= MAX_NOTE));
         let joined: Vec<String> = events.iter().map(|(_, _, m)| m.clone()).collect();
         assert_eq!(
             joined.join("; "),
-            short.iter().map(|n| n.message.clone()).collect::<Vec<_>>().join("; "),
+            short
+                .iter()
+                .map(|n| n.message.clone())
+                .collect::<Vec<_>>()
+                .join("; "),
             "every message, once, in order"
         );
     }
