@@ -34,11 +34,31 @@ const RENEW: Duration = Duration::from_secs(10);
 pub struct FakeNode {
     client: Client,
     heartbeat: tokio::task::JoinHandle<()>,
+    removed: bool,
 }
 
 impl Drop for FakeNode {
     fn drop(&mut self) {
         self.heartbeat.abort();
+        // A run that failed half-way: no Ready node without a kubelet may stay behind.
+        if !self.removed {
+            kosmos_e2e::cleanup_on_drop(
+                &format!("node {NAME}"),
+                Duration::from_secs(15),
+                || async { delete(kosmos_e2e::host().await?).await },
+            );
+        }
+    }
+}
+
+async fn delete(client: Client) -> Result<()> {
+    match Api::<Node>::all(client)
+        .delete(NAME, &DeleteParams::default())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("deleting node {NAME}")),
     }
 }
 
@@ -137,6 +157,7 @@ impl FakeNode {
         let registered = Self {
             client: client.clone(),
             heartbeat,
+            removed: false,
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
@@ -269,15 +290,9 @@ impl FakeNode {
 
     /// Deletes the node (its Lease goes with it, by owner reference); its pods are gone with
     /// their namespaces by then.
-    pub async fn remove(self) -> Result<()> {
-        match Api::<Node>::all(self.client.clone())
-            .delete(NAME, &DeleteParams::default())
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("deleting node {NAME}")),
-        }
+    pub async fn remove(mut self) -> Result<()> {
+        self.removed = true;
+        delete(self.client.clone()).await
     }
 }
 
