@@ -140,7 +140,7 @@ impl FakeNode {
                         eprintln!("fake node: {e:#}");
                     }
                     // The Ready condition too, now and then, as a kubelet does.
-                    if round % 4 == 0
+                    if round.is_multiple_of(4)
                         && let Err(e) = nodes
                             .patch_status(
                                 NAME,
