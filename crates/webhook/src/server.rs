@@ -247,16 +247,6 @@ pub fn caches(
     Cache<VirtualCluster>,
     JoinHandle<()>,
 ) {
-    fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-    where
-        K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
-        K::DynamicType: Default,
-    {
-        match namespace {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        }
-    }
     let mut scopes: Vec<Option<String>> = kosmos_api::validation::watched_namespaces(namespaces)
         .into_iter()
         .map(Some)
@@ -264,61 +254,72 @@ pub fn caches(
     if scopes.is_empty() {
         scopes.push(None);
     }
+    let mut feeds = Vec::new();
+    let plugins = cache(
+        client,
+        &scopes,
+        "VirtualClusterPlugin",
+        slim_plugin,
+        &mut feeds,
+    );
+    // Of a VirtualCluster the mutation needs its name and its pluginOptions, nothing more. Its
+    // spec also carries an admin kubeconfig, which the webhook has no business holding (and which
+    // made up most of its memory with 1,000 of them): dropped as each object arrives.
+    let virtual_clusters = cache(
+        client,
+        &scopes,
+        "VirtualCluster",
+        slim_virtual_cluster,
+        &mut feeds,
+    );
+    let task = tokio::spawn(async move {
+        futures::future::join_all(feeds).await;
+    });
+    (plugins, virtual_clusters, task)
+}
+
+/// A cache of `kind` (named in watch errors) with one watch per scope (`None`: every
+/// namespace), each object slimmed as it arrives; the watches' feeds go onto `feeds`.
+fn cache<K>(
+    client: &Client,
+    scopes: &[Option<String>],
+    kind: &'static str,
+    slim: fn(&mut K),
+    feeds: &mut Vec<futures::future::BoxFuture<'static, ()>>,
+) -> Cache<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
     // Small pages: a page of the initial list is held whole before each object is slimmed, and
     // the allocator keeps the peak. With 500 (the default) VirtualClusters a page, their
     // kubeconfigs alone left the webhook 8 MiB larger for good.
     let config = watcher::Config::default().page_size(LIST_PAGE_SIZE);
-    let mut plugin_stores = Vec::new();
-    let mut vc_stores = Vec::new();
-    let mut feeds: Vec<futures::future::BoxFuture<'static, ()>> = Vec::new();
+    let mut stores = Vec::new();
     for scope in scopes {
-        let (plugins, plugin_writer) = reflector::store();
-        let (virtual_clusters, vc_writer) = reflector::store();
-        let plugin_stream = reflector::reflector(
-            plugin_writer,
-            watcher(
-                api::<VirtualClusterPlugin>(client, scope.as_deref()),
-                config.clone(),
-            )
-            .modify(slim_plugin),
-        )
-        .default_backoff();
-        // Of a VirtualCluster the mutation needs its name and its pluginOptions, nothing more.
-        // Its spec also carries an admin kubeconfig, which the webhook has no business holding
-        // (and which made up most of its memory with 1,000 of them): dropped as each object
-        // arrives.
-        let vc_stream = reflector::reflector(
-            vc_writer,
-            watcher(
-                api::<VirtualCluster>(client, scope.as_deref()),
-                config.clone(),
-            )
-            .modify(slim_virtual_cluster),
-        )
-        .default_backoff();
+        let api: Api<K> = match scope {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        let (store, writer) = reflector::store();
+        let stream = reflector::reflector(writer, watcher(api, config.clone()).modify(slim))
+            .default_backoff();
         feeds.push(
-            plugin_stream
-                .for_each(|event| {
-                    log_watch_error("VirtualClusterPlugin", event.err());
+            stream
+                .for_each(move |event| {
+                    log_watch_error(kind, event.err());
                     std::future::ready(())
                 })
                 .boxed(),
         );
-        feeds.push(
-            vc_stream
-                .for_each(|event| {
-                    log_watch_error("VirtualCluster", event.err());
-                    std::future::ready(())
-                })
-                .boxed(),
-        );
-        plugin_stores.push((scope.clone(), plugins));
-        vc_stores.push((scope, virtual_clusters));
+        stores.push((scope.clone(), store));
     }
-    let task = tokio::spawn(async move {
-        futures::future::join_all(feeds).await;
-    });
-    (Cache::new(plugin_stores), Cache::new(vc_stores), task)
+    Cache::new(stores)
 }
 
 /// Drops what the mutation never reads from a cached plugin: managed fields, annotations (kubectl's
