@@ -46,7 +46,8 @@ pub use node::{
 };
 pub use pods::{
     OUTCOME_ANNOTATION, PodOutcome, finish_pod, job_pods, make_obedient, obedient_job_patch,
-    termination_message, wait_for_job_condition, wait_for_job_pod, wait_for_job_pod_and_finish,
+    tell_pod, termination_message, wait_for_job_condition, wait_for_job_pod,
+    wait_for_job_pod_and_finish,
 };
 pub use wait::{DEFAULT_TIMEOUT, wait_for};
 pub use webhook::executor_webhook_configuration;

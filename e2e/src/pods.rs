@@ -157,6 +157,23 @@ pub async fn wait_for_job_pod(
     .await
 }
 
+/// Tells obedient pod `namespace/name` to end with `outcome`, without waiting for it: for a pod
+/// whose end removes it (an uninstall that lets its VirtualCluster and so the Job be collected).
+pub async fn tell_pod(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    outcome: &PodOutcome,
+) -> Result<()> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let patch =
+        json!({ "metadata": { "annotations": { OUTCOME_ANNOTATION: outcome.annotation()? } } });
+    pods.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .with_context(|| format!("annotating pod {namespace}/{name} with its outcome"))?;
+    Ok(())
+}
+
 /// Tells obedient pod `namespace/name` to end with `outcome`, and waits until the kubelet
 /// reports it finished; returns the finished pod.
 pub async fn finish_pod(
@@ -165,12 +182,8 @@ pub async fn finish_pod(
     name: &str,
     outcome: &PodOutcome,
 ) -> Result<Pod> {
+    tell_pod(client, namespace, name, outcome).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let patch =
-        json!({ "metadata": { "annotations": { OUTCOME_ANNOTATION: outcome.annotation()? } } });
-    pods.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .with_context(|| format!("annotating pod {namespace}/{name} with its outcome"))?;
     // Image already on the node, container start, the kubelet's next status update.
     wait_for(
         &format!("pod {namespace}/{name} to finish"),

@@ -832,7 +832,7 @@ async fn names_of_253_characters_install_complete_and_delete() -> Result<()> {
     .await?;
     vcs.delete(&vc_name, &DeleteParams::default()).await?;
     let uninstall = wait_job(&client, n, &plugin, "uninstall", 2).await?;
-    finish(&client, n, &uninstall, ok()).await?;
+    tell(&client, n, &uninstall, ok()).await?;
     wait_for("the VirtualCluster to be gone", STEP, || async {
         Ok(vcs.get_opt(&vc_name).await?.is_none().then_some(()))
     })
