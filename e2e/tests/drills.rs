@@ -458,6 +458,7 @@ impl Stack {
                 executor_image: kosmos_e2e::executor_image(),
                 executor_pod: Default::default(),
                 readiness: ReadinessMode::External,
+                concurrent_reconciles: 32,
                 uninstall_on_delete: false,
                 uninstall_timeout: Duration::from_secs(10),
                 namespaces: vec![n.clone()],

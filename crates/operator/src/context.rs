@@ -32,6 +32,8 @@ pub struct Config {
     pub executor_pod: jobs::ExecutorPod,
     /// How `AllNodeReady` is reached.
     pub readiness: ReadinessMode,
+    /// VirtualClusters reconciled at once (per watched namespace).
+    pub concurrent_reconciles: u16,
     /// Uninstall plugins when a VirtualCluster is deleted (the annotation overrides it).
     pub uninstall_on_delete: bool,
     /// Bound on waiting for uninstall Jobs when a VirtualCluster is deleted.

@@ -124,7 +124,9 @@ async fn watch(
     jobs: Api<Job>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let controller = Controller::new(vcs, watcher::Config::default());
+    let concurrency = ctx.config.concurrent_reconciles;
+    let controller = Controller::new(vcs, watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
     let store = controller.store();
     let executor_jobs = watcher::Config::default().labels(contract::EXECUTOR_SELECTOR);
     controller

@@ -63,6 +63,10 @@ pub struct Args {
     /// Executor Jobs running at once per VirtualCluster.
     #[arg(long, env = "OPERATOR_MAX_PARALLEL_JOBS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_parallel_jobs: u16,
+    /// VirtualClusters reconciled at once, per watched namespace. A thousand turning ready
+    /// together then queue here instead of sending a thousand requests to the apiserver at once.
+    #[arg(long, env = "OPERATOR_CONCURRENT_RECONCILES", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrent_reconciles: u16,
     /// Seconds before the first retry of a failed plugin; doubles with each failure.
     #[arg(long, env = "OPERATOR_BACKOFF_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub backoff_seconds: u64,
@@ -178,6 +182,7 @@ impl Args {
                 resources: self.executor_resources.clone(),
             },
             readiness: self.readiness,
+            concurrent_reconciles: self.concurrent_reconciles,
             uninstall_on_delete: self.uninstall_on_delete,
             uninstall_timeout: Duration::from_secs(self.uninstall_timeout_seconds),
             namespaces: validation::watched_namespaces(&self.namespace),
@@ -467,6 +472,8 @@ mod tests {
                 "a,,b",
                 "--executor-resources",
                 r#"{"requests":{"cpu":"100m"}}"#,
+                "--concurrent-reconciles",
+                "5",
             ],
         )
         .unwrap();
@@ -480,6 +487,9 @@ mod tests {
         assert_eq!(config.executor_pod.image_pull_secrets, ["a", "b"]);
         assert!(config.executor_pod.resources.is_some());
         assert_eq!(config.executor_image, contract::DEFAULT_EXECUTOR_IMAGE);
+        assert_eq!(config.concurrent_reconciles, 5);
+        let defaults = Args::local("ns1", "replica-a", &[]).unwrap().config();
+        assert_eq!(defaults.concurrent_reconciles, 32);
     }
 
     #[test]
@@ -495,6 +505,11 @@ mod tests {
             .err()
             .unwrap();
         assert!(format!("{e}").contains("--max-attempts"), "{e}");
+        // Zero would be kube's "unbounded", the opposite of what a zero asks for.
+        let e = Args::local("ns1", "r", &["--concurrent-reconciles", "0"])
+            .err()
+            .unwrap();
+        assert!(format!("{e}").contains("--concurrent-reconciles"), "{e}");
     }
 
     #[test]
