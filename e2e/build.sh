@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the pinned Kubernetes binaries (kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubelet, kube-proxy, kubectl), etcd, helm, kustomize and local-path-provisioner (versions in
-# e2e/versions.env) from their Go modules into a cache outside the checkout. A binary
+# kubelet, kube-proxy, kubectl), etcd, helm, kustomize, local-path-provisioner and cert-manager's
+# controller and CA injector (versions in e2e/versions.env) from their Go modules into a cache
+# outside the checkout. A binary
 # that is already in the cache is not built again, so a second run takes a second.
 #
 # Usage: e2e/build.sh            build what is missing
@@ -15,7 +16,7 @@ set -euo pipefail
 
 if [[ "${1:-}" == "--print" ]]; then
   printf '%s\n' "${KUBERNETES_BIN_DIR}" "${ETCD_BIN_DIR}" "${HELM_BIN_DIR}" "${KUSTOMIZE_BIN_DIR}" \
-    "${LOCAL_PATH_PROVISIONER_BIN_DIR}"
+    "${LOCAL_PATH_PROVISIONER_BIN_DIR}" "${CERT_MANAGER_BIN_DIR}"
   exit 0
 fi
 
@@ -232,10 +233,43 @@ build_local_path_provisioner() {
   install_bins "${out}" "${LOCAL_PATH_PROVISIONER_BIN_DIR}" local-path-provisioner
 }
 
+build_cert_manager() {
+  if [[ -x "${CERT_MANAGER_CONTROLLER}" && -x "${CERT_MANAGER_CAINJECTOR}" && -d "${CERT_MANAGER_CRDS}" ]]; then
+    log "cert-manager ${CERT_MANAGER_VERSION}: cached in ${CERT_MANAGER_BIN_DIR}"
+    return
+  fi
+  log "cert-manager ${CERT_MANAGER_VERSION}: building"
+  # Its command modules (cmd/controller, cmd/cainjector) are not on the module proxy; our mains in
+  # e2e/cert-manager start the same controllers from its root module, with the checked-in go.sum.
+  local module=github.com/cert-manager/cert-manager required
+  required="$(cd "${CERT_MANAGER_SRC}" && "${GO}" list -m -f '{{.Version}}' "${module}")"
+  [[ "${required}" == "${CERT_MANAGER_VERSION}" ]] \
+    || die "e2e/cert-manager/go.mod requires ${module} ${required}, e2e/versions.env pins ${CERT_MANAGER_VERSION}"
+  local out="${work_root}/cert-manager-${CERT_MANAGER_VERSION}/out"
+  rm -rf "${out}"
+  mkdir -p "${out}/bin" "${out}/crds"
+  # Both in one `go build`, so the packages they share compile once.
+  (cd "${CERT_MANAGER_SRC}" && "${GO}" build -mod=readonly \
+    -ldflags "${LDFLAGS_STRIP} -X ${module}/pkg/util.AppVersion=${CERT_MANAGER_VERSION}" \
+    -o "${out}/bin/" ./controller ./cainjector)
+  mv "${out}/bin/controller" "${out}/cert-manager-controller"
+  mv "${out}/bin/cainjector" "${out}/cert-manager-cainjector"
+  local dir
+  dir="$(cd "${CERT_MANAGER_SRC}" && "${GO}" list -m -f '{{.Dir}}' "${module}")"
+  [[ -f "${dir}/deploy/crds/cert-manager.io_certificates.yaml" ]] || die "no CRDs in ${dir}/deploy/crds"
+  cp "${dir}"/deploy/crds/*.yaml "${out}/crds/"
+  chmod 0644 "${out}"/crds/*.yaml
+  rm -rf "${CERT_MANAGER_CRDS}"
+  mkdir -p "${CERT_MANAGER_BIN_DIR}"
+  mv "${out}/crds" "${CERT_MANAGER_CRDS}"
+  install_bins "${out}" "${CERT_MANAGER_BIN_DIR}" cert-manager-controller cert-manager-cainjector
+}
+
 # Cheap ones first, so a failure in the long Kubernetes build still leaves them cached.
 build_etcd
 build_kustomize
 build_helm
 build_local_path_provisioner
+build_cert_manager
 build_kubernetes
 log "all binaries are in ${E2E_CACHE}"

@@ -897,6 +897,26 @@ probe_storage() {
     local-path-provisioner -o jsonpath='{.status.availableReplicas}')" == 1 ]]
 }
 
+# cert-manager for the chart's certManager mode: the release's CRDs, then its controller and CA
+# injector as pods (e2e/manifests/cert-manager.yaml). The CRDs are applied by the same field
+# manager every time, so a restart or a second checkout's `up` changes nothing.
+install_cert_manager() {
+  local k=("${KUBECTL}" --kubeconfig "${HOST_KUBECONFIG}")
+  "${k[@]}" apply --server-side --field-manager kosmos-e2e -f "${CERT_MANAGER_CRDS}" > /dev/null
+  "${k[@]}" wait --for condition=Established --timeout 60s -f "${CERT_MANAGER_CRDS}" > /dev/null
+  sed -e "s|@CONTROLLER_IMAGE@|${CERT_MANAGER_CONTROLLER_IMAGE}|g" \
+    -e "s|@CAINJECTOR_IMAGE@|${CERT_MANAGER_CAINJECTOR_IMAGE}|g" "${E2E_DIR}/manifests/cert-manager.yaml" \
+    | "${k[@]}" apply --server-side --field-manager kosmos-e2e -f - > /dev/null
+}
+
+probe_cert_manager() {
+  local d
+  for d in cert-manager cert-manager-cainjector; do
+    [[ "$("${KUBECTL}" --kubeconfig "${HOST_KUBECONFIG}" -n kosmos-e2e-cert-manager get deployment \
+      "${d}" -o jsonpath='{.status.availableReplicas}')" == 1 ]] || return 1
+  done
+}
+
 # node1 and node2 of the virtual cluster have no kubelet (they stand for the tenant's nodes that
 # Kosmos would join); this loop does what a kubelet's heartbeat does for them: renews each
 # node's Lease every 10 s and its Ready condition every 40 s, so the virtual controller manager
@@ -983,7 +1003,8 @@ any_running() {
 ensure_binaries() {
   local bin
   for bin in "${KUBE_APISERVER}" "${KUBE_CONTROLLER_MANAGER}" "${KUBECTL}" "${ETCD}" "${KUBELET}" \
-    "${KUBE_SCHEDULER}" "${KUBE_PROXY}" "${HELM}" "${KUSTOMIZE}" "${LOCAL_PATH_PROVISIONER}"; do
+    "${KUBE_SCHEDULER}" "${KUBE_PROXY}" "${HELM}" "${KUSTOMIZE}" "${LOCAL_PATH_PROVISIONER}" \
+    "${CERT_MANAGER_CONTROLLER}" "${CERT_MANAGER_CAINJECTOR}"; do
     if [[ ! -x "${bin}" ]]; then
       log "binaries missing from ${E2E_CACHE}; building them (e2e/build.sh; cold: see e2e/README.md)"
       "${E2E_DIR}/build.sh" >&2
@@ -1053,7 +1074,9 @@ do_up() {
   wait_ready kubelet probe_node_ready
   wait_ready kube-proxy probe_kube_proxy
   install_storage
+  install_cert_manager
   wait_ready kubelet probe_storage
+  wait_ready kubelet probe_cert_manager
   log "ready: KUBECONFIG=${HOST_KUBECONFIG} (host, node ${NODE_NAME} at ${NODE_IP}), ${VIRTUAL_KUBECONFIG} (virtual)"
 }
 

@@ -10,6 +10,10 @@
 #   localhost/kosmos-e2e/local-path-provisioner:<version>
 #                                         rancher's local-path-provisioner, built from its Go module
 #                                         by e2e/build.sh, on the busybox files
+#   localhost/kosmos-e2e/cert-manager-controller:<version>
+#   localhost/kosmos-e2e/cert-manager-cainjector:<version>
+#                                         cert-manager's controller and CA injector (our mains
+#                                         over its module, e2e/cert-manager), alone, user 65532
 #
 # Usage: e2e/images.sh            build what is missing or out of date; print nothing on stdout
 #        e2e/images.sh --list     print one line per image: NAME ARCHIVE
@@ -30,7 +34,9 @@ images() {
     "pause|${PAUSE_IMAGE}|${IMAGE_DIR}/pause.tar" \
     "busybox|${BUSYBOX_IMAGE}|${IMAGE_DIR}/busybox.tar" \
     "executor|${EXECUTOR_IMAGE}|${IMAGE_DIR}/executor.tar" \
-    "local-path-provisioner|${LOCAL_PATH_PROVISIONER_IMAGE}|${IMAGE_DIR}/local-path-provisioner.tar"
+    "local-path-provisioner|${LOCAL_PATH_PROVISIONER_IMAGE}|${IMAGE_DIR}/local-path-provisioner.tar" \
+    "cert-manager-controller|${CERT_MANAGER_CONTROLLER_IMAGE}|${IMAGE_DIR}/cert-manager-controller.tar" \
+    "cert-manager-cainjector|${CERT_MANAGER_CAINJECTOR_IMAGE}|${IMAGE_DIR}/cert-manager-cainjector.tar"
 }
 
 if [[ "${1:-}" == "--list" ]]; then
@@ -126,6 +132,26 @@ build_local_path_provisioner() {
   echo "{\"Entrypoint\":[\"/usr/local/bin/local-path-provisioner\"],${PATH_ENV}}"
 }
 
+# A static Go program $2 alone in root filesystem $1, run as user 65532 (no shell: it talks only
+# to the apiserver, with its ServiceAccount's token and CA).
+static_rootfs() {
+  local root="$1" bin="$2"
+  mkdir -p "${root}/usr/local/bin" "${root}/etc" "${root}/tmp"
+  chmod 1777 "${root}/tmp"
+  cp "${bin}" "${root}/usr/local/bin/"
+  printf 'nonroot:x:65532:65532:nonroot:/tmp:/sbin/nologin\n' > "${root}/etc/passwd"
+  printf 'nonroot:x:65532:\n' > "${root}/etc/group"
+  echo "{\"Entrypoint\":[\"/usr/local/bin/$(basename "${bin}")\"],\"User\":\"65532:65532\",${PATH_ENV}}"
+}
+
+build_cert_manager_controller() {
+  static_rootfs "$1" "${CERT_MANAGER_CONTROLLER}"
+}
+
+build_cert_manager_cainjector() {
+  static_rootfs "$1" "${CERT_MANAGER_CAINJECTOR}"
+}
+
 # What goes into image $1: a hash over its recipe (this script) and the files it copies, so that
 # an archive is rebuilt exactly when one of them changed.
 inputs_of() {
@@ -134,6 +160,8 @@ inputs_of() {
     pause) files=("$0" "${E2E_DIR}/images/pause/main.go" "${E2E_DIR}/images/pause/go.mod") ;;
     executor) files+=("${KUBECTL}" "${HELM}" "${KUSTOMIZE}") ;;
     local-path-provisioner) files+=("${LOCAL_PATH_PROVISIONER}") ;;
+    cert-manager-controller) files=("$0" "${CERT_MANAGER_CONTROLLER}") ;;
+    cert-manager-cainjector) files=("$0" "${CERT_MANAGER_CAINJECTOR}") ;;
   esac
   echo "$1 ${ARCH}" | cat - "${files[@]}" | sha256sum | cut -d' ' -f1
 }

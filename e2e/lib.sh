@@ -28,6 +28,16 @@ HELM="${HELM_BIN_DIR}/helm"
 KUSTOMIZE="${KUSTOMIZE_BIN_DIR}/kustomize"
 LOCAL_PATH_PROVISIONER_BIN_DIR="${E2E_CACHE}/local-path-provisioner-${LOCAL_PATH_PROVISIONER_VERSION}"
 LOCAL_PATH_PROVISIONER="${LOCAL_PATH_PROVISIONER_BIN_DIR}/local-path-provisioner"
+# cert-manager's controller and CA injector are our own mains (e2e/cert-manager): the folder is
+# keyed by the version and by a hash of those sources, so an edit to them builds anew.
+CERT_MANAGER_SRC="${E2E_DIR}/cert-manager"
+CERT_MANAGER_HASH="$(cat "${CERT_MANAGER_SRC}/go.mod" "${CERT_MANAGER_SRC}/go.sum" \
+  "${CERT_MANAGER_SRC}/controller/main.go" "${CERT_MANAGER_SRC}/cainjector/main.go" | sha256sum | cut -c1-12)"
+CERT_MANAGER_BIN_DIR="${E2E_CACHE}/cert-manager-${CERT_MANAGER_VERSION}-${CERT_MANAGER_HASH}"
+CERT_MANAGER_CONTROLLER="${CERT_MANAGER_BIN_DIR}/cert-manager-controller"
+CERT_MANAGER_CAINJECTOR="${CERT_MANAGER_BIN_DIR}/cert-manager-cainjector"
+# The release's own CRDs (deploy/crds of its module), copied next to the binaries.
+CERT_MANAGER_CRDS="${CERT_MANAGER_BIN_DIR}/crds"
 KUBELET="${KUBERNETES_BIN_DIR}/kubelet"
 KUBE_SCHEDULER="${KUBERNETES_BIN_DIR}/kube-scheduler"
 KUBE_PROXY="${KUBERNETES_BIN_DIR}/kube-proxy"
@@ -41,6 +51,8 @@ BUSYBOX_IMAGE=localhost/kosmos-e2e/busybox:1
 WORKSPACE_VERSION="$(sed -nE '/^\[workspace.package\]/,/^\[/ s/^version = "(.*)"/\1/p' "${REPO_DIR}/Cargo.toml")"
 EXECUTOR_IMAGE="localhost/kosmos/plugin-executor:${WORKSPACE_VERSION}"
 LOCAL_PATH_PROVISIONER_IMAGE="localhost/kosmos-e2e/local-path-provisioner:${LOCAL_PATH_PROVISIONER_VERSION}"
+CERT_MANAGER_CONTROLLER_IMAGE="localhost/kosmos-e2e/cert-manager-controller:${CERT_MANAGER_VERSION}"
+CERT_MANAGER_CAINJECTOR_IMAGE="localhost/kosmos-e2e/cert-manager-cainjector:${CERT_MANAGER_VERSION}"
 
 # Prints a message on stderr with the script's name, so interleaved output stays readable.
 log() {

@@ -1,6 +1,7 @@
-// A try: cert-manager's controller from its published module (the cmd/controller module is not
-// on the module proxy): the certificate, issuer and self-signed/CA request controllers, started
-// the way its own command starts them, minus flags, ACME and the ingress/gateway shims.
+// cert-manager's controller from its published module (the cmd/controller module is not on the
+// Go module proxy): the certificate, issuer and self-signed/CA request controllers, started the
+// way its own command starts them, with its default settings and without flags, leader election
+// (one replica), ACME, the other issuers and the ingress/gateway shims.
 package main
 
 import (
@@ -9,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	controller "github.com/cert-manager/cert-manager/pkg/controller"
 	_ "github.com/cert-manager/cert-manager/pkg/controller/certificaterequests/approver"
@@ -42,6 +44,11 @@ func main() {
 		KubernetesAPIQPS:   20,
 		KubernetesAPIBurst: 50,
 		IssuerOptions:      controller.IssuerOptions{ClusterResourceNamespace: namespace},
+		// Its command's defaults: a failed request is retried after 1 h, doubling up to 32 h.
+		CertificateOptions: controller.CertificateOptions{
+			CertificateRequestMinimumBackoffDuration: time.Hour,
+			CertificateRequestMaximumBackoffDuration: 32 * time.Hour,
+		},
 	})
 	if err != nil {
 		fail(err)

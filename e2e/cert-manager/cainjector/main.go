@@ -1,16 +1,21 @@
-// A try: cert-manager's CA injector from its published module (the cmd/cainjector module is not
-// on the module proxy), run the way its own command runs it, minus flags.
+// cert-manager's CA injector from its published module (the cmd/cainjector module is not on the
+// Go module proxy), set up the way its own command sets it up, without flags: no leader election
+// (one replica), no metrics listener, MutatingWebhookConfigurations only, the CA taken from the
+// Secret of the Certificate that `cert-manager.io/inject-ca-from` names.
 package main
 
 import (
 	"fmt"
 	"os"
 
+	corev1 "k8s.io/api/core/v1"
 	apiext "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	apireg "k8s.io/kube-aggregator/pkg/apis/apiregistration/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	"github.com/cert-manager/cert-manager/pkg/controller/cainjector"
@@ -24,7 +29,13 @@ func main() {
 			os.Exit(1)
 		}
 	}
-	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{Scheme: scheme})
+	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
+		Scheme:  scheme,
+		Metrics: metricsserver.Options{BindAddress: "0"},
+		// The injector watches only the metadata of Secrets and reads the one it needs by name,
+		// as its own command does: no cache of every Secret's data in the cluster.
+		Client: client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}}}},
+	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
