@@ -902,7 +902,8 @@ probe_storage() {
 # manager every time, so a restart or a second checkout's `up` changes nothing.
 install_cert_manager() {
   local k=("${KUBECTL}" --kubeconfig "${HOST_KUBECONFIG}")
-  "${k[@]}" apply --server-side --field-manager kosmos-e2e -f "${CERT_MANAGER_CRDS}" > /dev/null
+  # Forced: they replace whatever an older checkout's chart test applied under these names.
+  "${k[@]}" apply --server-side --force-conflicts --field-manager kosmos-e2e -f "${CERT_MANAGER_CRDS}" > /dev/null
   "${k[@]}" wait --for condition=Established --timeout 60s -f "${CERT_MANAGER_CRDS}" > /dev/null
   sed -e "s|@CONTROLLER_IMAGE@|${CERT_MANAGER_CONTROLLER_IMAGE}|g" \
     -e "s|@CAINJECTOR_IMAGE@|${CERT_MANAGER_CAINJECTOR_IMAGE}|g" "${E2E_DIR}/manifests/cert-manager.yaml" \

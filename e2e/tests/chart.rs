@@ -159,6 +159,8 @@ async fn every_rendered_object_is_accepted_by_the_apiserver_in_each_certificate_
 {
     let admin = kosmos_e2e::host().await?;
     kosmos_e2e::install_crds(&admin).await?;
+    // cert-manager's CRDs are the real ones the local cluster runs cert-manager with (on a
+    // cluster of your own, install cert-manager first); the ServiceMonitor CRD is a stand-in.
     let third_party = std::fs::read_to_string(testdata().join("third-party-crds.yaml"))?;
     for crd in kosmos_e2e::parse_yaml::<CustomResourceDefinition>(&third_party)? {
         let api: Api<CustomResourceDefinition> = Api::all(admin.clone());
@@ -176,7 +178,7 @@ async fn every_rendered_object_is_accepted_by_the_apiserver_in_each_certificate_
         "servicemonitors.monitoring.coreos.com",
     ] {
         wait_for(
-            "a stand-in CRD to be served",
+            "a third-party CRD to be served",
             Duration::from_secs(60),
             || {
                 let crds = crds.clone();
