@@ -308,13 +308,27 @@ async fn cert_manager_issues_the_webhook_certificate_and_injects_its_ca() -> Res
     hook.client_config.ca_bundle = Some(k8s_openapi::ByteString(cluster_ca.clone().into_bytes()));
     mwcs.replace(&configuration, &PostParams::default(), &mwc)
         .await?;
-    let refused = executor_job_dry_run(&admin, &pns).await?;
+    // The apiserver reads registrations through an informer: the new caBundle is in use a
+    // moment after the write.
+    let refused = wait_for(
+        "the apiserver to refuse executor Jobs with the wrong caBundle",
+        Duration::from_secs(30),
+        || {
+            let (admin, pns) = (admin.clone(), pns.clone());
+            async move {
+                Ok(match executor_job_dry_run(&admin, &pns).await? {
+                    Err(kube::Error::Api(s)) if s.message.contains("failed calling webhook") => {
+                        Some(s.message)
+                    }
+                    _ => None,
+                })
+            }
+        },
+    )
+    .await?;
     ensure!(
-        matches!(&refused, Err(kube::Error::Api(s))
-            if s.message.contains("failed calling webhook")
-                && s.message.contains("executor-jobs.plugin.kosmos.io")
-                && (s.message.contains("x509") || s.message.contains("certificate"))),
-        "with a wrong caBundle the apiserver did not refuse the executor Job: {refused:?}"
+        refused.contains("executor-jobs.plugin.kosmos.io") && refused.contains("x509"),
+        "with a wrong caBundle the apiserver refused the executor Job, but not for its certificate: {refused}"
     );
     // The annotation back: the injector writes the issued CA again and the webhook answers.
     mwcs.patch(
@@ -328,6 +342,22 @@ async fn cert_manager_issues_the_webhook_certificate_and_injects_its_ca() -> Res
         &configuration,
         &issued_ca,
         "the CA injector to put the issued CA back",
+    )
+    .await?;
+    wait_for(
+        "the apiserver to reach the webhook with the restored caBundle",
+        Duration::from_secs(30),
+        || {
+            let (admin, pns) = (admin.clone(), pns.clone());
+            async move {
+                Ok(match executor_job_dry_run(&admin, &pns).await? {
+                    Err(kube::Error::Api(s)) if s.message.contains("failed calling webhook") => {
+                        None
+                    }
+                    _ => Some(()),
+                })
+            }
+        },
     )
     .await?;
     webhook_answers_through_its_service(&admin, &rns, &pns).await?;

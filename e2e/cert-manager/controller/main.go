@@ -6,11 +6,14 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
+
+	"k8s.io/klog/v2"
 
 	controller "github.com/cert-manager/cert-manager/pkg/controller"
 	_ "github.com/cert-manager/cert-manager/pkg/controller/certificaterequests/approver"
@@ -34,6 +37,12 @@ func fail(err error) {
 }
 
 func main() {
+	// Errors and cert-manager's info level (2), on stderr: what `kubectl logs` shows.
+	logFlags := flag.NewFlagSet("klog", flag.ExitOnError)
+	klog.InitFlags(logFlags)
+	if err := logFlags.Set("v", "2"); err != nil {
+		fail(err)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	namespace := os.Getenv("POD_NAMESPACE")
