@@ -45,8 +45,11 @@ const CERT_MANAGER_NAMESPACE: &str = "kosmos-e2e-cert-manager";
 const INJECT_ANNOTATION: &str = "cert-manager.io/inject-ca-from";
 
 fn certificates(admin: &Client, namespace: &str) -> Api<DynamicObject> {
-    let resource =
-        ApiResource::from_gvk(&GroupVersionKind::gvk("cert-manager.io", "v1", "Certificate"));
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "cert-manager.io",
+        "v1",
+        "Certificate",
+    ));
     Api::namespaced_with(admin.clone(), namespace, &resource)
 }
 
@@ -283,8 +286,7 @@ async fn cert_manager_issues_the_webhook_certificate_and_injects_its_ca() -> Res
         .and_then(|d| d.get("ca.crt").cloned())
         .context("no kube-root-ca.crt")?;
     let untrusted =
-        every_replica_serves_a_trusted_certificate(&admin, &rns, cluster_ca.as_bytes(), None)
-            .await;
+        every_replica_serves_a_trusted_certificate(&admin, &rns, cluster_ca.as_bytes(), None).await;
     ensure!(
         matches!(&untrusted, Err(e) if format!("{e:#}").contains("curl exit 60")),
         "the webhook's certificate verified against the cluster's CA, not only the issued one: {untrusted:?}"
@@ -334,7 +336,9 @@ async fn cert_manager_issues_the_webhook_certificate_and_injects_its_ca() -> Res
     mwcs.patch(
         &configuration,
         &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {(INJECT_ANNOTATION): format!("{rns}/{WEBHOOK}")}}})),
+        &Patch::Merge(
+            json!({"metadata": {"annotations": {(INJECT_ANNOTATION): format!("{rns}/{WEBHOOK}")}}}),
+        ),
     )
     .await?;
     wait_for_ca_bundle(
@@ -483,9 +487,8 @@ async fn run_the_demo(
         );
         let ran = kosmos_e2e::job_pods(admin, pns, job_name).await?;
         ensure!(
-            ran.iter().any(
-                |p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded")
-            ),
+            ran.iter()
+                .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded")),
             "{job_name}: no executor pod succeeded on the node"
         );
     }

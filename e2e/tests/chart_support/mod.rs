@@ -34,7 +34,6 @@ pub fn chart_dir() -> PathBuf {
     kosmos_e2e::repo_dir().join("charts/kosmos-plugins")
 }
 
-
 pub fn helm_binary() -> PathBuf {
     cached_tool_dirs()
         .into_iter()
@@ -479,8 +478,6 @@ done"#;
     }
     Ok(())
 }
-
-
 
 /// Every object that outlived `helm uninstall`: anything in the release namespace but what
 /// Kubernetes puts in every namespace (the `default` ServiceAccount, the `kube-root-ca.crt`
