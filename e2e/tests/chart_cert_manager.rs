@@ -298,6 +298,43 @@ async fn cert_manager_issues_the_webhook_certificate_and_injects_its_ca() -> Res
     // The demo through the chart: the operator's executor Jobs go through that webhook.
     run_the_demo(&admin, &virtual_cluster, &rns, &pns).await?;
 
+    // A renewal, as `cmctl renew` asks for one: a new key and, from the self-signed Issuer, a new
+    // CA. The injector writes it into the registration; the webhook pods pick the new pair up
+    // once the kubelet has refreshed the mounted Secret and their poller has read it. Until then
+    // the apiserver, trusting only the new CA, cannot reach them: that gap is measured and
+    // bounded (the chart README tells admins about it).
+    let renewed_ca = renew(&admin, &rns, &secrets, &tls_secret, &issued_ca).await?;
+    wait_for_ca_bundle(
+        &mwcs,
+        &configuration,
+        &renewed_ca,
+        "the CA injector to write the renewed CA into the registration",
+    )
+    .await?;
+    let renewal = std::time::Instant::now();
+    wait_for(
+        "the webhook to serve the renewed certificate to the apiserver",
+        Duration::from_secs(240),
+        || {
+            let (admin, pns) = (admin.clone(), pns.clone());
+            async move {
+                Ok(match executor_job_dry_run(&admin, &pns).await? {
+                    Err(kube::Error::Api(s)) if s.message.contains("failed calling webhook") => {
+                        None
+                    }
+                    _ => Some(()),
+                })
+            }
+        },
+    )
+    .await?;
+    eprintln!(
+        "the webhook served the renewed certificate {:.0?} after the injector wrote its CA",
+        renewal.elapsed()
+    );
+    every_replica_serves_a_trusted_certificate(&admin, &rns, &renewed_ca, None).await?;
+    let issued_ca = renewed_ca;
+
     // A wrong caBundle (the injector told to keep off): the apiserver no longer trusts the
     // webhook and, failurePolicy Fail, refuses executor Jobs.
     let (mut mwc, _) = registration(&mwcs, &configuration).await?;
@@ -400,6 +437,54 @@ async fn cert_manager_issues_the_webhook_certificate_and_injects_its_ca() -> Res
     );
     vc_ns.delete().await?;
     release_ns.delete().await
+}
+
+/// Asks cert-manager to issue the chart's Certificate again (what `cmctl renew` does: the
+/// Issuing condition, set on the status) and returns the CA of the new Secret contents.
+async fn renew(
+    admin: &Client,
+    rns: &str,
+    secrets: &Api<Secret>,
+    tls_secret: &str,
+    old_ca: &[u8],
+) -> Result<Vec<u8>> {
+    let certs = certificates(admin, rns);
+    let cert = certs.get(WEBHOOK).await?;
+    let mut conditions = cert.data["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    conditions.push(json!({
+        "type": "Issuing",
+        "status": "True",
+        "reason": "ManuallyTriggered",
+        "message": "renewal asked for by the chart test",
+        "lastTransitionTime": k8s_openapi::jiff::Timestamp::now().to_string(),
+        "observedGeneration": cert.metadata.generation,
+    }));
+    certs
+        .patch_status(
+            WEBHOOK,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"conditions": conditions}})),
+        )
+        .await
+        .with_context(|| format!("setting Issuing on Certificate {rns}/{WEBHOOK}"))?;
+    wait_for(
+        "cert-manager to issue the renewed certificate",
+        Duration::from_secs(120),
+        || {
+            let secrets = secrets.clone();
+            async move {
+                let data = secret_data(&secrets, tls_secret).await?;
+                Ok(data
+                    .get("ca.crt")
+                    .filter(|ca| !ca.is_empty() && ca.as_slice() != old_ca)
+                    .cloned())
+            }
+        },
+    )
+    .await
 }
 
 /// The demo's plugins and VirtualCluster in `pns`, installed by the release's pods alone: the
