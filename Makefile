@@ -52,7 +52,7 @@ images: e2e-bins ## the operator, webhook and executor images as OCI archives in
 images-check: e2e-bins ## make images, then build the archives again and fail unless the bytes are equal
 	images/build.sh --reproducible
 
-e2e-bins: ## build (once, cached) the Kubernetes binaries, etcd, helm, kustomize, local-path-provisioner, the node's images
+e2e-bins: ## build (once, cached) the Kubernetes binaries, etcd, helm, kustomize, local-path-provisioner, cert-manager, the node's images
 	e2e/build.sh
 	e2e/images.sh
 
