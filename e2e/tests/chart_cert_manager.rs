@@ -165,7 +165,7 @@ async fn cert_manager_issues_the_webhook_certificate_and_injects_its_ca() -> Res
     adopt_crds(&admin, &rns).await?;
 
     let chart = chart_dir().display().to_string();
-    let watch = format!("watchNamespace={pns}");
+    let watch = format!("watchNamespaces={{{pns}}}");
     let demo = kosmos_e2e::e2e_dir().join("demo");
     let host_paths = format!("webhook.allowedHostPathPrefixes={{{}}}", demo.display());
     let install = helm(&[
@@ -422,14 +422,14 @@ async fn cert_manager_issues_the_webhook_certificate_and_injects_its_ca() -> Res
         || {
             let (rns, pns) = (rns.clone(), pns.clone());
             async move {
-                let left = release_leftovers(&rns, &pns).await?;
+                let left = release_leftovers(&rns, &[&pns]).await?;
                 Ok(left.is_empty().then_some(()))
             }
         },
     )
     .await;
     if let Err(e) = strays {
-        bail!("{e:#}: {:#?}", release_leftovers(&rns, &pns).await?);
+        bail!("{e:#}: {:#?}", release_leftovers(&rns, &[&pns]).await?);
     }
     ensure!(
         mwcs.get_opt(&configuration).await?.is_none(),

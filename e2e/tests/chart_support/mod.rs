@@ -484,7 +484,7 @@ done"#;
 /// ConfigMap, events), and anything elsewhere (the watched namespace, cluster-scoped) that
 /// Helm recorded as the release's, but the CRDs it keeps. Every listable resource type is
 /// asked, so a kind the chart starts making later is covered too.
-pub async fn release_leftovers(rns: &str, pns: &str) -> Result<Vec<String>> {
+pub async fn release_leftovers(rns: &str, watched: &[&str]) -> Result<Vec<String>> {
     let mut left = Vec::new();
     for namespaced in [true, false] {
         let types = kosmos_e2e::kubectl(
@@ -506,7 +506,10 @@ pub async fn release_leftovers(rns: &str, pns: &str) -> Result<Vec<String>> {
         let joined = types.join(",");
         args.push(&joined);
         let scopes: Vec<Option<&str>> = if namespaced {
-            vec![Some(rns), Some(pns)]
+            std::iter::once(rns)
+                .chain(watched.iter().copied())
+                .map(Some)
+                .collect()
         } else {
             vec![None]
         };
