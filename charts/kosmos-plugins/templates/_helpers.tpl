@@ -98,6 +98,9 @@ system:serviceaccount:{{ .Release.Namespace }}:{{ include "kosmos-plugins.operat
 runAsNonRoot: true
 runAsUser: 65532
 runAsGroup: 65532
+{{- /* Secret volumes are written root-owned; fsGroup makes the kubelet give them our group, so
+the 0440 certificate files are readable without opening them to every user. */}}
+fsGroup: 65532
 seccompProfile:
   type: RuntimeDefault
 {{- end }}

@@ -1,8 +1,8 @@
-//! What the chart tests share (chart.rs, chart_cert_manager.rs): helm against the host cluster,
+//! What the chart tests share (chart.rs, chart_cert_manager.rs, chart_secret.rs): helm against the host cluster,
 //! the images on the node, the release's rollout, the webhook reached through its Service and
 //! serving a trusted certificate from every replica, and what `helm uninstall` leaves.
 //!
-//! The two files are separate test binaries on purpose: each installs release `kosmos-plugins`,
+//! The files are separate test binaries on purpose: each installs release `kosmos-plugins`,
 //! which owns the cluster-wide plugin CRDs, so two installs must never run at once (cargo runs
 //! test binaries one after another).
 
