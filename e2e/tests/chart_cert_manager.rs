@@ -470,21 +470,43 @@ async fn renew(
         )
         .await
         .with_context(|| format!("setting Issuing on Certificate {rns}/{WEBHOOK}"))?;
+    // Done when the Certificate's revision has moved on and it is Ready again with no issuance
+    // under way: the Secret read then is the one the CA injector settles on (the first change
+    // of the Secret seen mid-issuance may not be the last).
+    let old_revision = cert.data["status"]["revision"].as_i64().unwrap_or(0);
     wait_for(
         "cert-manager to issue the renewed certificate",
         Duration::from_secs(120),
         || {
-            let secrets = secrets.clone();
+            let certs = certs.clone();
             async move {
-                let data = secret_data(&secrets, tls_secret).await?;
-                Ok(data
-                    .get("ca.crt")
-                    .filter(|ca| !ca.is_empty() && ca.as_slice() != old_ca)
-                    .cloned())
+                let cert = certs.get(WEBHOOK).await?;
+                let status = &cert.data["status"];
+                let conditions = status["conditions"].as_array().cloned().unwrap_or_default();
+                let has = |kind: &str| {
+                    conditions
+                        .iter()
+                        .any(|c| c["type"] == kind && c["status"] == "True")
+                };
+                let settled = status["revision"].as_i64().unwrap_or(0) > old_revision
+                    && has("Ready")
+                    && !has("Issuing");
+                Ok(settled.then_some(()))
             }
         },
     )
-    .await
+    .await?;
+    let data = secret_data(secrets, tls_secret).await?;
+    let ca = data
+        .get("ca.crt")
+        .filter(|ca| !ca.is_empty())
+        .cloned()
+        .with_context(|| format!("Secret {rns}/{tls_secret} has no ca.crt after the renewal"))?;
+    ensure!(
+        ca != old_ca,
+        "the renewal of Certificate {rns}/{WEBHOOK} kept the old CA (the self-signed Issuer makes a new one)"
+    );
+    Ok(ca)
 }
 
 /// The demo's plugins and VirtualCluster in `pns`, installed by the release's pods alone: the
