@@ -99,6 +99,8 @@ async fn registration(
 
 /// Waits until the registration's caBundle is `want`: what the CA injector wrote.
 async fn wait_for_ca_bundle(
+    admin: &Client,
+    rns: &str,
     mwcs: &Api<MutatingWebhookConfiguration>,
     name: &str,
     want: &[u8],
@@ -113,7 +115,36 @@ async fn wait_for_ca_bundle(
     })
     .await;
     if let Err(e) = injected {
-        let (mwc, _) = registration(mwcs, name).await?;
+        let (mwc, bundle) = registration(mwcs, name).await?;
+        let digest = |b: &[u8]| hex_digest(b);
+        let secret = secret_data(
+            &Api::<Secret>::namespaced(admin.clone(), rns),
+            &format!("{WEBHOOK}-tls"),
+        )
+        .await?;
+        let in_secret = secret.get("ca.crt").map(|c| digest(c)).unwrap_or_default();
+        let cert = certificates(admin, rns).get_opt(WEBHOOK).await?;
+        let controller = kosmos_e2e::kubectl(
+            Cluster::Host,
+            &[
+                "-n",
+                CERT_MANAGER_NAMESPACE,
+                "logs",
+                "deployment/cert-manager",
+                "--tail",
+                "30",
+            ],
+        )
+        .await
+        .unwrap_or_else(|e| format!("{e:#}"));
+        eprintln!(
+            "caBundle sha256 {} ({} bytes), wanted {} ({} bytes), the Secret's ca.crt now {in_secret}\nCertificate status: {}\ncontroller:\n{controller}",
+            digest(&bundle),
+            bundle.len(),
+            digest(want),
+            want.len(),
+            serde_json::to_string_pretty(&cert.map(|c| c.data["status"].clone()))?
+        );
         let injector = kosmos_e2e::kubectl(
             Cluster::Host,
             &[
@@ -133,6 +164,15 @@ async fn wait_for_ca_bundle(
         );
     }
     Ok(())
+}
+
+fn hex_digest(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// An executor Job the apiserver must send to the webhook; a dry run, so nothing is created.
@@ -267,6 +307,8 @@ async fn cert_manager_issues_the_webhook_certificate_and_injects_its_ca() -> Res
         mwc.metadata.annotations
     );
     wait_for_ca_bundle(
+        &admin,
+        &rns,
         &mwcs,
         &configuration,
         &issued_ca,
@@ -305,6 +347,8 @@ async fn cert_manager_issues_the_webhook_certificate_and_injects_its_ca() -> Res
     // bounded (the chart README tells admins about it).
     let renewed_ca = renew(&admin, &rns, &secrets, &tls_secret, &issued_ca).await?;
     wait_for_ca_bundle(
+        &admin,
+        &rns,
         &mwcs,
         &configuration,
         &renewed_ca,
@@ -379,6 +423,8 @@ async fn cert_manager_issues_the_webhook_certificate_and_injects_its_ca() -> Res
     )
     .await?;
     wait_for_ca_bundle(
+        &admin,
+        &rns,
         &mwcs,
         &configuration,
         &issued_ca,
@@ -450,6 +496,10 @@ async fn renew(
 ) -> Result<Vec<u8>> {
     let certs = certificates(admin, rns);
     let cert = certs.get(WEBHOOK).await?;
+    eprintln!(
+        "asking for a renewal at {}",
+        k8s_openapi::jiff::Timestamp::now()
+    );
     let mut conditions = cert.data["status"]["conditions"]
         .as_array()
         .cloned()

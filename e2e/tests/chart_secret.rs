@@ -23,7 +23,7 @@ use chart_support::{
 };
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kosmos_e2e::{Cluster, TestNamespace, wait_for};
 use kosmos_webhook::tls::{self, DevCerts};
 use kube::Api;
@@ -133,10 +133,16 @@ async fn the_admins_secret_serves_the_webhook_and_rotates_with_an_upgrade() -> R
     wait_for_rollout(&admin, &rns, OPERATOR, 1).await?;
     wait_for_rollout(&admin, &rns, WEBHOOK, 2).await?;
     every_replica_serves_a_trusted_certificate(&admin, &rns, first.ca_pem.as_bytes(), None).await?;
-    let other = admin_certificate(&rns)?;
+    // Another CA, with another subject (one of the same name would make OpenSSL try its key on
+    // the signature and fail differently): the cluster's.
+    let cluster_ca = Api::<ConfigMap>::namespaced(admin.clone(), &rns)
+        .get("kube-root-ca.crt")
+        .await?
+        .data
+        .and_then(|d| d.get("ca.crt").cloned())
+        .context("no kube-root-ca.crt")?;
     let untrusted =
-        every_replica_serves_a_trusted_certificate(&admin, &rns, other.ca_pem.as_bytes(), None)
-            .await;
+        every_replica_serves_a_trusted_certificate(&admin, &rns, cluster_ca.as_bytes(), None).await;
     ensure!(
         matches!(&untrusted, Err(e) if format!("{e:#}").contains("curl exit 60")),
         "the webhook's certificate verified against a CA that did not sign it: {untrusted:?}"
