@@ -240,9 +240,20 @@ pub async fn run(args: &WebhookArgs) -> Result<()> {
     let peer_note = match peer_binary {
         Ok(Some(binary)) => {
             let fixture_path = dir.join("peer-fixture.json");
+            // The webhook signs its mark per Job with the key it keeps in the cluster; the peer
+            // is handed the mark the webhook gave each review's Job instead of signing (less work
+            // for the peer, never more).
+            let mut marks = BTreeMap::new();
+            for (name, plugin) in [("pvpath", PV_PATH_PLUGIN), ("uri", URI_CHART_PLUGIN)] {
+                let mark = patched[name]["metadata"]["annotations"]
+                    [kosmos_api::contract::INJECTED_ANNOTATION]
+                    .as_str()
+                    .with_context(|| format!("the webhook's {name} Job carries no mark"))?;
+                marks.insert(plugin, mark.to_owned());
+            }
             std::fs::write(
                 &fixture_path,
-                serde_json::to_vec(&peer_fixture(&plugins, &vcs, vc)?)?,
+                serde_json::to_vec(&peer_fixture(&plugins, &vcs, vc, &marks)?)?,
             )?;
             let peer_port = proc::free_port()?;
             let mut command = proc::pinned(proc::SERVER_CORE, &binary);
@@ -480,11 +491,13 @@ fn is_empty(value: &Value) -> bool {
 }
 
 /// The peer's stand-in for its caches: for every plugin, what the Rust mutation injects into
-/// its executor Job in `vc`; and the names of the VirtualClusters.
+/// its executor Job in `vc` (with the mark from `marks` where it names the plugin); and the
+/// names of the VirtualClusters.
 fn peer_fixture(
     plugins: &[kosmos_api::VirtualClusterPlugin],
     vcs: &[VirtualCluster],
     vc: &VirtualCluster,
+    marks: &BTreeMap<&str, String>,
 ) -> Result<Value> {
     let mut injections = serde_json::Map::new();
     for plugin in plugins {
@@ -522,7 +535,7 @@ fn peer_fixture(
                 "mounts": container["volumeMounts"],
                 "env": container["env"],
                 "command": container["command"],
-                "mark": mutation.mark,
+                "mark": marks.get(plugin.name_any().as_str()).cloned().unwrap_or(mutation.mark),
             }),
         );
     }
