@@ -729,7 +729,10 @@ async fn wake(
 }
 
 /// The ceiling: the operator's own bare Jobs, created by a plain client, one task per
-/// VirtualCluster creating its Jobs one after the other, all tasks at once. The same plugins
+/// VirtualCluster creating its Jobs one after the other, as many tasks at once as the operator
+/// reconciles VirtualClusters at once (its `--concurrent-reconciles` default; unbounded, a
+/// thousand tasks overloaded the apiserver and made the "ceiling" slower than the operator,
+/// 2026-12-06). The same plugins
 /// and VirtualClusters exist and the same webhook is registered, so each Job is the operator's
 /// (owner reference included) and passes the same admission chain: what is left between the
 /// two is the operator's own work.
@@ -780,8 +783,11 @@ async fn run_ceiling(setting: &Setting<'_>) -> Result<Outcome> {
         dry_run: false,
         field_manager: Some(contract::OPERATOR_FIELD_MANAGER.to_owned()),
     };
+    let concurrency = usize::from(
+        kosmos_operator::server::Args::local(ns, "ceiling", &[])?.concurrent_reconciles,
+    );
     let work = async {
-        futures::future::try_join_all(jobs.into_iter().map(|list| {
+        futures::stream::iter(jobs.into_iter().map(|list| {
             let (api, params) = (api.clone(), params.clone());
             async move {
                 for job in list {
@@ -790,6 +796,8 @@ async fn run_ceiling(setting: &Setting<'_>) -> Result<Outcome> {
                 Ok::<_, kube::Error>(())
             }
         }))
+        .buffer_unordered(concurrency)
+        .try_collect::<Vec<()>>()
         .await?;
         Ok(())
     };
