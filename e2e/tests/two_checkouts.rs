@@ -164,6 +164,11 @@ impl SecondCheckout {
                 || name.ends_with(".yaml")
                 || name.ends_with(".go")
                 || name == "go.mod"
+                // cert-manager's mains: cluster.sh keys their cached build by these sources.
+                || name == "go.sum"
+                || name == "cert-manager"
+                || name == "controller"
+                || name == "cainjector"
         })?;
         std::fs::copy(
             kosmos_e2e::repo_dir().join("Cargo.toml"),
