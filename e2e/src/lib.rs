@@ -47,7 +47,7 @@ pub use node::{
 pub use pods::{
     OUTCOME_ANNOTATION, PodOutcome, finish_pod, job_pods, make_obedient, obedient_job_patch,
     tell_pod, termination_message, wait_for_job_condition, wait_for_job_pod,
-    wait_for_job_pod_and_finish,
+    wait_for_job_pod_and_finish, wait_for_job_pod_and_tell,
 };
 pub use wait::{DEFAULT_TIMEOUT, wait_for};
 pub use webhook::executor_webhook_configuration;

@@ -183,6 +183,11 @@ pub async fn finish_pod(
     outcome: &PodOutcome,
 ) -> Result<Pod> {
     tell_pod(client, namespace, name, outcome).await?;
+    wait_until_finished(client, namespace, name).await
+}
+
+/// Waits until the kubelet reports pod `namespace/name` finished; returns the finished pod.
+async fn wait_until_finished(client: &Client, namespace: &str, name: &str) -> Result<Pod> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     // Image already on the node, container start, the kubelet's next status update.
     wait_for(
@@ -196,6 +201,24 @@ pub async fn finish_pod(
     .await
 }
 
+/// Waits for the next pod of Job `namespace/job` and tells it to end with `outcome`, without
+/// waiting for it to end; returns the pod's name.
+pub async fn wait_for_job_pod_and_tell(
+    client: &Client,
+    namespace: &str,
+    job: &str,
+    outcome: &PodOutcome,
+    timeout: Duration,
+) -> Result<String> {
+    let pod = wait_for_job_pod(client, namespace, job, timeout).await?;
+    let name = pod
+        .metadata
+        .name
+        .context("the job controller made a pod without a name")?;
+    tell_pod(client, namespace, &name, outcome).await?;
+    Ok(name)
+}
+
 /// Waits for the next pod of Job `namespace/job` and finishes it with `outcome`.
 pub async fn wait_for_job_pod_and_finish(
     client: &Client,
@@ -204,12 +227,8 @@ pub async fn wait_for_job_pod_and_finish(
     outcome: &PodOutcome,
     timeout: Duration,
 ) -> Result<Pod> {
-    let pod = wait_for_job_pod(client, namespace, job, timeout).await?;
-    let name = pod
-        .metadata
-        .name
-        .context("the job controller made a pod without a name")?;
-    finish_pod(client, namespace, &name, outcome).await
+    let name = wait_for_job_pod_and_tell(client, namespace, job, outcome, timeout).await?;
+    wait_until_finished(client, namespace, &name).await
 }
 
 /// Waits until Job `namespace/job` has condition `condition_type` (`Complete`, `Failed`, ...)

@@ -698,12 +698,8 @@ pub async fn finish(client: &Client, ns: &str, job: &str, outcome: PodOutcome) -
 /// uninstall on delete, whose success lets the VirtualCluster go and the collector take the Job
 /// and its pod, often before the kubelet's final status could be read.
 pub async fn tell(client: &Client, ns: &str, job: &str, outcome: PodOutcome) -> Result<()> {
-    let pod = kosmos_e2e::wait_for_job_pod(client, ns, job, STEP).await?;
-    let name = pod
-        .metadata
-        .name
-        .context("the job controller made a pod without a name")?;
-    kosmos_e2e::tell_pod(client, ns, &name, &outcome).await
+    kosmos_e2e::wait_for_job_pod_and_tell(client, ns, job, &outcome, STEP).await?;
+    Ok(())
 }
 
 /// A pod that succeeded.
