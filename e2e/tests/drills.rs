@@ -459,6 +459,7 @@ impl Stack {
                 executor_pod: Default::default(),
                 readiness: ReadinessMode::External,
                 concurrent_reconciles: 32,
+                reconcile_debounce: Duration::from_millis(500),
                 uninstall_on_delete: false,
                 uninstall_timeout: Duration::from_secs(10),
                 namespaces: vec![n.clone()],

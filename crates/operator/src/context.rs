@@ -34,6 +34,8 @@ pub struct Config {
     pub readiness: ReadinessMode,
     /// VirtualClusters reconciled at once (per watched namespace).
     pub concurrent_reconciles: u16,
+    /// How long a woken VirtualCluster waits for further changes before it is reconciled.
+    pub reconcile_debounce: Duration,
     /// Uninstall plugins when a VirtualCluster is deleted (the annotation overrides it).
     pub uninstall_on_delete: bool,
     /// Bound on waiting for uninstall Jobs when a VirtualCluster is deleted.

@@ -124,9 +124,10 @@ async fn watch(
     jobs: Api<Job>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let concurrency = ctx.config.concurrent_reconciles;
-    let controller = Controller::new(vcs, watcher::Config::default())
-        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
+    let settings = kube::runtime::controller::Config::default()
+        .concurrency(ctx.config.concurrent_reconciles)
+        .debounce(ctx.config.reconcile_debounce);
+    let controller = Controller::new(vcs, watcher::Config::default()).with_config(settings);
     let store = controller.store();
     let executor_jobs = watcher::Config::default().labels(contract::EXECUTOR_SELECTOR);
     controller

@@ -67,6 +67,12 @@ pub struct Args {
     /// together then queue here instead of sending a thousand requests to the apiserver at once.
     #[arg(long, env = "OPERATOR_CONCURRENT_RECONCILES", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrent_reconciles: u16,
+    /// Milliseconds a VirtualCluster's reconciliation waits after the last change that woke it
+    /// (0: none). A Job's status changes two or three times on its way to Complete, and its
+    /// siblings' with it: waiting a moment makes them one reconciliation instead of many, each
+    /// reading the VirtualCluster, its plugins, Jobs and Secrets again.
+    #[arg(long, env = "OPERATOR_RECONCILE_DEBOUNCE_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub reconcile_debounce_ms: u64,
     /// Seconds before the first retry of a failed plugin; doubles with each failure.
     #[arg(long, env = "OPERATOR_BACKOFF_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub backoff_seconds: u64,
@@ -183,6 +189,7 @@ impl Args {
             },
             readiness: self.readiness,
             concurrent_reconciles: self.concurrent_reconciles,
+            reconcile_debounce: Duration::from_millis(self.reconcile_debounce_ms),
             uninstall_on_delete: self.uninstall_on_delete,
             uninstall_timeout: Duration::from_secs(self.uninstall_timeout_seconds),
             namespaces: validation::watched_namespaces(&self.namespace),
@@ -474,6 +481,8 @@ mod tests {
                 r#"{"requests":{"cpu":"100m"}}"#,
                 "--concurrent-reconciles",
                 "5",
+                "--reconcile-debounce-ms",
+                "0",
             ],
         )
         .unwrap();
@@ -488,8 +497,10 @@ mod tests {
         assert!(config.executor_pod.resources.is_some());
         assert_eq!(config.executor_image, contract::DEFAULT_EXECUTOR_IMAGE);
         assert_eq!(config.concurrent_reconciles, 5);
+        assert_eq!(config.reconcile_debounce, Duration::ZERO);
         let defaults = Args::local("ns1", "replica-a", &[]).unwrap().config();
         assert_eq!(defaults.concurrent_reconciles, 32);
+        assert_eq!(defaults.reconcile_debounce, Duration::from_millis(500));
     }
 
     #[test]
