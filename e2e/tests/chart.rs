@@ -42,8 +42,8 @@ use serde_json::json;
 use chart_support::{
     ClientCertificate, OPERATOR, RELEASE, UninstallOnDrop, VC, WEBHOOK, adopt_crds, chart_dir,
     component_pods, every_replica_serves_a_trusted_certificate, helm, helm_output,
-    images_on_the_node, is_forbidden, release_leftovers, release_report, secret_data,
-    wait_for_rollout, webhook_answers_through_its_service,
+    images_on_the_node, is_forbidden, release_report, secret_data, wait_for_rollout,
+    webhook_answers_through_its_service,
 };
 
 fn testdata() -> PathBuf {
@@ -851,39 +851,9 @@ async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_n
     webhook_answers_through_its_service(&admin, &rns, &pns).await?;
 
     // helm uninstall: nothing of the release is left but the CRDs it keeps on purpose.
-    std::mem::forget(uninstall_guard);
-    helm(&[
-        "uninstall",
-        RELEASE,
-        "--namespace",
-        rns.as_str(),
-        "--wait",
-        "--timeout",
-        "120s",
-    ])
-    .await?;
-    let strays = wait_for(
-        "the release's objects to be gone",
-        Duration::from_secs(90),
-        || {
-            let (rns, pns, pns2) = (rns.clone(), pns.clone(), pns2.clone());
-            async move {
-                let left = release_leftovers(&rns, &[&pns, &pns2]).await?;
-                Ok(left.is_empty().then_some(()))
-            }
-        },
-    )
-    .await;
-    if let Err(e) = strays {
-        bail!(
-            "{e:#}: {:#?}",
-            release_leftovers(&rns, &[&pns, &pns2]).await?
-        );
-    }
-    ensure!(
-        mwcs.get_opt(&configuration).await?.is_none(),
-        "the registration is left"
-    );
+    uninstall_guard
+        .uninstall_leaves_only(&[&pns, &pns2], &[], &configuration, &admin)
+        .await?;
     let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
     ensure!(
         crds.get_opt("virtualclusterplugins.kosmos.io")

@@ -28,8 +28,8 @@ use anyhow::{Context as _, Result, bail, ensure};
 use base64::Engine as _;
 use chart_support::{
     OPERATOR, RELEASE, UninstallOnDrop, VC, WEBHOOK, adopt_crds, chart_dir,
-    every_replica_serves_a_trusted_certificate, helm, images_on_the_node, release_leftovers,
-    release_report, secret_data, wait_for_rollout, webhook_answers_through_its_service,
+    every_replica_serves_a_trusted_certificate, helm, images_on_the_node, release_report,
+    secret_data, wait_for_rollout, webhook_answers_through_its_service,
 };
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -466,36 +466,9 @@ async fn cert_manager_issues_the_webhook_certificate_and_injects_its_ca() -> Res
 
     // helm uninstall: nothing of the release is left, the Secret cert-manager filled included
     // (the chart made it), and cert-manager's CertificateRequests go with their Certificate.
-    std::mem::forget(uninstall_guard);
-    helm(&[
-        "uninstall",
-        RELEASE,
-        "--namespace",
-        rns.as_str(),
-        "--wait",
-        "--timeout",
-        "120s",
-    ])
-    .await?;
-    let strays = wait_for(
-        "the release's objects to be gone",
-        Duration::from_secs(90),
-        || {
-            let (rns, pns) = (rns.clone(), pns.clone());
-            async move {
-                let left = release_leftovers(&rns, &[&pns]).await?;
-                Ok(left.is_empty().then_some(()))
-            }
-        },
-    )
-    .await;
-    if let Err(e) = strays {
-        bail!("{e:#}: {:#?}", release_leftovers(&rns, &[&pns]).await?);
-    }
-    ensure!(
-        mwcs.get_opt(&configuration).await?.is_none(),
-        "the registration is left"
-    );
+    uninstall_guard
+        .uninstall_leaves_only(&[&pns], &[], &configuration, &admin)
+        .await?;
     vc_ns.delete().await?;
     release_ns.delete().await
 }

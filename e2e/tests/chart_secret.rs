@@ -14,12 +14,12 @@ mod chart_support;
 
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use base64::Engine as _;
 use chart_support::{
     OPERATOR, RELEASE, UninstallOnDrop, WEBHOOK, adopt_crds, chart_dir,
-    every_replica_serves_a_trusted_certificate, helm, images_on_the_node, release_leftovers,
-    wait_for_rollout, webhook_answers_through_its_service,
+    every_replica_serves_a_trusted_certificate, helm, images_on_the_node, wait_for_rollout,
+    webhook_answers_through_its_service,
 };
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -194,40 +194,14 @@ async fn the_admins_secret_serves_the_webhook_and_rotates_with_an_upgrade() -> R
     webhook_answers_through_its_service(&admin, &rns, &pns).await?;
 
     // helm uninstall: nothing of the release is left; the admin's Secret is the admin's.
-    std::mem::forget(uninstall_guard);
-    helm(&[
-        "uninstall",
-        RELEASE,
-        "--namespace",
-        rns.as_str(),
-        "--wait",
-        "--timeout",
-        "120s",
-    ])
-    .await?;
-    let want = vec![format!("Secret {rns}/{ADMIN_SECRET}")];
-    let left = wait_for(
-        "the release's objects to be gone",
-        Duration::from_secs(90),
-        || {
-            let (rns, pns, want) = (rns.clone(), pns.clone(), want.clone());
-            async move {
-                let left = release_leftovers(&rns, &[&pns]).await?;
-                Ok((left == want).then_some(left))
-            }
-        },
-    )
-    .await;
-    if let Err(e) = left {
-        bail!(
-            "{e:#}: left {:#?}, want only the admin's Secret",
-            release_leftovers(&rns, &[&pns]).await?
-        );
-    }
-    ensure!(
-        mwcs.get_opt(&configuration).await?.is_none(),
-        "the registration is left"
-    );
+    uninstall_guard
+        .uninstall_leaves_only(
+            &[&pns],
+            &[format!("Secret {rns}/{ADMIN_SECRET}")],
+            &configuration,
+            &admin,
+        )
+        .await?;
     vc_ns.delete().await?;
     release_ns.delete().await
 }

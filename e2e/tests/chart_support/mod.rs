@@ -15,6 +15,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
@@ -561,5 +562,59 @@ impl Drop for UninstallOnDrop {
                 .map(|_| ())
             },
         );
+    }
+}
+
+impl UninstallOnDrop {
+    /// `helm uninstall --wait`, then waits until nothing of the release is left but `kept`
+    /// (`Kind namespace/name`, as [`release_leftovers`] names them; the CRDs are always kept)
+    /// in the release namespace, `watched` or cluster-wide, and the webhook registration
+    /// `configuration` is gone. Consumes the guard: the release is uninstalled either way.
+    pub async fn uninstall_leaves_only(
+        self,
+        watched: &[&str],
+        kept: &[String],
+        configuration: &str,
+        admin: &Client,
+    ) -> Result<()> {
+        let rns = self.0.clone();
+        std::mem::forget(self);
+        helm(&[
+            "uninstall",
+            RELEASE,
+            "--namespace",
+            rns.as_str(),
+            "--wait",
+            "--timeout",
+            "120s",
+        ])
+        .await?;
+        let watched: Vec<String> = watched.iter().map(|w| (*w).to_owned()).collect();
+        let left = wait_for(
+            "the release's objects to be gone",
+            Duration::from_secs(90),
+            || {
+                let (rns, watched) = (rns.clone(), watched.clone());
+                async move {
+                    let watched: Vec<&str> = watched.iter().map(String::as_str).collect();
+                    let left = release_leftovers(&rns, &watched).await?;
+                    Ok((left == kept).then_some(()))
+                }
+            },
+        )
+        .await;
+        if let Err(e) = left {
+            let watched: Vec<&str> = watched.iter().map(String::as_str).collect();
+            bail!(
+                "{e:#}: left {:#?}, want only {kept:#?}",
+                release_leftovers(&rns, &watched).await?
+            );
+        }
+        let mwcs: Api<MutatingWebhookConfiguration> = Api::all(admin.clone());
+        ensure!(
+            mwcs.get_opt(configuration).await?.is_none(),
+            "the registration {configuration} is left after helm uninstall"
+        );
+        Ok(())
     }
 }
