@@ -73,6 +73,9 @@ struct Outcome {
     writes_per_vc: BTreeMap<String, f64>,
     /// All requests per VirtualCluster, reads and watches included.
     requests_per_vc: f64,
+    /// Reads (GET, LIST) per VirtualCluster by `VERB resource`, every client's (leases out):
+    /// what each reconciliation costs the apiserver besides its writes.
+    reads_per_vc: BTreeMap<String, f64>,
     /// Events created during the run per VirtualCluster, by reporting controller. The control
     /// plane's (job controller, scheduler) are taken out of `writes_per_vc`.
     events_per_vc: BTreeMap<String, f64>,
@@ -160,24 +163,24 @@ pub async fn run(args: &OperatorArgs) -> Result<()> {
                 outcome.jobs_created_s, outcome.completed_s, outcome.load_average
             );
             outcomes.push(outcome);
+            // After every round of every target: a full-size run takes most of an hour, and a
+            // later failure must not lose what was measured.
+            let report = json!({
+                "machine": machine,
+                "config": {"virtual_clusters": n, "plugins": m, "rounds": rounds, "idle_seconds": idle.as_secs()},
+                "peer_unavailable": helm_controller.as_ref().err(),
+                "summary": summarize(&outcomes, &targets),
+                "outcomes": outcomes,
+            });
+            std::fs::write(
+                args.out.join("operator.json"),
+                serde_json::to_vec_pretty(&report)?,
+            )?;
+            std::fs::write(args.out.join("operator.md"), markdown(&report))?;
             namespace.delete().await?;
         }
     }
     node.remove().await?;
-
-    let summary = summarize(&outcomes, &targets);
-    let report = json!({
-        "machine": machine,
-        "config": {"virtual_clusters": n, "plugins": m, "rounds": rounds, "idle_seconds": idle.as_secs()},
-        "peer_unavailable": helm_controller.err(),
-        "summary": summary,
-        "outcomes": outcomes,
-    });
-    std::fs::write(
-        args.out.join("operator.json"),
-        serde_json::to_vec_pretty(&report)?,
-    )?;
-    std::fs::write(args.out.join("operator.md"), markdown(&report))?;
     eprintln!(
         "operator bench: wrote {}/operator.json and operator.md",
         args.out.display()
@@ -310,6 +313,15 @@ fn writes_per_vc(
             )
         })
         .filter(|(_, v)| *v > 0.001)
+        .collect()
+}
+
+/// Reads per VirtualCluster from a request delta (leases out: every component renews its own).
+fn reads_per_vc(d: &BTreeMap<String, f64>, n: usize) -> BTreeMap<String, f64> {
+    d.iter()
+        .filter(|(k, _)| (k.starts_with("GET ") || k.starts_with("LIST ")) && !k.contains("leases"))
+        .map(|(k, v)| (k.clone(), v / n as f64))
+        .filter(|(_, v)| *v > 0.01)
         .collect()
 }
 
@@ -617,6 +629,7 @@ async fn measure(
             .map(|(k, v)| (k.clone(), v / n as f64))
             .collect(),
         requests_per_vc: d.values().sum::<f64>() / n as f64,
+        reads_per_vc: reads_per_vc(&d, n),
         load_average,
         ..Outcome::default()
     };
@@ -944,6 +957,10 @@ fn summarize(outcomes: &[Outcome], targets: &[&str]) -> Value {
     let mut out = serde_json::Map::new();
     for target in targets {
         let of: Vec<&Outcome> = outcomes.iter().filter(|o| o.target == *target).collect();
+        if of.is_empty() {
+            // Not run yet: the report is written after every round.
+            continue;
+        }
         let pick =
             |f: fn(&Outcome) -> f64| Spread::of(&of.iter().map(|o| f(o)).collect::<Vec<_>>());
         out.insert(
@@ -954,6 +971,7 @@ fn summarize(outcomes: &[Outcome], targets: &[&str]) -> Value {
                 "jobs_per_s": pick(|o| o.jobs_per_s),
                 "requests_per_vc": pick(|o| o.requests_per_vc),
                 "writes_per_vc": pick(|o| o.writes_per_vc.values().sum()),
+                "reads_per_vc": pick(|o| o.reads_per_vc.values().sum()),
                 "rss_mib": pick(|o| o.rss_kib as f64 / 1024.0),
                 "cpu_s": pick(|o| o.cpu_s),
                 "idle_cpu_percent": pick(|o| o.idle_cpu_percent),
@@ -1003,18 +1021,19 @@ fn markdown(report: &Value) -> String {
     if let Some(why) = report["peer_unavailable"].as_str() {
         md.push_str(&format!("Peer not measured: {why}\n\n"));
     }
-    md.push_str("| | all Jobs created (s) | Jobs/s | all done (s) | API requests / VC | writes / VC | RSS MiB | CPU s | idle CPU % | idle requests/s | load average |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("| | all Jobs created (s) | Jobs/s | all done (s) | API requests / VC | reads / VC | writes / VC | RSS MiB | CPU s | idle CPU % | idle requests/s | load average |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for target in ["operator", "ceiling", "peer"] {
         let t = &s[target];
         if t.is_null() {
             continue;
         }
         md.push_str(&format!(
-            "| {target} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {target} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             show(&t["jobs_created_s"], 2),
             show(&t["jobs_per_s"], 0),
             show(&t["completed_s"], 2),
             show(&t["requests_per_vc"], 1),
+            show(&t["reads_per_vc"], 1),
             show(&t["writes_per_vc"], 1),
             show(&t["rss_mib"], 1),
             show(&t["cpu_s"], 2),
@@ -1034,6 +1053,12 @@ fn markdown(report: &Value) -> String {
     {
         md.push_str("\nThe operator's writes per VirtualCluster (first round), by request:\n\n");
         if let Some(w) = o["writes_per_vc"].as_object() {
+            for (k, v) in w {
+                md.push_str(&format!("- `{k}`: {:.2}\n", v.as_f64().unwrap_or_default()));
+            }
+        }
+        md.push_str("\nReads per VirtualCluster during the run (first round), every client's, by request:\n\n");
+        if let Some(w) = o["reads_per_vc"].as_object() {
             for (k, v) in w {
                 md.push_str(&format!("- `{k}`: {:.2}\n", v.as_f64().unwrap_or_default()));
             }
