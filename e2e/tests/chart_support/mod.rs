@@ -533,7 +533,15 @@ pub async fn release_leftovers(rns: &str, watched: &[&str]) -> Result<Vec<String
                     _ => ours && kind != "CustomResourceDefinition",
                 };
                 if stray {
-                    left.push(format!("{kind} {}/{name}", scope.unwrap_or("")));
+                    let mut entry = format!("{kind} {}/{name}", scope.unwrap_or(""));
+                    // Why it is still there while being deleted.
+                    if let Some(since) = item["metadata"]["deletionTimestamp"].as_str() {
+                        entry.push_str(&format!(
+                            " (deleting since {since}, finalizers {})",
+                            item["metadata"]["finalizers"]
+                        ));
+                    }
+                    left.push(entry);
                 }
             }
         }
@@ -579,7 +587,7 @@ impl UninstallOnDrop {
     ) -> Result<()> {
         let rns = self.0.clone();
         std::mem::forget(self);
-        helm(&[
+        let uninstalled = helm(&[
             "uninstall",
             RELEASE,
             "--namespace",
@@ -588,7 +596,16 @@ impl UninstallOnDrop {
             "--timeout",
             "120s",
         ])
-        .await?;
+        .await;
+        if let Err(e) = uninstalled {
+            // What helm was still waiting for, and why (a finalizer, a pod still terminating).
+            let pods =
+                kosmos_e2e::kubectl(Cluster::Host, &["get", "pods", "-n", &rns, "-o", "wide"])
+                    .await
+                    .unwrap_or_else(|e| format!("{e:#}"));
+            let left = release_leftovers(&rns, watched).await;
+            bail!("{e:#}\nleft: {left:#?}\npods in {rns}:\n{pods}");
+        }
         let watched: Vec<String> = watched.iter().map(|w| (*w).to_owned()).collect();
         let left = wait_for(
             "the release's objects to be gone",
