@@ -606,25 +606,20 @@ impl UninstallOnDrop {
             let left = release_leftovers(&rns, watched).await;
             bail!("{e:#}\nleft: {left:#?}\npods in {rns}:\n{pods}");
         }
-        let watched: Vec<String> = watched.iter().map(|w| (*w).to_owned()).collect();
+        let rns = rns.as_str();
         let left = wait_for(
             "the release's objects to be gone",
             Duration::from_secs(90),
-            || {
-                let (rns, watched) = (rns.clone(), watched.clone());
-                async move {
-                    let watched: Vec<&str> = watched.iter().map(String::as_str).collect();
-                    let left = release_leftovers(&rns, &watched).await?;
-                    Ok((left == kept).then_some(()))
-                }
+            || async move {
+                let left = release_leftovers(rns, watched).await?;
+                Ok((left == kept).then_some(()))
             },
         )
         .await;
         if let Err(e) = left {
-            let watched: Vec<&str> = watched.iter().map(String::as_str).collect();
             bail!(
                 "{e:#}: left {:#?}, want only {kept:#?}",
-                release_leftovers(&rns, &watched).await?
+                release_leftovers(rns, watched).await?
             );
         }
         let mwcs: Api<MutatingWebhookConfiguration> = Api::all(admin.clone());
