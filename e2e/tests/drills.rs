@@ -37,7 +37,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use kosmos_api::{PluginPhase, VirtualCluster, VirtualClusterPlugin, contract, phase};
 use kosmos_e2e::{Cluster, Identity, TestNamespace, wait_for, webhook_host};
-use kosmos_operator::context::{self, Config, Context, ReadinessMode};
+use kosmos_operator::context::{Config, Context, ReadinessMode};
 use kosmos_operator::controller;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt as _, watcher};
@@ -443,11 +443,10 @@ impl Stack {
             &Identity::user(OPERATOR_USER).with_group("system:masters"),
         )
         .await?;
-        let ctx = Arc::new(Context {
-            client: operator_client,
-            reporter: context::reporter(),
-            metrics: Arc::default(),
-            config: Config {
+        let ctx = Arc::new(Context::new(
+            operator_client,
+            Arc::default(),
+            Config {
                 plan: kosmos_operator::plan::Settings {
                     // The faults last longer than three attempts; the drill is about retrying.
                     max_attempts: 1000,
@@ -468,8 +467,7 @@ impl Stack {
                     name: kosmos_api::mark::DEFAULT_KEY_SECRET.to_owned(),
                 },
             },
-            probes: Arc::default(),
-        });
+        ));
         let (stop_operator, stopped) = tokio::sync::oneshot::channel::<()>();
         let operator = tokio::spawn(controller::run(
             ctx,

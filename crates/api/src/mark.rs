@@ -150,9 +150,8 @@ pub fn sign(key: &Key, job: &Job) -> String {
     format!("{VERSION}.{}.{}", key.id, hex::encode(tag.as_ref()))
 }
 
-/// Whether `job`'s mark was made by the webhook for this very Job with one of `keys`
-/// (constant-time comparison, ring's).
-pub fn verify(keys: &[Key], job: &Job) -> Result<(), MarkError> {
+/// The key id and the tag of `job`'s mark.
+fn parts(job: &Job) -> Result<(&str, &str), MarkError> {
     let mark = job
         .metadata
         .annotations
@@ -164,6 +163,19 @@ pub fn verify(keys: &[Key], job: &Job) -> Result<(), MarkError> {
     let (Some(VERSION), Some(id), Some(tag)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(MarkError::Unsigned);
     };
+    Ok((id, tag))
+}
+
+/// The id of the key `job`'s mark names, if it has a signed mark at all (nothing verified): lets
+/// a holder of keys see whether it holds that one before it checks.
+pub fn key_id(job: &Job) -> Option<&str> {
+    parts(job).ok().map(|(id, _)| id)
+}
+
+/// Whether `job`'s mark was made by the webhook for this very Job with one of `keys`
+/// (constant-time comparison, ring's).
+pub fn verify(keys: &[Key], job: &Job) -> Result<(), MarkError> {
+    let (id, tag) = parts(job)?;
     let tag = hex::decode(tag).map_err(|_| MarkError::Unsigned)?;
     let key = keys
         .iter()
@@ -395,6 +407,8 @@ mod tests {
         );
         // Rotation: the old key as `previous` still verifies.
         assert_eq!(verify(&[key(2), key(1)], &job), Ok(()));
+        assert_eq!(key_id(&job), Some(key(1).id()));
+        assert_eq!(key_id(&self::job()), None, "no mark, no key id");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use kube::Client;
 use kube::runtime::events::Reporter;
 
 use crate::jobs;
+use crate::mark_keys::MarkKeys;
 use crate::metrics::Metrics;
 use crate::plan;
 use crate::readiness::Probes;
@@ -58,6 +59,22 @@ pub struct Context {
     pub config: Config,
     /// Builtin readiness probes, run beside the reconciler.
     pub probes: Arc<Probes>,
+    /// The keys of [`Config::mark_key_secret`], read at most once a minute.
+    pub mark_keys: MarkKeys,
+}
+
+impl Context {
+    /// The context of a controller acting with `client` under `config`.
+    pub fn new(client: Client, metrics: Arc<Metrics>, config: Config) -> Self {
+        Self {
+            mark_keys: MarkKeys::new(config.mark_key_secret.clone()),
+            client,
+            reporter: reporter(),
+            metrics,
+            config,
+            probes: Arc::default(),
+        }
+    }
 }
 
 /// The reporter of this operator's events: the controller name and, in a pod, the pod's name.

@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use futures::{FutureExt as _, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kosmos_api::contract::{self, ExecutorJobId};
-use kosmos_api::mark;
 use kosmos_api::{VirtualCluster, VirtualClusterPlugin};
 use kube::api::{DeleteParams, ListParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::Action;
@@ -228,11 +227,10 @@ async fn reconcile_one(ns: &str, name: &str, ctx: &Context) -> Result<Action, Er
     // together wait one round trip before their Jobs, not three.
     let plugins_api = Api::<VirtualClusterPlugin>::namespaced(client.clone(), ns);
     let all = ListParams::default();
-    let mut mark_keys = MarkKeys::default();
     let (kubeconfig_found, plugins, views) = tokio::join!(
         ensure_kubeconfig(ctx, &vc),
         plugins_api.list(&all),
-        observe_jobs(ctx, ns, name, &vc, &mut mark_keys),
+        observe_jobs(ctx, ns, name, &vc),
     );
     let (kubeconfig, safe_kubeconfig) = match kubeconfig_found {
         Ok(found) => found,
@@ -255,7 +253,7 @@ async fn reconcile_one(ns: &str, name: &str, ctx: &Context) -> Result<Action, Er
         deletion,
     };
     let Some(Settled { plan, notes }) =
-        settle(ctx, &vc, &plugins, &outside, &mut views, &mut mark_keys).await?
+        settle(ctx, &vc, &plugins, &outside, &mut views).await?
     else {
         return Ok(Action::requeue(RESYNC));
     };
@@ -330,7 +328,6 @@ async fn settle(
     plugins: &[VirtualClusterPlugin],
     outside: &Outside,
     views: &mut Vec<JobView>,
-    mark_keys: &mut MarkKeys,
 ) -> Result<Option<Settled>, Error> {
     let ns = vc.namespace().unwrap_or_default();
     let ns = ns.as_str();
@@ -447,50 +444,14 @@ async fn settle(
             }
         }
         for stored in created {
-            let keys = mark_keys.for_job(ctx, &stored).await?;
-            if let Some(view) = jobs::job_view(&stored, None, keys) {
+            let keys = ctx.mark_keys.for_job(&ctx.client, &stored).await?;
+            if let Some(view) = jobs::job_view(&stored, None, &keys) {
                 views.retain(|v| v.name != view.name);
                 views.push(view);
             }
         }
     }
     Ok(last.map(|plan| Settled { plan, notes }))
-}
-
-/// The keys the webhook's marks are verified with, read from the mark key Secret at most once per
-/// reconciliation, and only when a Job carries a mark: a VirtualCluster without Jobs never
-/// depends on the Secret.
-#[derive(Default)]
-struct MarkKeys {
-    keys: Option<Vec<mark::Key>>,
-}
-
-impl MarkKeys {
-    /// The keys to check `job`'s mark with (none needed when it has no mark).
-    async fn for_job(&mut self, ctx: &Context, job: &Job) -> Result<&[mark::Key], Error> {
-        if !jobs::has_mark(job) {
-            return Ok(&[]);
-        }
-        if self.keys.is_none() {
-            let secret = &ctx.config.mark_key_secret;
-            let found = Api::<Secret>::namespaced(ctx.client.clone(), &secret.namespace)
-                .get(&secret.name)
-                .await
-                .map_err(kube_err(format!(
-                    "reading the mark key Secret {secret} (the webhook's --mark-key-secret) to verify executor job marks"
-                )))?;
-            let data = found
-                .data
-                .iter()
-                .flatten()
-                .map(|(k, v)| (k.clone(), v.0.clone()))
-                .collect();
-            let keys = mark::keys_of(&data)
-                .map_err(|e| Error::Internal(format!("mark key Secret {secret}: {e}")))?;
-            self.keys = Some(keys);
-        }
-        Ok(self.keys.as_deref().unwrap_or_default())
-    }
 }
 
 /// Names tried for one new Job before giving up for this reconciliation: each taken name moves
@@ -587,7 +548,6 @@ async fn observe_jobs(
     ns: &str,
     name: &str,
     vc: &VirtualCluster,
-    mark_keys: &mut MarkKeys,
 ) -> Result<Vec<JobView>, Error> {
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
@@ -620,8 +580,8 @@ async fn observe_jobs(
         } else {
             None
         };
-        let keys = mark_keys.for_job(ctx, &job).await?;
-        if let Some(view) = jobs::job_view(&job, message, keys) {
+        let keys = ctx.mark_keys.for_job(&ctx.client, &job).await?;
+        if let Some(view) = jobs::job_view(&job, message, &keys) {
             views.push(view);
         }
     }

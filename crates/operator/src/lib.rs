@@ -20,6 +20,7 @@ pub mod events;
 pub mod finalizer;
 pub mod jobs;
 pub mod kubeconfig;
+pub mod mark_keys;
 pub mod metrics;
 pub mod plan;
 pub mod readiness;

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info};
 
-use crate::context::{self, Config, Context, ReadinessMode};
+use crate::context::{Config, Context, ReadinessMode};
 use crate::controller;
 use crate::jobs::ExecutorPod;
 use crate::metrics::Metrics;
@@ -304,13 +304,7 @@ pub async fn start(args: &Args, client: Client) -> Result<Running> {
 
     let config = args.config();
     info!(?config, "starting");
-    let context = Arc::new(Context {
-        client: client.clone(),
-        reporter: context::reporter(),
-        metrics,
-        config,
-        probes: Arc::default(),
-    });
+    let context = Arc::new(Context::new(client.clone(), metrics, config));
     let identity = args.identity();
     let (stopping, stopped) = watch::channel(false);
     let work = if args.leader_election {
