@@ -15,6 +15,7 @@ use kosmos_api::{VirtualCluster, VirtualClusterPlugin};
 use kube::api::{DeleteParams, ListParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{self, reflector};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, ResourceExt};
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -31,6 +32,7 @@ use crate::plan::{
 };
 use crate::readiness::{POLL, PROBE_POLL, PROBING, check_readiness};
 use crate::status::write_status;
+use crate::triggers;
 
 /// Look again this often even when nothing happens (missed watch events, readiness polling).
 const RESYNC: Duration = Duration::from_secs(300);
@@ -126,12 +128,19 @@ async fn watch(
     let settings = kube::runtime::controller::Config::default()
         .concurrency(ctx.config.concurrent_reconciles)
         .debounce(ctx.config.reconcile_debounce);
-    let controller = Controller::new(vcs, watcher::Config::default()).with_config(settings);
+    // The store sees every event; the reconciler is woken only by the ones it can act on.
+    let (store, writer) = reflector::store();
+    let vc_events = reflector(writer, watcher(vcs, watcher::Config::default()));
+    let job_events = watcher(
+        jobs,
+        watcher::Config::default().labels(contract::EXECUTOR_SELECTOR),
+    );
+    let controller = Controller::for_stream(triggers::virtual_clusters().filter(vc_events), store)
+        .with_config(settings);
     let store = controller.store();
-    let executor_jobs = watcher::Config::default().labels(contract::EXECUTOR_SELECTOR);
     controller
         .trigger_backoff(WatchBackoff::new())
-        .owns(jobs, executor_jobs)
+        .owns_stream(triggers::executor_jobs().filter(job_events))
         // A plugin change wakes the VirtualClusters it concerns, not its whole namespace: with a
         // thousand VirtualClusters, an edit of one tenant's plugin would otherwise reconcile all.
         .watches(
@@ -252,8 +261,7 @@ async fn reconcile_one(ns: &str, name: &str, ctx: &Context) -> Result<Action, Er
         readiness,
         deletion,
     };
-    let Some(Settled { plan, notes }) =
-        settle(ctx, &vc, &plugins, &outside, &mut views).await?
+    let Some(Settled { plan, notes }) = settle(ctx, &vc, &plugins, &outside, &mut views).await?
     else {
         return Ok(Action::requeue(RESYNC));
     };

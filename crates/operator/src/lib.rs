@@ -26,3 +26,4 @@ pub mod plan;
 pub mod readiness;
 pub mod server;
 pub mod status;
+pub mod triggers;
