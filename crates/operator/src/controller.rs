@@ -197,7 +197,7 @@ async fn reconcile_one(ns: &str, name: &str, ctx: &Context) -> Result<Action, Er
     let client = ctx.client.clone();
     let vcs: Api<VirtualCluster> = Api::namespaced(client.clone(), ns);
     // Fresh, not from the cache: decisions about Jobs must not rest on stale state.
-    let Some(vc) = vcs
+    let Some(mut vc) = vcs
         .get_opt(name)
         .await
         .map_err(kube_err(format!("reading virtualcluster {ns}/{name}")))?
@@ -224,9 +224,12 @@ async fn reconcile_one(ns: &str, name: &str, ctx: &Context) -> Result<Action, Er
         }
         None => {
             if !has_finalizer {
-                add_finalizer(&vcs, &vc).await?;
-                // The patch wakes us again with the finalizer in place.
-                return Ok(Action::await_change());
+                // Go on with the patched object: the finalizer's own change does not wake the
+                // VirtualCluster again (triggers.rs).
+                let Some(patched) = add_finalizer(&vcs, &vc).await? else {
+                    return Ok(Action::await_change());
+                };
+                vc = patched;
             }
             None
         }

@@ -11,10 +11,11 @@ use serde_json::json;
 
 use crate::error::{Error, is_status};
 
+/// Adds the finalizer; the VirtualCluster as it is now, None when it is gone.
 pub(crate) async fn add_finalizer(
     api: &Api<VirtualCluster>,
     vc: &VirtualCluster,
-) -> Result<(), Error> {
+) -> Result<Option<VirtualCluster>, Error> {
     let name = vc.name_any();
     // JSON patch with a test: fails (and we retry) if someone changed the list meanwhile.
     let patch = if vc.finalizers().is_empty() {
@@ -48,7 +49,9 @@ pub(crate) async fn remove_finalizer(
         {"op": "test", "path": path, "value": contract::FINALIZER},
         {"op": "remove", "path": path},
     ]);
-    patch_json(api, &name, patch, "removing the finalizer from").await
+    patch_json(api, &name, patch, "removing the finalizer from")
+        .await
+        .map(drop)
 }
 
 async fn patch_json(
@@ -56,15 +59,15 @@ async fn patch_json(
     name: &str,
     patch: serde_json::Value,
     what: &str,
-) -> Result<(), Error> {
+) -> Result<Option<VirtualCluster>, Error> {
     let patch: json_patch::Patch = serde_json::from_value(patch)
         .map_err(|e| Error::Internal(format!("{what} {name}: {e}")))?;
     match api
         .patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
         .await
     {
-        Ok(_) => Ok(()),
-        Err(e) if is_status(&e, 404) => Ok(()),
+        Ok(vc) => Ok(Some(vc)),
+        Err(e) if is_status(&e, 404) => Ok(None),
         // A failed test op answers 422 (Invalid) or 409: the list changed, read again.
         Err(e) if is_status(&e, 422) || is_status(&e, 409) => {
             Err(Error::Conflict(format!("virtualcluster {name}")))
