@@ -68,9 +68,9 @@ pub struct Args {
     #[arg(long, env = "OPERATOR_CONCURRENT_RECONCILES", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrent_reconciles: u16,
     /// Milliseconds a VirtualCluster's reconciliation waits after the last change that woke it
-    /// (0: none). A Job's status changes two or three times on its way to Complete, and its
-    /// siblings' with it: waiting a moment makes them one reconciliation instead of many, each
-    /// reading the VirtualCluster, its plugins, Jobs and Secrets again.
+    /// (0: none). Sibling Jobs often end moments apart: waiting a moment makes their ends one
+    /// reconciliation instead of several, each reading the VirtualCluster, its plugins, Jobs and
+    /// kubeconfig Secret again.
     #[arg(long, env = "OPERATOR_RECONCILE_DEBOUNCE_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub reconcile_debounce_ms: u64,
     /// Seconds before the first retry of a failed plugin; doubles with each failure.
