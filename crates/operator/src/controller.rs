@@ -135,34 +135,35 @@ async fn watch(
         jobs,
         watcher::Config::default().labels(contract::EXECUTOR_SELECTOR),
     );
-    let controller = Controller::for_stream(triggers::virtual_clusters().filter(vc_events), store)
-        .with_config(settings);
-    let store = controller.store();
-    controller
-        .trigger_backoff(WatchBackoff::new())
-        .owns_stream(triggers::executor_jobs().filter(job_events))
-        // A plugin change wakes the VirtualClusters it concerns, not its whole namespace: with a
-        // thousand VirtualClusters, an edit of one tenant's plugin would otherwise reconcile all.
-        .watches(
-            plugins,
-            watcher::Config::default(),
-            move |plugin: VirtualClusterPlugin| {
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|vc| plan::concerns(vc, &plugin))
-                    .map(|vc| ObjectRef::from_obj(&*vc))
-                    .collect::<Vec<_>>()
-            },
-        )
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                debug!(%error, "reconcile did not finish");
-            }
-        })
-        .await;
+    Controller::for_stream(
+        triggers::virtual_clusters().filter(vc_events),
+        store.clone(),
+    )
+    .with_config(settings)
+    .trigger_backoff(WatchBackoff::new())
+    .owns_stream(triggers::executor_jobs().filter(job_events))
+    // A plugin change wakes the VirtualClusters it concerns, not its whole namespace: with a
+    // thousand VirtualClusters, an edit of one tenant's plugin would otherwise reconcile all.
+    .watches(
+        plugins,
+        watcher::Config::default(),
+        move |plugin: VirtualClusterPlugin| {
+            store
+                .state()
+                .into_iter()
+                .filter(|vc| plan::concerns(vc, &plugin))
+                .map(|vc| ObjectRef::from_obj(&*vc))
+                .collect::<Vec<_>>()
+        },
+    )
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        if let Err(error) = result {
+            debug!(%error, "reconcile did not finish");
+        }
+    })
+    .await;
 }
 
 fn error_policy(vc: Arc<VirtualCluster>, error: &Error, ctx: Arc<Context>) -> Action {
