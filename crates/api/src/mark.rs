@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Container, Volume};
+use k8s_openapi::api::core::v1::{Container, Secret, Volume};
 use ring::hmac;
 use ring::rand::{SecureRandom as _, SystemRandom};
 use sha2::{Digest as _, Sha256};
@@ -133,9 +133,18 @@ pub fn generate() -> Result<Vec<u8>, MarkError> {
 /// The keys of a key Secret's data: [`KEY_DATA`] first (the signing key), then
 /// [`PREVIOUS_KEY_DATA`] if present. Errors name the data key.
 pub fn keys_of(data: &BTreeMap<String, Vec<u8>>) -> Result<Vec<Key>, String> {
+    keys_from(|name| data.get(name).map(Vec::as_slice))
+}
+
+/// [`keys_of`] the Secret as the API returns it.
+pub fn keys_of_secret(secret: &Secret) -> Result<Vec<Key>, String> {
+    keys_from(|name| Some(secret.data.as_ref()?.get(name)?.0.as_slice()))
+}
+
+fn keys_from<'a>(data: impl Fn(&str) -> Option<&'a [u8]>) -> Result<Vec<Key>, String> {
     let mut keys = Vec::new();
     for name in [KEY_DATA, PREVIOUS_KEY_DATA] {
-        match data.get(name) {
+        match data(name) {
             Some(bytes) => keys.push(Key::new(bytes).map_err(|e| format!("data.{name}: {e}"))?),
             None if name == KEY_DATA => return Err(format!("data.{KEY_DATA} is missing")),
             None => {}
@@ -540,5 +549,30 @@ mod tests {
         assert!(!format!("{k:?}").contains(&hex::encode(&a)));
         let data = BTreeMap::from([(PREVIOUS_KEY_DATA.to_owned(), a)]);
         assert_eq!(keys_of(&data).err().as_deref(), Some("data.key is missing"));
+    }
+
+    #[test]
+    fn a_secrets_keys_are_the_signing_key_then_the_previous_one() {
+        let (now, before) = (generate().unwrap(), generate().unwrap());
+        let mut secret = Secret::default();
+        assert_eq!(
+            keys_of_secret(&secret).err().as_deref(),
+            Some("data.key is missing")
+        );
+        secret.data = Some(BTreeMap::from([
+            (KEY_DATA.to_owned(), k8s_openapi::ByteString(now.clone())),
+            (
+                PREVIOUS_KEY_DATA.to_owned(),
+                k8s_openapi::ByteString(before.clone()),
+            ),
+        ]));
+        let ids: Vec<String> = keys_of_secret(&secret)
+            .unwrap()
+            .iter()
+            .map(|k| k.id().to_owned())
+            .collect();
+        let expected = [Key::new(&now).unwrap(), Key::new(&before).unwrap()];
+        assert_eq!(ids, expected.map(|k| k.id().to_owned()));
+        assert_ne!(ids[0], ids[1]);
     }
 }

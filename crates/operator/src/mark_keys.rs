@@ -80,13 +80,8 @@ impl MarkKeys {
             .map_err(kube_err(format!(
                 "reading the mark key Secret {secret} (the webhook's --mark-key-secret) to verify executor job marks"
             )))?;
-        let data = found
-            .data
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.clone(), v.0.clone()))
-            .collect();
-        mark::keys_of(&data).map_err(|e| Error::Internal(format!("mark key Secret {secret}: {e}")))
+        mark::keys_of_secret(&found)
+            .map_err(|e| Error::Internal(format!("mark key Secret {secret}: {e}")))
     }
 }
 

@@ -113,7 +113,7 @@ pub fn executor_jobs() -> Changes<Job> {
         seen: HashMap::new(),
         before_listing: None,
         read: job_read,
-        new_is_news: |job| job_read(job) != job_read(&running_twin(job)),
+        new_is_news: |job| job.metadata.deletion_timestamp.is_some() || !finished(job).is_empty(),
         deletes: true,
     }
 }
@@ -121,21 +121,6 @@ pub fn executor_jobs() -> Changes<Job> {
 /// What the reconciler reads of a Job (crate::jobs::job_view, the owner check).
 fn job_read(job: &Job) -> u64 {
     let meta = &job.metadata;
-    let status = job.status.as_ref();
-    let finished: Vec<_> = status
-        .and_then(|s| s.conditions.as_ref())
-        .into_iter()
-        .flatten()
-        .filter(|c| c.status == "True" && (c.type_ == "Complete" || c.type_ == "Failed"))
-        .map(|c| {
-            (
-                &c.type_,
-                &c.reason,
-                &c.message,
-                c.last_transition_time.as_ref().map(|t| t.0.as_second()),
-            )
-        })
-        .collect();
     let owners: Vec<_> = meta
         .owner_references
         .iter()
@@ -147,23 +132,31 @@ fn job_read(job: &Job) -> u64 {
         &meta.annotations,
         meta.deletion_timestamp.is_some(),
         owners,
-        finished,
-        status
-            .and_then(|s| s.completion_time.as_ref())
-            .map(|t| t.0.as_second()),
+        finished(job),
     ))
 }
 
-/// `job` as it was created: no status, not being deleted.
-fn running_twin(job: &Job) -> Job {
-    Job {
-        metadata: kube::api::ObjectMeta {
-            deletion_timestamp: None,
-            ..job.metadata.clone()
-        },
-        spec: None,
-        status: None,
-    }
+/// How the Job ended, if it did: its true `Complete`/`Failed` conditions (reason, message,
+/// time) and its completion time.
+fn finished(job: &Job) -> Vec<impl Hash + '_> {
+    let status = job.status.as_ref();
+    let conditions = status
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|c| c.status == "True" && (c.type_ == "Complete" || c.type_ == "Failed"))
+        .map(|c| {
+            (
+                Some(c.type_.as_str()),
+                c.reason.as_deref(),
+                c.message.as_deref(),
+                c.last_transition_time.as_ref().map(|t| t.0.as_second()),
+            )
+        });
+    let completed = status
+        .and_then(|s| s.completion_time.as_ref())
+        .map(|t| (None, None, None, Some(t.0.as_second())));
+    conditions.chain(completed).collect()
 }
 
 /// VirtualClusters: everything but the status fields this operator writes (its conditions,

@@ -50,15 +50,6 @@ impl MarkKey {
     }
 }
 
-fn data_of(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
-    secret
-        .data
-        .iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), v.0.clone()))
-        .collect()
-}
-
 /// Reads the signing key from the Secret, creating the Secret or writing a key into it first when
 /// there is none. Two replicas starting at once both end up with the one that was stored first.
 pub async fn load_or_create(client: &Client, secret: &KeySecret) -> Result<Key> {
@@ -79,8 +70,13 @@ pub async fn load_or_create(client: &Client, secret: &KeySecret) -> Result<Key> 
             )]))
         };
         let result = match existing {
-            Some(found) if data_of(&found).contains_key(mark::KEY_DATA) => {
-                let mut keys = mark::keys_of(&data_of(&found))
+            Some(found)
+                if found
+                    .data
+                    .as_ref()
+                    .is_some_and(|d| d.contains_key(mark::KEY_DATA)) =>
+            {
+                let mut keys = mark::keys_of_secret(&found)
                     .map_err(|e| anyhow!("mark key Secret {secret}: {e}"))?;
                 return Ok(keys.remove(0));
             }
