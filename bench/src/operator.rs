@@ -748,9 +748,10 @@ async fn wake(
 }
 
 /// The ceiling: the operator's own bare Jobs, created by a plain client, one task per
-/// VirtualCluster creating its Jobs one after the other, as many tasks at once as the operator
-/// reconciles VirtualClusters at once (its `--concurrent-reconciles` default; unbounded, a
-/// thousand tasks overloaded the apiserver and made the "ceiling" slower than the operator,
+/// VirtualCluster creating its Jobs as the operator does (up to
+/// [`kosmos_operator::controller::CREATES_AT_ONCE`] at once), as many tasks at once as the
+/// operator reconciles VirtualClusters at once (its `--concurrent-reconciles` default; unbounded,
+/// a thousand tasks overloaded the apiserver and made the "ceiling" slower than the operator,
 /// 2026-12-06). The same plugins
 /// and VirtualClusters exist and the same webhook is registered, so each Job is the operator's
 /// (owner reference included) and passes the same admission chain: what is left between the
@@ -809,9 +810,10 @@ async fn run_ceiling(setting: &Setting<'_>) -> Result<Outcome> {
         futures::stream::iter(jobs.into_iter().map(|list| {
             let (api, params) = (api.clone(), params.clone());
             async move {
-                for job in list {
-                    api.create(&params, &job).await?;
-                }
+                futures::stream::iter(list.iter().map(|job| api.create(&params, job)))
+                    .buffered(kosmos_operator::controller::CREATES_AT_ONCE)
+                    .try_collect::<Vec<Job>>()
+                    .await?;
                 Ok::<_, kube::Error>(())
             }
         }))

@@ -8,6 +8,7 @@ use kube::Client;
 use kube::runtime::events::Reporter;
 
 use crate::jobs;
+use crate::kubeconfig::SeenSecrets;
 use crate::mark_keys::MarkKeys;
 use crate::metrics::Metrics;
 use crate::plan;
@@ -61,6 +62,8 @@ pub struct Context {
     pub probes: Arc<Probes>,
     /// The keys of [`Config::mark_key_secret`], read at most once a minute.
     pub mark_keys: MarkKeys,
+    /// The executor kubeconfig Secrets seen up to date, read again at most once a minute.
+    pub kubeconfig_secrets: SeenSecrets,
 }
 
 impl Context {
@@ -73,6 +76,7 @@ impl Context {
             metrics,
             config,
             probes: Arc::default(),
+            kubeconfig_secrets: SeenSecrets::default(),
         }
     }
 }

@@ -15,8 +15,8 @@ use kosmos_api::{VirtualCluster, VirtualClusterPlugin};
 use kube::api::{DeleteParams, ListParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::reflector::{self, reflector};
-use kube::runtime::{Controller, watcher};
+use kube::runtime::reflector::{self, Store, reflector};
+use kube::runtime::{Controller, WatchStreamExt as _, watcher};
 use kube::{Api, ResourceExt};
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -128,9 +128,12 @@ async fn watch(
     let settings = kube::runtime::controller::Config::default()
         .concurrency(ctx.config.concurrent_reconciles)
         .debounce(ctx.config.reconcile_debounce);
-    // The store sees every event; the reconciler is woken only by the ones it can act on.
+    // The stores see every event; the reconciler is woken only by the ones it can act on.
     let (store, writer) = reflector::store();
     let vc_events = reflector(writer, watcher(vcs, watcher::Config::default()));
+    let (plugin_store, plugin_writer) = reflector::store();
+    let plugin_events =
+        reflector(plugin_writer, watcher(plugins, watcher::Config::default())).touched_objects();
     let job_events = watcher(
         jobs,
         watcher::Config::default().labels(contract::EXECUTOR_SELECTOR),
@@ -144,20 +147,23 @@ async fn watch(
     .owns_stream(triggers::executor_jobs().filter(job_events))
     // A plugin change wakes the VirtualClusters it concerns, not its whole namespace: with a
     // thousand VirtualClusters, an edit of one tenant's plugin would otherwise reconcile all.
-    .watches(
-        plugins,
-        watcher::Config::default(),
-        move |plugin: VirtualClusterPlugin| {
-            store
-                .state()
-                .into_iter()
-                .filter(|vc| plan::concerns(vc, &plugin))
-                .map(|vc| ObjectRef::from_obj(&*vc))
-                .collect::<Vec<_>>()
-        },
-    )
+    .watches_stream(plugin_events, move |plugin: VirtualClusterPlugin| {
+        store
+            .state()
+            .into_iter()
+            .filter(|vc| plan::concerns(vc, &plugin))
+            .map(|vc| ObjectRef::from_obj(&*vc))
+            .collect::<Vec<_>>()
+    })
     .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
+    .run(
+        reconcile,
+        error_policy,
+        Arc::new(Watched {
+            ctx,
+            plugins: plugin_store,
+        }),
+    )
     .for_each(|result| async move {
         if let Err(error) = result {
             debug!(%error, "reconcile did not finish");
@@ -166,7 +172,38 @@ async fn watch(
     .await;
 }
 
-fn error_policy(vc: Arc<VirtualCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+/// What one controller's reconciliations share: the [`Context`] and what its watches hold.
+struct Watched {
+    ctx: Arc<Context>,
+    /// The plugins of the controller's namespaces as last seen. A plugin's change wakes the
+    /// VirtualClusters it concerns once it is in here, so a reconciliation never acts on a
+    /// plugin set older than the change that woke it.
+    plugins: Store<VirtualClusterPlugin>,
+}
+
+impl Watched {
+    /// The plugins of `ns` in name order (as a list would give them: the status lists plugins
+    /// in this order, and another order would rewrite it). Waits for the watch's first listing:
+    /// an empty store would say "no plugins" and complete a VirtualCluster with plugins to
+    /// install.
+    async fn plugins(&self, ns: &str) -> Result<Vec<VirtualClusterPlugin>, Error> {
+        self.plugins.wait_until_ready().await.map_err(|e| {
+            Error::Internal(format!("the virtualclusterplugins watch has stopped: {e}"))
+        })?;
+        let mut plugins: Vec<VirtualClusterPlugin> = self
+            .plugins
+            .state()
+            .iter()
+            .filter(|p| p.metadata.namespace.as_deref() == Some(ns))
+            .map(|p| VirtualClusterPlugin::clone(p))
+            .collect();
+        plugins.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        Ok(plugins)
+    }
+}
+
+fn error_policy(vc: Arc<VirtualCluster>, error: &Error, watched: Arc<Watched>) -> Action {
+    let ctx = &watched.ctx;
     ctx.metrics.failed(error.reason());
     warn!(
         virtualcluster = %format!("{}/{}", vc.namespace().unwrap_or_default(), vc.name_any()),
@@ -180,12 +217,12 @@ fn error_policy(vc: Arc<VirtualCluster>, error: &Error, ctx: Arc<Context>) -> Ac
     }
 }
 
-async fn reconcile(vc: Arc<VirtualCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(vc: Arc<VirtualCluster>, watched: Arc<Watched>) -> Result<Action, Error> {
     let ns = vc.namespace().unwrap_or_default();
     let name = vc.name_any();
     let span = info_span!("reconcile", virtualcluster = %format!("{ns}/{name}"));
-    ctx.metrics.reconciled();
-    reconcile_one(&ns, &name, &ctx).instrument(span).await
+    watched.ctx.metrics.reconciled();
+    reconcile_one(&ns, &name, &watched).instrument(span).await
 }
 
 /// Seconds resolution, as the API stores times: a status computed twice from the same state
@@ -194,7 +231,8 @@ fn now() -> Timestamp {
     Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now())
 }
 
-async fn reconcile_one(ns: &str, name: &str, ctx: &Context) -> Result<Action, Error> {
+async fn reconcile_one(ns: &str, name: &str, watched: &Watched) -> Result<Action, Error> {
+    let ctx = &*watched.ctx;
     let client = ctx.client.clone();
     let vcs: Api<VirtualCluster> = Api::namespaced(client.clone(), ns);
     // Fresh, not from the cache: decisions about Jobs must not rest on stale state.
@@ -236,13 +274,11 @@ async fn reconcile_one(ns: &str, name: &str, ctx: &Context) -> Result<Action, Er
         }
     };
 
-    // The three reads are independent: at once, so a thousand VirtualClusters turning ready
-    // together wait one round trip before their Jobs, not three.
-    let plugins_api = Api::<VirtualClusterPlugin>::namespaced(client.clone(), ns);
-    let all = ListParams::default();
+    // The reads are independent: at once, so a thousand VirtualClusters turning ready
+    // together wait one round trip before their Jobs, not two.
     let (kubeconfig_found, plugins, views) = tokio::join!(
         ensure_kubeconfig(ctx, &vc),
-        plugins_api.list(&all),
+        watched.plugins(ns),
         observe_jobs(ctx, ns, name, &vc),
     );
     let (kubeconfig, safe_kubeconfig) = match kubeconfig_found {
@@ -256,9 +292,7 @@ async fn reconcile_one(ns: &str, name: &str, ctx: &Context) -> Result<Action, Er
         (ReadinessMode::External, _) | (_, Some(_)) => Readiness::External,
         (ReadinessMode::Builtin, None) => check_readiness(ctx, &vc, safe_kubeconfig.as_ref()),
     };
-    let plugins: Vec<VirtualClusterPlugin> = plugins
-        .map_err(kube_err(format!("listing virtualclusterplugins in {ns}")))?
-        .items;
+    let plugins = plugins?;
     let mut views = views?;
     let outside = Outside {
         kubeconfig,
@@ -315,6 +349,11 @@ async fn reconcile_one(ns: &str, name: &str, ctx: &Context) -> Result<Action, Er
 
 /// Passes of [`settle`] at most: create, find a Job unmarked, delete it, write what exists.
 const SETTLE_PASSES: usize = 4;
+
+/// Job creations one reconciliation has in flight at most: all of a VirtualCluster's plugins in
+/// the common case, without letting one with a hundred plugins take the apiserver's share of
+/// the others ([`crate::server::Args::concurrent_reconciles`] of these at once).
+pub const CREATES_AT_ONCE: usize = 8;
 
 /// What a reconciliation observed outside the Jobs; fixed for all passes of [`settle`].
 struct Outside {
@@ -375,85 +414,104 @@ async fn settle(
         if steps.is_empty() {
             break;
         }
+        let (creates, deletes): (Vec<Step>, Vec<Step>) = steps
+            .into_iter()
+            .partition(|step| matches!(step, Step::CreateJob(_)));
+        for step in deletes {
+            let Step::DeleteJob { name: job, why } = step else {
+                continue;
+            };
+            info!(job = %job, why = %why, "deleting executor job");
+            match jobs_api
+                .delete(
+                    &job,
+                    &DeleteParams {
+                        propagation_policy: Some(PropagationPolicy::Background),
+                        ..DeleteParams::default()
+                    },
+                )
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if is_status(&e, 404) => {}
+                Err(e) => return Err(kube_err(format!("deleting job {ns}/{job}"))(e)),
+            }
+            for v in views.iter_mut().filter(|v| v.name == job) {
+                v.deleting = true;
+            }
+        }
+        // A VirtualCluster's Jobs are created at once (each waits for the webhook in the
+        // admission chain): its plugins start together and the reconciliation holds its slot
+        // for one round trip, not one per plugin. Results are taken in the plan's order.
+        let tries: Vec<_> = futures::stream::iter(creates.into_iter().filter_map(|step| {
+            let Step::CreateJob(new) = step else {
+                return None;
+            };
+            let jobs_api = &jobs_api;
+            Some(async move {
+                let plugin = new.id.plugin.clone();
+                let mut moved = Vec::new();
+                let result = create_free_job(ctx, vc, jobs_api, new, &mut moved).await;
+                (plugin, moved, result)
+            })
+        }))
+        .buffered(CREATES_AT_ONCE)
+        .collect()
+        .await;
         // Created Jobs are checked after the pass's last create: reading the mark key Secret in
         // between would delay the next create by a round trip.
         let mut created: Vec<Job> = Vec::new();
-        for step in steps {
-            match step {
-                Step::CreateJob(new) => {
-                    let plugin = new.id.plugin.clone();
-                    let stored = match create_free_job(ctx, vc, &jobs_api, new, &mut taken).await {
-                        Ok(Some(stored)) => stored,
-                        Ok(None) => {
-                            let names: Vec<String> = taken
-                                .iter()
-                                .filter(|t| t.plugin == plugin)
-                                .map(|t| format!("{ns}/{}", t.job))
-                                .collect();
-                            warn!(plugin = %plugin, jobs = ?names, "every job name tried is taken by a job this virtualcluster does not own");
-                            // Nothing created: back off as for a refused Job; the next try
-                            // starts past these names only once a Job of ours exists, so the
-                            // message names them all.
-                            taken.retain(|t| t.plugin != plugin);
-                            rejected.push(Rejection {
-                                plugin: plugin.clone(),
-                                message: format!(
-                                    "job names {} are taken by Jobs that VirtualCluster {name} does not own: delete them",
-                                    names.join(", ")
-                                ),
-                            });
-                            continue;
-                        }
-                        Err(Error::Kube {
-                            source: kube::Error::Api(status),
-                            ..
-                        }) if webhook_not_called(&status) => {
-                            warn!(plugin = %plugin, code = status.code,
-                                message = %status.message, "the API server could not call the webhook for the executor job");
-                            webhook_unavailable = Some(status.message.clone());
-                            rejected.push(Rejection {
-                                plugin,
-                                message: status.message.clone(),
-                            });
-                            continue;
-                        }
-                        Err(Error::Kube {
-                            source: kube::Error::Api(status),
-                            ..
-                        }) if (400..500).contains(&status.code) && status.code != 409 => {
-                            warn!(plugin = %plugin, code = status.code,
-                                message = %status.message, "the API server refused the executor job");
-                            rejected.push(Rejection {
-                                plugin,
-                                message: status.message.clone(),
-                            });
-                            continue;
-                        }
-                        Err(e) => return Err(e),
-                    };
-                    created.push(stored);
+        for (plugin, moved, result) in tries {
+            taken.extend(moved);
+            let stored = match result {
+                Ok(Some(stored)) => stored,
+                Ok(None) => {
+                    let names: Vec<String> = taken
+                        .iter()
+                        .filter(|t| t.plugin == plugin)
+                        .map(|t| format!("{ns}/{}", t.job))
+                        .collect();
+                    warn!(plugin = %plugin, jobs = ?names, "every job name tried is taken by a job this virtualcluster does not own");
+                    // Nothing created: back off as for a refused Job; the next try starts past
+                    // these names only once a Job of ours exists, so the message names them all.
+                    taken.retain(|t| t.plugin != plugin);
+                    rejected.push(Rejection {
+                        plugin: plugin.clone(),
+                        message: format!(
+                            "job names {} are taken by Jobs that VirtualCluster {name} does not own: delete them",
+                            names.join(", ")
+                        ),
+                    });
+                    continue;
                 }
-                Step::DeleteJob { name: job, why } => {
-                    info!(job = %job, why = %why, "deleting executor job");
-                    match jobs_api
-                        .delete(
-                            &job,
-                            &DeleteParams {
-                                propagation_policy: Some(PropagationPolicy::Background),
-                                ..DeleteParams::default()
-                            },
-                        )
-                        .await
-                    {
-                        Ok(_) => {}
-                        Err(e) if is_status(&e, 404) => {}
-                        Err(e) => return Err(kube_err(format!("deleting job {ns}/{job}"))(e)),
-                    }
-                    for v in views.iter_mut().filter(|v| v.name == job) {
-                        v.deleting = true;
-                    }
+                Err(Error::Kube {
+                    source: kube::Error::Api(status),
+                    ..
+                }) if webhook_not_called(&status) => {
+                    warn!(plugin = %plugin, code = status.code,
+                        message = %status.message, "the API server could not call the webhook for the executor job");
+                    webhook_unavailable = Some(status.message.clone());
+                    rejected.push(Rejection {
+                        plugin,
+                        message: status.message.clone(),
+                    });
+                    continue;
                 }
-            }
+                Err(Error::Kube {
+                    source: kube::Error::Api(status),
+                    ..
+                }) if (400..500).contains(&status.code) && status.code != 409 => {
+                    warn!(plugin = %plugin, code = status.code,
+                        message = %status.message, "the API server refused the executor job");
+                    rejected.push(Rejection {
+                        plugin,
+                        message: status.message.clone(),
+                    });
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            created.push(stored);
         }
         for stored in created {
             let keys = ctx.mark_keys.for_job(&ctx.client, &stored).await?;

@@ -1,7 +1,11 @@
 //! The virtual cluster's kubeconfig: found (in `spec.kubeconfig` or Kosmos's admin Secret),
 //! checked, and kept in the operator's Secret for executor Jobs.
 
-use std::collections::BTreeMap;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash as _, Hasher as _};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use k8s_openapi::ByteString;
@@ -20,6 +24,55 @@ use crate::error::{Error, is_status, kube_err};
 use crate::jobs;
 use crate::plan::Kubeconfig;
 
+/// How long a kubeconfig Secret seen to hold what the operator would write is taken to still
+/// hold it: the reconciliations of a VirtualCluster's Jobs (one per Job's end, seconds apart)
+/// skip reading it again, and one deleted or edited by hand is written back by the first
+/// reconciliation after this.
+pub const SEEN_FOR: Duration = Duration::from_secs(60);
+
+/// The executor kubeconfig Secrets seen up to date, by VirtualCluster uid: the hash of the
+/// bytes and when.
+#[derive(Default)]
+pub struct SeenSecrets {
+    seen: Mutex<HashMap<String, (u64, Instant)>>,
+}
+
+impl SeenSecrets {
+    fn is_fresh(&self, uid: &str, bytes: &[u8], now: Instant) -> bool {
+        let seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        seen.get(uid).is_some_and(|(hash, at)| {
+            *hash == hash_of(bytes) && now.saturating_duration_since(*at) < SEEN_FOR
+        })
+    }
+
+    fn saw(&self, uid: &str, bytes: &[u8], now: Instant) {
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Dropping the stale entries here bounds the map by the VirtualClusters of a minute.
+        seen.retain(|_, (_, at)| now.saturating_duration_since(*at) < SEEN_FOR);
+        seen.insert(uid.to_owned(), (hash_of(bytes), now));
+    }
+
+    fn forget(&self, uid: &str) {
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        seen.remove(uid);
+    }
+}
+
+fn hash_of(bytes: &[u8]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
+}
+
 /// Finds the virtual cluster's kubeconfig, checks that it is data and not code
 /// ([`kosmos_api::kubeconfig::check`]), and keeps the checked copy in the operator's Secret for
 /// executor Jobs. A refused kubeconfig removes that Secret, so no Job mounts an older copy.
@@ -30,6 +83,7 @@ pub(crate) async fn ensure_kubeconfig(
 ) -> Result<(Kubeconfig, Option<SafeKubeconfig>), Error> {
     let ns = vc.namespace().unwrap_or_default();
     let name = vc.name_any();
+    let uid = vc.uid().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let admin = contract::kosmos_admin_secret_name(&name);
     let (source, found): (String, Result<Vec<u8>, String>) = match decode_spec_kubeconfig(
@@ -70,6 +124,7 @@ pub(crate) async fn ensure_kubeconfig(
         Ok(safe) => safe,
         Err(refused) => {
             let why = format!("the kubeconfig in {source} is refused: {refused}");
+            ctx.kubeconfig_secrets.forget(&uid);
             // Best effort: without a usable kubeconfig no Job is created anyway, and the
             // condition says why; a missing `delete` right must not stop that from being said.
             match secrets.delete(&target, &DeleteParams::default()).await {
@@ -86,6 +141,12 @@ pub(crate) async fn ensure_kubeconfig(
     };
     // The executor reads what was checked, not what was written: see SafeKubeconfig::to_yaml.
     let bytes = safe.to_yaml().into_bytes();
+    if ctx
+        .kubeconfig_secrets
+        .is_fresh(&uid, &bytes, Instant::now())
+    {
+        return Ok((Kubeconfig::Available, Some(safe)));
+    }
     let current = secrets
         .get_opt(&target)
         .await
@@ -109,7 +170,7 @@ pub(crate) async fn ensure_kubeconfig(
             },
             data: Some(BTreeMap::from([(
                 contract::KUBECONFIG_SECRET_KEY.to_owned(),
-                ByteString(bytes),
+                ByteString(bytes.clone()),
             )])),
             type_: Some("Opaque".into()),
             ..Secret::default()
@@ -127,6 +188,7 @@ pub(crate) async fn ensure_kubeconfig(
             .map_err(kube_err(format!("applying secret {ns}/{target}")))?;
         info!(secret = %target, "kubeconfig secret for executor jobs updated");
     }
+    ctx.kubeconfig_secrets.saw(&uid, &bytes, Instant::now());
     Ok((Kubeconfig::Available, Some(safe)))
 }
 
@@ -146,6 +208,35 @@ pub fn decode_spec_kubeconfig(field: Option<&str>) -> Option<Result<Vec<u8>, Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_seen_is_fresh_for_its_bytes_for_a_while() {
+        let seen = SeenSecrets::default();
+        let now = Instant::now();
+        assert!(!seen.is_fresh("uid-a", b"one", now));
+        seen.saw("uid-a", b"one", now);
+        assert!(seen.is_fresh("uid-a", b"one", now));
+        assert!(
+            !seen.is_fresh("uid-a", b"two", now),
+            "other bytes are read again"
+        );
+        assert!(
+            !seen.is_fresh("uid-b", b"one", now),
+            "another VirtualCluster's is its own"
+        );
+        let later = now + SEEN_FOR;
+        assert!(
+            !seen.is_fresh("uid-a", b"one", later),
+            "read again after a minute"
+        );
+        seen.saw("uid-b", b"one", later);
+        assert!(
+            !seen.seen.lock().unwrap().contains_key("uid-a"),
+            "stale entries are dropped"
+        );
+        seen.forget("uid-b");
+        assert!(!seen.is_fresh("uid-b", b"one", later));
+    }
 
     #[test]
     fn spec_kubeconfig_is_base64_possibly_wrapped() {
