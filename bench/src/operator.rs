@@ -178,7 +178,9 @@ pub async fn run(args: &OperatorArgs) -> Result<()> {
                 serde_json::to_vec_pretty(&report)?,
             )?;
             std::fs::write(args.out.join("operator.md"), markdown(&report))?;
+            let name = namespace.name().to_owned();
             namespace.delete().await?;
+            wait_gone(&client, &name, timeout).await?;
         }
     }
     node.remove().await?;
@@ -226,6 +228,25 @@ fn waiting_vcs(
 
 /// Reporters of the control plane's events about the Jobs and pods of every target.
 const CONTROL_PLANE: [&str; 2] = ["job-controller", "default-scheduler"];
+
+/// Waits until namespace `ns` is gone: tearing down thousands of Jobs, pods and events keeps the
+/// garbage collector and the apiserver busy for minutes, and a round measured meanwhile would
+/// pay for the round before it (the ceiling after the operator's round did, until 2026-12-07).
+async fn wait_gone(client: &Client, ns: &str, timeout: Duration) -> Result<()> {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let start = Instant::now();
+    while api.get_opt(ns).await?.is_some() {
+        if start.elapsed() > timeout {
+            bail!("namespace {ns} still exists {timeout:?} after its deletion");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    eprintln!(
+        "operator bench: namespace {ns} gone after {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
 
 /// Events of namespace `ns` by reporting controller (the source component of core events).
 async fn events_by_reporter(client: &Client, ns: &str) -> Result<BTreeMap<String, f64>> {
@@ -687,8 +708,7 @@ async fn run_operator(setting: &Setting<'_>, binary: &std::path::Path) -> Result
         ([127, 0, 0, 1], admin).into(),
         Duration::from_secs(60),
     )?;
-    // Let it list and settle on the waiting VirtualClusters (it creates their kubeconfig Secrets).
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_settled(([127, 0, 0, 1], admin).into(), n, setting.timeout).await?;
     // The flips are the driver's own writes.
     let own = BTreeMap::from([("PATCH virtualclusters".to_owned(), n as f64)]);
     let mut outcome = measure(
@@ -717,6 +737,46 @@ const UNUSED_PLUGIN: &str = "bench-unused";
 /// How long the reconciliations after a plugin edit are counted.
 const WAKE_WINDOW: Duration = Duration::from_secs(3);
 
+/// The operator's reconciliations so far, from its admin port.
+fn reconciles_total(admin: std::net::SocketAddr) -> Result<f64> {
+    let text = crate::machine::http_get(admin, "/metrics")?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("virtual_cluster_operator_reconciles_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .context("the operator's /metrics has no virtual_cluster_operator_reconciles_total")
+}
+
+/// Waits until the operator has reconciled each of the `n` waiting VirtualClusters (finalizer,
+/// kubeconfig Secret, status) and then nothing for [`SETTLED_FOR`]: the round measures what
+/// the flip starts, not the setup of a thousand VirtualClusters (a fixed 3 s wait left most of
+/// that setup inside the measured window at full size, until 2026-12-07).
+async fn wait_settled(admin: std::net::SocketAddr, n: usize, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    let mut last = reconciles_total(admin)?;
+    let mut still_since = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = reconciles_total(admin)?;
+        if now != last {
+            (last, still_since) = (now, Instant::now());
+        } else if now >= n as f64 && still_since.elapsed() >= SETTLED_FOR {
+            eprintln!(
+                "operator bench: operator settled on {n} waiting VirtualClusters in {:.1} s",
+                start.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            bail!(
+                "the operator did not settle on {n} waiting VirtualClusters within {timeout:?} ({last} reconciliations)"
+            );
+        }
+    }
+}
+
+/// How long the operator must be without reconciliations to count as settled.
+const SETTLED_FOR: Duration = Duration::from_secs(2);
+
 /// The operator's reconciliations within [`WAKE_WINDOW`] after a metadata edit of `plugin`
 /// (a label: nothing to install, only what the edit wakes), or without an edit.
 async fn wake(
@@ -725,13 +785,7 @@ async fn wake(
     plugin: Option<&str>,
     admin: std::net::SocketAddr,
 ) -> Result<f64> {
-    let reconciles = || -> Result<f64> {
-        let text = crate::machine::http_get(admin, "/metrics")?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("virtual_cluster_operator_reconciles_total "))
-            .and_then(|v| v.trim().parse().ok())
-            .context("the operator's /metrics has no virtual_cluster_operator_reconciles_total")
-    };
+    let reconciles = || reconciles_total(admin);
     let before = reconciles()?;
     if let Some(plugin) = plugin {
         Api::<VirtualClusterPlugin>::namespaced(client.clone(), ns)
@@ -752,8 +806,8 @@ async fn wake(
 /// [`kosmos_operator::controller::CREATES_AT_ONCE`] at once), as many tasks at once as the
 /// operator reconciles VirtualClusters at once (its `--concurrent-reconciles` default; unbounded,
 /// a thousand tasks overloaded the apiserver and made the "ceiling" slower than the operator,
-/// 2026-12-06). The same plugins
-/// and VirtualClusters exist and the same webhook is registered, so each Job is the operator's
+/// 2026-12-06), while the driver flips the VirtualClusters as in the operator's round. The same
+/// plugins and VirtualClusters exist and the same webhook is registered, so each Job is the operator's
 /// (owner reference included) and passes the same admission chain: what is left between the
 /// two is the operator's own work.
 async fn run_ceiling(setting: &Setting<'_>) -> Result<Outcome> {
@@ -806,7 +860,7 @@ async fn run_ceiling(setting: &Setting<'_>) -> Result<Outcome> {
     let concurrency = usize::from(
         kosmos_operator::server::Args::local(ns, "ceiling", &[])?.concurrent_reconciles,
     );
-    let work = async {
+    let creates = async {
         futures::stream::iter(jobs.into_iter().map(|list| {
             let (api, params) = (api.clone(), params.clone());
             async move {
@@ -822,7 +876,14 @@ async fn run_ceiling(setting: &Setting<'_>) -> Result<Outcome> {
         .await?;
         Ok(())
     };
-    let outcome = measure(setting, None, BTreeMap::new(), work, Finish::JobsComplete).await?;
+    // The same flips as the operator's round, at the same moment: the driver's writes are the
+    // same in both rounds, and what is left between them is the operator's own work.
+    let work = async {
+        tokio::try_join!(flip(client, ns, n), creates)?;
+        Ok(())
+    };
+    let own = BTreeMap::from([("PATCH virtualclusters".to_owned(), n as f64)]);
+    let outcome = measure(setting, None, own, work, Finish::JobsComplete).await?;
     drop(webhook);
     Ok(outcome)
 }
