@@ -2,13 +2,16 @@
 //! the same reason (five plugins starting at once) are one Event listing them all, instead of
 //! five writes. The log keeps one line per note.
 
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1 as events_v1;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kosmos_api::{VirtualCluster, contract};
 use kube::api::PostParams;
 use kube::{Api, Resource, ResourceExt};
-use tracing::{info, warn};
+use tracing::{Instrument as _, Span, info, warn};
 
 use crate::context::Context;
 use crate::plan::{self, NoteKind};
@@ -38,8 +41,11 @@ fn fold(notes: &[plan::Note]) -> Vec<(NoteKind, &'static str, String)> {
     events
 }
 
-pub(crate) async fn publish(ctx: &Context, vc: &VirtualCluster, notes: &[plan::Note]) {
-    let reference = vc.object_ref(&());
+/// Logs the notes, one line each, and writes their events beside the reconciliations that
+/// follow: events are the debugging trail, not state, and writing them in line held the
+/// reconciliation's slot for one more round trip (docs/benchmarks.md). The order of one
+/// reconciliation's events is kept.
+pub(crate) fn publish(ctx: &Arc<Context>, vc: &VirtualCluster, notes: &[plan::Note]) {
     for note in notes {
         match note.kind {
             NoteKind::Normal => {
@@ -60,16 +66,42 @@ pub(crate) async fn publish(ctx: &Context, vc: &VirtualCluster, notes: &[plan::N
             }
         }
     }
-    for (kind, reason, message) in fold(notes) {
+    let events = fold(notes);
+    if events.is_empty() {
+        return;
+    }
+    let (ctx, reference) = (ctx.clone(), vc.object_ref(&()));
+    let (name, ns) = (vc.name_any(), vc.namespace().unwrap_or_default());
+    let write = async move {
+        let api: Api<events_v1::Event> = Api::namespaced(ctx.client.clone(), &ns);
+        for (kind, reason, message) in events {
+            let event = event(&ctx, &reference, &name, kind, reason, message);
+            if let Err(error) = api.create(&PostParams::default(), &event).await {
+                warn!(%error, reason, "could not publish event");
+            }
+        }
+    };
+    tokio::spawn(write.instrument(Span::current()));
+}
+
+fn event(
+    ctx: &Context,
+    reference: &ObjectReference,
+    name: &str,
+    kind: NoteKind,
+    reason: &'static str,
+    message: String,
+) -> events_v1::Event {
+    {
         // Our own Event object rather than kube's recorder: the recorder folds events with the
         // same reason into one series that keeps the *first* message (ours differ in what
         // matters: plugin, Job, termination message), and names each event
         // `<object>.<time>`, which is too long for objects with long names.
         let now = Timestamp::now();
-        let event = events_v1::Event {
+        events_v1::Event {
             metadata: ObjectMeta {
-                name: Some(event_name(&vc.name_any(), now.as_nanosecond())),
-                namespace: vc.namespace(),
+                name: Some(event_name(name, now.as_nanosecond())),
+                namespace: reference.namespace.clone(),
                 ..ObjectMeta::default()
             },
             action: Some("Reconcile".to_owned()),
@@ -92,11 +124,6 @@ pub(crate) async fn publish(ctx: &Context, vc: &VirtualCluster, notes: &[plan::N
                     .unwrap_or_else(|| ctx.reporter.controller.clone()),
             ),
             ..events_v1::Event::default()
-        };
-        let api: Api<events_v1::Event> =
-            Api::namespaced(ctx.client.clone(), &vc.namespace().unwrap_or_default());
-        if let Err(error) = api.create(&PostParams::default(), &event).await {
-            warn!(%error, reason, "could not publish event");
         }
     }
 }
