@@ -69,8 +69,8 @@ pub struct Args {
     pub concurrent_reconciles: u16,
     /// Milliseconds a VirtualCluster's reconciliation waits after the last change that woke it
     /// (0: none). Sibling Jobs often end moments apart: waiting a moment makes their ends one
-    /// reconciliation instead of several, each reading the VirtualCluster, its plugins, Jobs and
-    /// kubeconfig Secret again.
+    /// reconciliation instead of several, each reading the VirtualCluster and its Jobs and
+    /// writing the status again.
     #[arg(long, env = "OPERATOR_RECONCILE_DEBOUNCE_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub reconcile_debounce_ms: u64,
     /// Seconds before the first retry of a failed plugin; doubles with each failure.
