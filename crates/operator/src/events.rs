@@ -92,39 +92,37 @@ fn event(
     reason: &'static str,
     message: String,
 ) -> events_v1::Event {
-    {
-        // Our own Event object rather than kube's recorder: the recorder folds events with the
-        // same reason into one series that keeps the *first* message (ours differ in what
-        // matters: plugin, Job, termination message), and names each event
-        // `<object>.<time>`, which is too long for objects with long names.
-        let now = Timestamp::now();
-        events_v1::Event {
-            metadata: ObjectMeta {
-                name: Some(event_name(name, now.as_nanosecond())),
-                namespace: reference.namespace.clone(),
-                ..ObjectMeta::default()
-            },
-            action: Some("Reconcile".to_owned()),
-            reason: Some(reason.to_owned()),
-            note: Some(message),
-            type_: Some(
-                match kind {
-                    NoteKind::Normal => "Normal",
-                    NoteKind::Warning => "Warning",
-                }
-                .to_owned(),
-            ),
-            event_time: Some(MicroTime(now)),
-            regarding: Some(reference.clone()),
-            reporting_controller: Some(ctx.reporter.controller.clone()),
-            reporting_instance: Some(
-                ctx.reporter
-                    .instance
-                    .clone()
-                    .unwrap_or_else(|| ctx.reporter.controller.clone()),
-            ),
-            ..events_v1::Event::default()
-        }
+    // Our own Event object rather than kube's recorder: the recorder folds events with the
+    // same reason into one series that keeps the *first* message (ours differ in what
+    // matters: plugin, Job, termination message), and names each event
+    // `<object>.<time>`, which is too long for objects with long names.
+    let now = Timestamp::now();
+    events_v1::Event {
+        metadata: ObjectMeta {
+            name: Some(event_name(name, now.as_nanosecond())),
+            namespace: reference.namespace.clone(),
+            ..ObjectMeta::default()
+        },
+        action: Some("Reconcile".to_owned()),
+        reason: Some(reason.to_owned()),
+        note: Some(message),
+        type_: Some(
+            match kind {
+                NoteKind::Normal => "Normal",
+                NoteKind::Warning => "Warning",
+            }
+            .to_owned(),
+        ),
+        event_time: Some(MicroTime(now)),
+        regarding: Some(reference.clone()),
+        reporting_controller: Some(ctx.reporter.controller.clone()),
+        reporting_instance: Some(
+            ctx.reporter
+                .instance
+                .clone()
+                .unwrap_or_else(|| ctx.reporter.controller.clone()),
+        ),
+        ..events_v1::Event::default()
     }
 }
 
