@@ -53,8 +53,12 @@ fn main() -> ExitCode {
         Command::Report { out } => report(&out),
         Command::Criterion(args) => criterion::run(&args),
         Command::Reviews(args) => reviews::run(&args),
-        Command::Webhook(args) => runtime().and_then(|rt| rt.block_on(webhook::run(&args))),
-        Command::Operator(args) => runtime().and_then(|rt| rt.block_on(operator::run(&args))),
+        Command::Webhook(args) => {
+            runtime().and_then(|rt| rt.block_on(until_stopped(webhook::run(&args))))
+        }
+        Command::Operator(args) => {
+            runtime().and_then(|rt| rt.block_on(until_stopped(operator::run(&args))))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -62,6 +66,20 @@ fn main() -> ExitCode {
             eprintln!("kosmos-bench: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Runs `run` until it ends or the bench is told to stop (TERM or INT). Stopping drops the run,
+/// and with it the servers it started (`proc::Server` kills its process when dropped): a killed
+/// bench would otherwise leave an operator and a webhook running against the next cluster.
+async fn until_stopped(run: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        result = run => result,
+        _ = term.recv() => anyhow::bail!("stopped (TERM); the servers it started are stopped too"),
+        _ = int.recv() => anyhow::bail!("stopped (INT); the servers it started are stopped too"),
     }
 }
 

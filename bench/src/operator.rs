@@ -91,11 +91,35 @@ struct Outcome {
     rss_kib: u64,
     /// CPU seconds of the controller process during the run.
     cpu_s: f64,
+    /// CPU seconds each local control-plane component ([`CONTROL_PLANE_PROCESSES`]) spent from
+    /// the flip until every Job existed: what the target's way of asking costs the apiserver,
+    /// measured in work rather than in wall time on a shared machine. Empty against a user's
+    /// own cluster.
+    control_plane_cpu_s: BTreeMap<String, f64>,
     /// After everything finished: the controller's CPU share and the apiserver's request rate.
     idle_cpu_percent: f64,
     idle_requests_per_s: f64,
     /// The machine's one-minute load average when the round started (others share the cores).
     load_average: f64,
+}
+
+/// The local control plane's processes whose CPU a round counts (`e2e/cluster.sh`'s names).
+const CONTROL_PLANE_PROCESSES: &[&str] = &[
+    "host-apiserver",
+    "etcd",
+    "host-controller-manager",
+    "scheduler",
+];
+
+/// CPU seconds so far of each control-plane process that can be found, and of the webhook the
+/// target's Jobs go through, if any.
+fn control_plane_cpu(webhook: Option<&Server>) -> BTreeMap<String, f64> {
+    CONTROL_PLANE_PROCESSES
+        .iter()
+        .filter_map(|name| Some((*name, kosmos_e2e::local_component_pid(name)?)))
+        .chain(webhook.map(|w| ("plugin-webhook", w.pid())))
+        .filter_map(|(name, pid)| Some((name.to_owned(), proc::cpu_seconds(pid).ok()?)))
+        .collect()
 }
 
 /// Runs the scale benchmark and writes `operator.json` and `operator.md`.
@@ -436,7 +460,7 @@ async fn flip(client: &Client, ns: &str, n: usize) -> Result<()> {
 /// executor Job that comes back unmutated is deleted and retried, so nothing would complete.
 struct RegisteredWebhook {
     name: String,
-    _server: Server,
+    server: Server,
     _certs: tempfile::TempDir,
 }
 
@@ -525,7 +549,7 @@ async fn register_webhook(
         .context("registering the webhook")?;
     let registered = RegisteredWebhook {
         name,
-        _server: server,
+        server,
         _certs: certs,
     };
     // The apiserver picks a new configuration up a moment later: a dry-run executor Job without
@@ -582,6 +606,7 @@ enum Finish {
 async fn measure(
     setting: &Setting<'_>,
     mut process: Option<&mut Server>,
+    webhook: Option<&Server>,
     own: BTreeMap<String, f64>,
     work: impl std::future::Future<Output = Result<()>>,
     finish: Finish,
@@ -604,11 +629,13 @@ async fn measure(
     };
     let events_before = events_by_reporter(client, ns).await?;
     let before = request_counts(client).await?;
+    let control_plane_before = control_plane_cpu(webhook);
     let start = Instant::now();
     let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
     let (worked, created) = tokio::join!(work, wait_jobs(&jobs, start, timeout, total));
     worked?;
     let jobs_created_s = created?;
+    let control_plane_cpu_s = delta(&control_plane_before, &control_plane_cpu(webhook));
     let vcs: Api<VirtualCluster> = Api::namespaced(client.clone(), ns);
     let completed_s = loop {
         let done = match finish {
@@ -657,6 +684,7 @@ async fn measure(
             .collect(),
         requests_per_vc: d.values().sum::<f64>() / n as f64,
         reads_per_vc: reads_per_vc(&d, n),
+        control_plane_cpu_s,
         load_average,
         ..Outcome::default()
     };
@@ -714,6 +742,7 @@ async fn run_operator(setting: &Setting<'_>, binary: &std::path::Path) -> Result
     let mut outcome = measure(
         setting,
         Some(&mut operator),
+        Some(&webhook.server),
         own,
         flip(client, ns, n),
         Finish::VirtualClustersCompleted,
@@ -883,7 +912,15 @@ async fn run_ceiling(setting: &Setting<'_>) -> Result<Outcome> {
         Ok(())
     };
     let own = BTreeMap::from([("PATCH virtualclusters".to_owned(), n as f64)]);
-    let outcome = measure(setting, None, own, work, Finish::JobsComplete).await?;
+    let outcome = measure(
+        setting,
+        None,
+        Some(&webhook.server),
+        own,
+        work,
+        Finish::JobsComplete,
+    )
+    .await?;
     drop(webhook);
     Ok(outcome)
 }
@@ -945,6 +982,7 @@ async fn run_peer(setting: &Setting<'_>, binary: &std::path::Path) -> Result<Out
     let outcome = measure(
         setting,
         Some(&mut controller),
+        None,
         own,
         work,
         Finish::JobsComplete,
@@ -1043,6 +1081,8 @@ fn summarize(outcomes: &[Outcome], targets: &[&str]) -> Value {
                 "reads_per_vc": pick(|o| o.reads_per_vc.values().sum()),
                 "rss_mib": pick(|o| o.rss_kib as f64 / 1024.0),
                 "cpu_s": pick(|o| o.cpu_s),
+                "control_plane_cpu_s": pick(|o| o.control_plane_cpu_s.values().sum()),
+                "apiserver_cpu_s": pick(|o| o.control_plane_cpu_s.get("host-apiserver").copied().unwrap_or(f64::NAN)),
                 "idle_cpu_percent": pick(|o| o.idle_cpu_percent),
                 "idle_requests_per_s": pick(|o| o.idle_requests_per_s),
                 "load_average": pick(|o| o.load_average),
@@ -1054,18 +1094,26 @@ fn summarize(outcomes: &[Outcome], targets: &[&str]) -> Value {
     }
     let operator: Vec<&Outcome> = outcomes.iter().filter(|o| o.target == "operator").collect();
     for other in targets.iter().filter(|t| **t != "operator") {
-        let ratios: Vec<f64> = operator
-            .iter()
-            .filter_map(|o| {
-                let x = outcomes
-                    .iter()
-                    .find(|x| x.target == *other && x.round == o.round)?;
-                Some(o.jobs_per_s / x.jobs_per_s)
-            })
-            .collect();
+        // Round by round: the operator's figure over the other's in the same round.
+        let ratio = |f: fn(&Outcome) -> f64| -> Spread {
+            let ratios: Vec<f64> = operator
+                .iter()
+                .filter_map(|o| {
+                    let x = outcomes
+                        .iter()
+                        .find(|x| x.target == *other && x.round == o.round)?;
+                    Some(f(o) / f(x))
+                })
+                .filter(|r| r.is_finite())
+                .collect();
+            Spread::of(&ratios)
+        };
         out.insert(
             format!("operator_vs_{other}"),
-            json!({"jobs_per_s": Spread::of(&ratios)}),
+            json!({
+                "jobs_per_s": ratio(|o| o.jobs_per_s),
+                "control_plane_cpu_s": ratio(|o| o.control_plane_cpu_s.values().sum()),
+            }),
         );
     }
     Value::Object(out)
@@ -1090,14 +1138,14 @@ fn markdown(report: &Value) -> String {
     if let Some(why) = report["peer_unavailable"].as_str() {
         md.push_str(&format!("Peer not measured: {why}\n\n"));
     }
-    md.push_str("| | all Jobs created (s) | Jobs/s | all done (s) | API requests / VC | reads / VC | writes / VC | RSS MiB | CPU s | idle CPU % | idle requests/s | load average |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("| | all Jobs created (s) | Jobs/s | all done (s) | API requests / VC | reads / VC | writes / VC | RSS MiB | CPU s | control plane CPU s | idle CPU % | idle requests/s | load average |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for target in ["operator", "ceiling", "peer"] {
         let t = &s[target];
         if t.is_null() {
             continue;
         }
         md.push_str(&format!(
-            "| {target} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {target} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             show(&t["jobs_created_s"], 2),
             show(&t["jobs_per_s"], 0),
             show(&t["completed_s"], 2),
@@ -1106,16 +1154,39 @@ fn markdown(report: &Value) -> String {
             show(&t["writes_per_vc"], 1),
             show(&t["rss_mib"], 1),
             show(&t["cpu_s"], 2),
+            show(&t["control_plane_cpu_s"], 1),
             show(&t["idle_cpu_percent"], 2),
             show(&t["idle_requests_per_s"], 2),
             show(&t["load_average"], 1),
         ));
     }
     md.push_str(&format!(
-        "\nJobs/s, operator ÷ ceiling: {}; operator ÷ peer: {}.\n",
+        "\nJobs/s, operator ÷ ceiling: {}; operator ÷ peer: {}. Control-plane CPU until all Jobs \
+         existed, operator ÷ ceiling: {}.\n",
         show(&s["operator_vs_ceiling"]["jobs_per_s"], 2),
-        show(&s["operator_vs_peer"]["jobs_per_s"], 2)
+        show(&s["operator_vs_peer"]["jobs_per_s"], 2),
+        show(&s["operator_vs_ceiling"]["control_plane_cpu_s"], 2),
     ));
+    md.push_str(
+        "\nControl-plane CPU seconds from the flip until every Job existed (first round), by process:\n\n",
+    );
+    for target in ["operator", "ceiling", "peer"] {
+        let Some(o) = report["outcomes"]
+            .as_array()
+            .and_then(|a| a.iter().find(|o| o["target"] == target))
+        else {
+            continue;
+        };
+        let parts: Vec<String> = o["control_plane_cpu_s"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{k} {:.1}", v.as_f64().unwrap_or_default()))
+            .collect();
+        if !parts.is_empty() {
+            md.push_str(&format!("- {target}: {}\n", parts.join(", ")));
+        }
+    }
     if let Some(o) = report["outcomes"]
         .as_array()
         .and_then(|a| a.iter().find(|o| o["target"] == "operator"))

@@ -87,6 +87,21 @@ fn state_dir() -> PathBuf {
         .unwrap_or_else(|| e2e_dir().join(".state"))
 }
 
+/// The process id of a local control-plane component (`host-apiserver`, `etcd`,
+/// `host-controller-manager`, `scheduler`: the names of `e2e/cluster.sh`'s pid files), if the
+/// local control planes are in use and it runs. `None` against a user's own cluster.
+pub fn local_component_pid(component: &str) -> Option<u32> {
+    if uses_own_cluster() {
+        return None;
+    }
+    let text =
+        std::fs::read_to_string(state_dir().join("pids").join(format!("{component}.pid"))).ok()?;
+    let pid: u32 = text.trim().parse().ok()?;
+    std::path::Path::new(&format!("/proc/{pid}/stat"))
+        .exists()
+        .then_some(pid)
+}
+
 fn env_path(name: &str) -> Option<PathBuf> {
     std::env::var_os(name)
         .filter(|v| !v.is_empty())
