@@ -99,7 +99,13 @@ pub fn virtual_clusters(
         .collect()
 }
 
-/// Creates `objects` with `concurrency` requests in flight; an object that exists is kept.
+/// Tries of one create in [`create_all`].
+const SEND_TRIES: u32 = 3;
+
+/// Creates `objects` with `concurrency` requests in flight; an object that exists is kept. A
+/// request lost on the way (the apiserver closing a kept-alive connection as it was reused) is
+/// sent again, up to [`SEND_TRIES`] times: a full run makes tens of thousands of these, and one
+/// lost connection must not end it (a create that did arrive answers 409 the second time).
 pub async fn create_all<K>(
     client: &Client,
     namespace: &str,
@@ -118,7 +124,19 @@ where
     futures::stream::iter(objects.into_iter().map(|object| {
         let api = api.clone();
         async move {
-            match api.create(&PostParams::default(), &object).await {
+            let mut tries = 1;
+            let created = loop {
+                match api.create(&PostParams::default(), &object).await {
+                    Err(kube::Error::Service(_) | kube::Error::HyperError(_))
+                        if tries < SEND_TRIES =>
+                    {
+                        tries += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
+                    other => break other,
+                }
+            };
+            match created {
                 Ok(_) => Ok(()),
                 Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
                 Err(e) => Err(e).with_context(|| {

@@ -10,9 +10,9 @@ use futures::{FutureExt as _, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kosmos_api::contract;
-use kosmos_api::{VirtualCluster, VirtualClusterPlugin, mark};
-use kube::api::{DeleteParams, ListParams, PostParams, PropagationPolicy};
+use kosmos_api::contract::{self, ExecutorJobId};
+use kosmos_api::{VirtualCluster, VirtualClusterPlugin};
+use kube::api::{DeleteParams, ListParams, ObjectList, PostParams, PropagationPolicy};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::{self, Store, reflector};
@@ -24,7 +24,7 @@ use crate::context::{Context, ReadinessMode};
 use crate::error::{Error, is_status, kube_err};
 use crate::events::publish;
 use crate::finalizer::{add_finalizer, remove_finalizer};
-use crate::jobs::{self, Mark};
+use crate::jobs;
 use crate::kubeconfig::ensure_kubeconfig;
 use crate::plan::{
     self, Deletion, JobView, Kubeconfig, NewJob, Observed, Plan, Readiness, Rejection, Step,
@@ -33,7 +33,6 @@ use crate::plan::{
 use crate::readiness::{POLL, PROBE_POLL, PROBING, check_readiness};
 use crate::status::write_status;
 use crate::triggers;
-use crate::watched_jobs::{self, WatchedJob};
 
 /// Look again this often even when nothing happens (missed watch events, readiness polling).
 const RESYNC: Duration = Duration::from_secs(300);
@@ -143,16 +142,9 @@ async fn watch(
         watcher(plugins, watcher::Config::default()).modify(drop_managed_fields),
     )
     .touched_objects();
-    let (job_store, job_writer) = reflector::store();
-    let job_events = reflector(
-        job_writer,
-        watched_jobs::kept(
-            ctx.clone(),
-            watcher(
-                jobs,
-                watcher::Config::default().labels(contract::EXECUTOR_SELECTOR),
-            ),
-        ),
+    let job_events = watcher(
+        jobs,
+        watcher::Config::default().labels(contract::EXECUTOR_SELECTOR),
     );
     Controller::for_stream(
         triggers::virtual_clusters().filter(vc_events),
@@ -178,7 +170,6 @@ async fn watch(
         Arc::new(Watched {
             ctx,
             plugins: plugin_store,
-            jobs: job_store,
         }),
     )
     .for_each(|result| async move {
@@ -200,8 +191,6 @@ struct Watched {
     /// VirtualClusters it concerns once it is in here, so a reconciliation never acts on a
     /// plugin set older than the change that woke it.
     plugins: Store<VirtualClusterPlugin>,
-    /// The executor Jobs of the controller's namespaces as last seen ([`watched_jobs`]).
-    jobs: Store<WatchedJob>,
 }
 
 impl Watched {
@@ -222,35 +211,6 @@ impl Watched {
             .collect();
         plugins.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         Ok(plugins)
-    }
-
-    /// The executor Jobs `vc` owns, in name order (as a list would give them). Waits for the
-    /// watch's first listing: an empty store would say "no Jobs yet" and ask for them all again
-    /// (which 409 would catch, one round trip each).
-    async fn jobs_of(&self, vc: &VirtualCluster) -> Result<Vec<Arc<WatchedJob>>, Error> {
-        self.jobs
-            .wait_until_ready()
-            .await
-            .map_err(|e| Error::Internal(format!("the executor jobs watch has stopped: {e}")))?;
-        let ns = vc.metadata.namespace.as_deref();
-        let label = contract::label_value(&vc.name_any());
-        let uid = vc.uid();
-        let mut jobs: Vec<Arc<WatchedJob>> = self
-            .jobs
-            .state()
-            .into_iter()
-            .filter(|w| {
-                let meta = &w.job.metadata;
-                meta.namespace.as_deref() == ns
-                    && w.job.labels().get(contract::VIRTUAL_CLUSTER_LABEL) == Some(&label)
-                    && w.job
-                        .owner_references()
-                        .iter()
-                        .any(|o| Some(&o.uid) == uid.as_ref())
-            })
-            .collect();
-        jobs.sort_by(|a, b| a.job.metadata.name.cmp(&b.job.metadata.name));
-        Ok(jobs)
     }
 }
 
@@ -287,9 +247,11 @@ async fn reconcile_one(ns: &str, name: &str, watched: &Watched) -> Result<Action
     let ctx = &*watched.ctx;
     let client = ctx.client.clone();
     let vcs: Api<VirtualCluster> = Api::namespaced(client.clone(), ns);
-    // The VirtualCluster fresh (its phase and deletion decide everything below); its Jobs from
-    // the watch (watched_jobs.rs says why that is safe).
-    let found = vcs.get_opt(name).await;
+    let jobs_api: Api<Job> = Api::namespaced(client.clone(), ns);
+    // Fresh, not from the cache: decisions about Jobs must not rest on stale state. Both in one
+    // round trip: which of the Jobs are this VirtualCluster's is told by the uid read with it.
+    let executors = ListParams::default().labels(&ExecutorJobId::selector(name));
+    let (found, listed) = tokio::join!(vcs.get_opt(name), jobs_api.list(&executors));
     let Some(mut vc) = found.map_err(kube_err(format!("reading virtualcluster {ns}/{name}")))?
     else {
         ctx.metrics.jobs_running(&format!("{ns}/{name}"), 0);
@@ -330,7 +292,7 @@ async fn reconcile_one(ns: &str, name: &str, watched: &Watched) -> Result<Action
     let (kubeconfig_found, plugins, views) = tokio::join!(
         ensure_kubeconfig(ctx, &vc),
         watched.plugins(ns),
-        observe_jobs(ctx, ns, &vc, watched),
+        observe_jobs(ctx, ns, &vc, listed),
     );
     let (kubeconfig, safe_kubeconfig) = match kubeconfig_found {
         Ok(found) => found,
@@ -562,8 +524,8 @@ async fn settle(
             created.push(stored);
         }
         for stored in created {
-            let mark = ctx.mark_keys.check(&ctx.client, &stored).await?;
-            if let Some(view) = jobs::job_view(&stored, None, &mark) {
+            let keys = ctx.mark_keys.for_job(&ctx.client, &stored).await?;
+            if let Some(view) = jobs::job_view(&stored, None, &keys) {
                 views.retain(|v| v.name != view.name);
                 views.push(view);
             }
@@ -666,33 +628,21 @@ async fn observe_jobs(
     ctx: &Context,
     ns: &str,
     vc: &VirtualCluster,
-    watched: &Watched,
+    listed: Result<ObjectList<Job>, kube::Error>,
 ) -> Result<Vec<JobView>, Error> {
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    let list = listed.map_err(kube_err(format!("listing executor jobs in {ns}")))?;
+    let uid = vc.uid();
     let mut views = Vec::new();
-    for kept in watched.jobs_of(vc).await? {
-        let job = &kept.job;
-        let mark = match &kept.mark {
-            Some(Mark::Verified(key)) if !ctx.mark_keys.holds(&ctx.client, key).await? => {
-                Mark::Refused(mark::MarkError::UnknownKey(key.clone()).to_string())
-            }
-            Some(mark) => mark.clone(),
-            // The key Secret could not be read when the Job arrived: read the Job and check now
-            // (an unreadable Secret fails the reconciliation here, as it always did).
-            None => {
-                let name = job.name_any();
-                match jobs_api
-                    .get_opt(&name)
-                    .await
-                    .map_err(kube_err(format!("reading job {ns}/{name}")))?
-                {
-                    Some(fresh) => ctx.mark_keys.check(&ctx.client, &fresh).await?,
-                    None => continue,
-                }
-            }
-        };
-        let message = if jobs::has_failed(job) {
+    for job in list.items {
+        let owned = job
+            .owner_references()
+            .iter()
+            .any(|o| Some(&o.uid) == uid.as_ref());
+        if !owned {
+            continue;
+        }
+        let message = if jobs::has_failed(&job) {
             let pods = pods_api
                 .list(
                     &ListParams::default()
@@ -707,7 +657,8 @@ async fn observe_jobs(
         } else {
             None
         };
-        if let Some(view) = jobs::job_view(job, message, &mark) {
+        let keys = ctx.mark_keys.for_job(&ctx.client, &job).await?;
+        if let Some(view) = jobs::job_view(&job, message, &keys) {
             views.push(view);
         }
     }

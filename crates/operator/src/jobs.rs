@@ -85,40 +85,22 @@ pub fn has_failed(job: &Job) -> bool {
     has_condition(job, "Failed")
 }
 
-/// What a Job's mark says.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Mark {
-    /// The Job carries none: the webhook has not mutated it.
-    Unmarked,
-    /// It verifies with the key of this id.
-    Verified(String),
-    /// It does not verify: why. The webhook did not make it for this Job.
-    Refused(String),
-}
-
-/// Checks `job`'s mark against `keys` (the mark key Secret's; the caller reads them when the Job
-/// has a mark at all, see [`has_mark`]).
-pub fn check_mark(job: &Job, keys: &[mark::Key]) -> Mark {
-    if !has_mark(job) {
-        return Mark::Unmarked;
-    }
-    match mark::verify(keys, job) {
-        Ok(()) => Mark::Verified(mark::key_id(job).unwrap_or_default().to_owned()),
-        Err(e) => Mark::Refused(e.to_string()),
-    }
-}
-
 /// What the operator needs of an executor Job, or None when it is not one (labels or
 /// annotations missing or garbled, see [`ExecutorJobId::parse`]: such a Job is ignored, never
 /// counted). `pod_message` is the executor pod's
-/// termination message, read by the caller for failed Jobs; `mark` what [`check_mark`] said of
-/// it. Reads only the Job's metadata and status: a Job kept without its spec gives the same view.
-pub fn job_view(job: &Job, pod_message: Option<String>, mark: &Mark) -> Option<JobView> {
+/// termination message, read by the caller for failed Jobs.
+///
+/// A mark counts only if it verifies with one of `keys` (the mark key Secret's; the caller reads
+/// them when the Job has a mark at all, see [`has_mark`]).
+pub fn job_view(job: &Job, pod_message: Option<String>, keys: &[mark::Key]) -> Option<JobView> {
     let id = ExecutorJobId::parse(&job.metadata).ok()?;
-    let (injected, forged) = match mark {
-        Mark::Unmarked => (false, None),
-        Mark::Verified(_) => (true, None),
-        Mark::Refused(why) => (false, Some(why.clone())),
+    let (injected, forged) = if has_mark(job) {
+        match mark::verify(keys, job) {
+            Ok(()) => (true, None),
+            Err(e) => (false, Some(e.to_string())),
+        }
+    } else {
+        (false, None)
     };
     let status = job.status.clone().unwrap_or_default();
     let outcome = if has_condition(job, "Complete") {
@@ -340,31 +322,9 @@ mod tests {
         job
     }
 
-    fn checked_view(job: &Job, pod_message: Option<String>, keys: &[mark::Key]) -> Option<JobView> {
-        job_view(job, pod_message, &check_mark(job, keys))
-    }
-
-    /// The operator keeps watched Jobs without their spec (the mark, which covers the spec, is
-    /// checked when the Job arrives): the view must not change.
-    #[test]
-    fn a_job_kept_without_its_spec_gives_the_same_view() {
-        let job = with_status(
-            json!({"completionTime": "2026-01-01T00:00:00Z",
-                   "conditions": [{"type": "Complete", "status": "True"}]}),
-            true,
-        );
-        let mark = check_mark(&job, &[key()]);
-        assert!(matches!(mark, Mark::Verified(_)), "{mark:?}");
-        let mut kept = job.clone();
-        kept.spec = None;
-        assert_eq!(job_view(&kept, None, &mark), job_view(&job, None, &mark),);
-        let unmarked = with_status(json!({}), false);
-        assert_eq!(check_mark(&unmarked, &[key()]), Mark::Unmarked);
-    }
-
     #[test]
     fn job_view_reads_labels_annotations_and_outcome() {
-        let running = checked_view(&with_status(json!({}), true), None, &[key()]).unwrap();
+        let running = job_view(&with_status(json!({}), true), None, &[key()]).unwrap();
         assert_eq!(running.id.plugin, "dns");
         assert_eq!(running.id.action, Action::Install);
         assert_eq!(running.id.attempt, 2);
@@ -380,11 +340,11 @@ mod tests {
             .as_mut()
             .unwrap()
             .insert(contract::ATTEMPT_ANNOTATION.into(), "3".into());
-        let view = checked_view(&copied, None, &[key()]).unwrap();
+        let view = job_view(&copied, None, &[key()]).unwrap();
         assert!(!view.injected);
         assert!(view.forged.unwrap().contains("does not match this Job"));
         let other = mark::Key::new(&[4; mark::KEY_BYTES]).unwrap();
-        let view = checked_view(&with_status(json!({}), true), None, &[other]).unwrap();
+        let view = job_view(&with_status(json!({}), true), None, &[other]).unwrap();
         assert!(!view.injected && view.forged.is_some());
 
         let done = with_status(
@@ -392,7 +352,7 @@ mod tests {
                    "conditions": [{"type": "Complete", "status": "True"}]}),
             false,
         );
-        let done = checked_view(&done, None, &[key()]).unwrap();
+        let done = job_view(&done, None, &[key()]).unwrap();
         assert_eq!(done.outcome, JobOutcome::Succeeded);
         assert!(!done.injected);
         assert!(done.finished_at.is_some());
@@ -403,7 +363,7 @@ mod tests {
                    "lastTransitionTime": "2026-01-01T00:00:00Z"}]}),
             true,
         );
-        let view = checked_view(&failed, None, &[key()]).unwrap();
+        let view = job_view(&failed, None, &[key()]).unwrap();
         assert_eq!(
             view.outcome,
             JobOutcome::Failed {
@@ -412,7 +372,7 @@ mod tests {
                         .into()
             }
         );
-        let view = checked_view(
+        let view = job_view(
             &failed,
             Some("helm: boom (exit code 1, Error)".into()),
             &[key()],
@@ -434,7 +394,7 @@ mod tests {
             .as_mut()
             .unwrap()
             .remove(contract::PLUGIN_LABEL);
-        assert!(checked_view(&job, None, &[]).is_none());
+        assert!(job_view(&job, None, &[]).is_none());
     }
 
     #[test]

@@ -4,7 +4,6 @@
 //!
 //! - [`plan`]: the decisions, pure, unit-tested;
 //! - [`jobs`]: bare executor Jobs and what the operator reads back from Jobs and Pods;
-//!   [`watched_jobs`]: the executor Jobs as the operator keeps them from its watch;
 //! - [`controller`]: the reconciler that observes, plans and carries the plan out ([`settle`]
 //!   is its step loop), with what it observes and writes in their own modules: [`kubeconfig`],
 //!   [`readiness`], [`finalizer`], [`status`], [`events`]; [`context`] and [`error`] are what
@@ -28,4 +27,3 @@ pub mod readiness;
 pub mod server;
 pub mod status;
 pub mod triggers;
-pub mod watched_jobs;

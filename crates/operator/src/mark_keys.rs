@@ -54,24 +54,7 @@ impl MarkKeys {
         if !jobs::has_mark(job) {
             return Ok(Arc::from([]));
         }
-        self.keys(client, mark::key_id(job)).await
-    }
-
-    /// What `job`'s mark says, with the keys of [`MarkKeys::for_job`].
-    pub async fn check(&self, client: &Client, job: &Job) -> Result<jobs::Mark, Error> {
-        let keys = self.for_job(client, job).await?;
-        Ok(jobs::check_mark(job, &keys))
-    }
-
-    /// Whether the key `id` still verifies marks: a mark checked when its Job arrived stops
-    /// counting once its key has left the Secret, as it would if checked now.
-    pub async fn holds(&self, client: &Client, id: &str) -> Result<bool, Error> {
-        let keys = self.keys(client, Some(id)).await?;
-        Ok(keys.iter().any(|k| k.id() == id))
-    }
-
-    /// The held keys if they are fresh and hold `wanted`, else the Secret's read now.
-    async fn keys(&self, client: &Client, wanted: Option<&str>) -> Result<Arc<[Key]>, Error> {
+        let wanted = mark::key_id(job);
         let mut held = self.held.lock().await;
         if let Some(h) = held.as_ref() {
             let fresh = h.read_at.elapsed() < self.refresh;
@@ -231,39 +214,6 @@ mod tests {
             Err(mark::MarkError::UnknownKey(
                 Key::new(&ONE).unwrap().id().to_owned()
             ))
-        );
-        drop(client);
-        assert_eq!(server.await.unwrap(), 2);
-    }
-
-    #[tokio::test]
-    async fn a_mark_checked_as_its_job_arrived_counts_while_its_key_is_held() {
-        let (client, server) = serve(vec![secret_with(&ONE)]);
-        let keys = MarkKeys::new(secret_name());
-        let jobs::Mark::Verified(id) = keys.check(&client, &marked(&ONE, "a")).await.unwrap()
-        else {
-            panic!("a mark made with the held key verifies");
-        };
-        assert!(keys.holds(&client, &id).await.unwrap());
-        assert_eq!(
-            keys.check(&client, &job("b")).await.unwrap(),
-            jobs::Mark::Unmarked
-        );
-        drop(client);
-        assert_eq!(server.await.unwrap(), 1, "fresh keys are not read again");
-    }
-
-    #[tokio::test]
-    async fn a_mark_checked_as_its_job_arrived_stops_counting_once_its_key_leaves_the_secret() {
-        let (client, server) = serve(vec![secret_with(&ONE), secret_with(&TWO)]);
-        let keys = MarkKeys::with_refresh(secret_name(), Duration::ZERO);
-        let jobs::Mark::Verified(id) = keys.check(&client, &marked(&ONE, "a")).await.unwrap()
-        else {
-            panic!("a mark made with the held key verifies");
-        };
-        assert!(
-            !keys.holds(&client, &id).await.unwrap(),
-            "the Secret now holds only another key"
         );
         drop(client);
         assert_eq!(server.await.unwrap(), 2);

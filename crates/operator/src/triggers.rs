@@ -1,7 +1,7 @@
 //! What wakes a VirtualCluster: only changes the reconciler can act on.
 //!
-//! Every reconciliation reads the VirtualCluster fresh and writes its status, so each wake-up
-//! costs the apiserver requests (when everything was read fresh, five). Woken by every watch
+//! Every reconciliation reads the VirtualCluster, its plugins and its Jobs fresh (decisions never
+//! rest on a cache), so each wake-up costs the apiserver five requests. Woken by every watch
 //! event, a VirtualCluster installing five plugins was reconciled ~9 times: by each Job's status
 //! ticking (active, ready, uncounted pods), by the Jobs the reconciler had just created, and by
 //! its own status writes (docs/benchmarks.md). The watches here pass on only what a plan reads:
@@ -17,8 +17,6 @@ use k8s_openapi::api::batch::v1::Job;
 use kosmos_api::VirtualCluster;
 use kube::Resource;
 use kube::runtime::watcher::{self, Event};
-
-use crate::watched_jobs::WatchedJob;
 
 /// Which watch events of a kind pass, remembering per object (by uid) the hash of what the
 /// reconciler reads of it.
@@ -110,15 +108,12 @@ fn hash_of(value: impl Hash) -> u64 {
 /// Executor Jobs: a Job wakes its VirtualCluster when it finishes, fails, is being deleted or
 /// deleted, or its labels, annotations (the mark) or owners change. Its status ticking while it
 /// runs does not, nor does a running Job appearing (the reconciler that created it already knows).
-pub fn executor_jobs() -> Changes<WatchedJob> {
+pub fn executor_jobs() -> Changes<Job> {
     Changes {
         seen: HashMap::new(),
         before_listing: None,
-        read: |watched| job_read(&watched.job),
-        new_is_news: |watched| {
-            let job = &watched.job;
-            job.metadata.deletion_timestamp.is_some() || !finished(job).is_empty()
-        },
+        read: job_read,
+        new_is_news: |job| job.metadata.deletion_timestamp.is_some() || !finished(job).is_empty(),
         deletes: true,
     }
 }
@@ -202,8 +197,8 @@ mod tests {
     use kosmos_api::VirtualClusterSpec;
     use serde_json::json;
 
-    fn job(uid: &str, status: serde_json::Value) -> WatchedJob {
-        let job: Job = serde_json::from_value(json!({
+    fn job(uid: &str, status: serde_json::Value) -> Job {
+        serde_json::from_value(json!({
             "apiVersion": "batch/v1", "kind": "Job",
             "metadata": {
                 "name": format!("vc-dns-install-{uid}"), "namespace": "ns", "uid": uid,
@@ -214,18 +209,17 @@ mod tests {
             },
             "status": status,
         }))
-        .unwrap();
-        WatchedJob::new(job, Some(crate::jobs::Mark::Unmarked))
+        .unwrap()
     }
 
-    fn running(uid: &str) -> WatchedJob {
+    fn running(uid: &str) -> Job {
         job(
             uid,
             json!({ "active": 1, "ready": 1, "startTime": "2026-12-07T01:00:00Z" }),
         )
     }
 
-    fn complete(uid: &str) -> WatchedJob {
+    fn complete(uid: &str) -> Job {
         job(
             uid,
             json!({ "succeeded": 1, "completionTime": "2026-12-07T01:01:00Z", "conditions": [
@@ -272,15 +266,13 @@ mod tests {
         changes.pass(Event::Apply(running("a")));
         let mut patched = running("a");
         patched
-            .job
             .metadata
             .annotations
             .get_or_insert_with(Default::default)
             .insert("plugin.kosmos.io/injected".into(), "v1.k.other".into());
         assert_eq!(passed(&mut changes, vec![Event::Apply(patched.clone())]), 1);
         let mut deleting = patched;
-        deleting.job.metadata.deletion_timestamp =
-            complete("a").job.status.unwrap().completion_time;
+        deleting.metadata.deletion_timestamp = complete("a").status.unwrap().completion_time;
         assert_eq!(passed(&mut changes, vec![Event::Apply(deleting)]), 1);
         let failed = job(
             "b",
