@@ -96,6 +96,10 @@ struct Outcome {
     /// measured in work rather than in wall time on a shared machine. Empty against a user's
     /// own cluster.
     control_plane_cpu_s: BTreeMap<String, f64>,
+    /// Connections the webhook closed at once during the round because its `--max-connections`
+    /// were open (each a failed create the target must retry); NaN (null) where the target's
+    /// Jobs do not go through it.
+    webhook_connections_refused: f64,
     /// After everything finished: the controller's CPU share and the apiserver's request rate.
     idle_cpu_percent: f64,
     idle_requests_per_s: f64,
@@ -113,11 +117,11 @@ const CONTROL_PLANE_PROCESSES: &[&str] = &[
 
 /// CPU seconds so far of each control-plane process that can be found, and of the webhook the
 /// target's Jobs go through, if any.
-fn control_plane_cpu(webhook: Option<&Server>) -> BTreeMap<String, f64> {
+fn control_plane_cpu(webhook: Option<&RegisteredWebhook>) -> BTreeMap<String, f64> {
     CONTROL_PLANE_PROCESSES
         .iter()
         .filter_map(|name| Some((*name, kosmos_e2e::local_component_pid(name)?)))
-        .chain(webhook.map(|w| ("plugin-webhook", w.pid())))
+        .chain(webhook.map(|w| ("plugin-webhook", w.server.pid())))
         .filter_map(|(name, pid)| Some((name.to_owned(), proc::cpu_seconds(pid).ok()?)))
         .collect()
 }
@@ -461,7 +465,18 @@ async fn flip(client: &Client, ns: &str, n: usize) -> Result<()> {
 struct RegisteredWebhook {
     name: String,
     server: Server,
+    /// Its admin port (/metrics).
+    admin: std::net::SocketAddr,
     _certs: tempfile::TempDir,
+}
+
+impl RegisteredWebhook {
+    /// `plugin_webhook_connections_refused_total` so far.
+    fn connections_refused(&self) -> Result<f64> {
+        let text = crate::machine::http_get(self.admin, "/metrics")?;
+        metric_value(&text, "plugin_webhook_connections_refused_total")
+            .context("the webhook's /metrics has no plugin_webhook_connections_refused_total")
+    }
 }
 
 impl Drop for RegisteredWebhook {
@@ -550,6 +565,7 @@ async fn register_webhook(
     let registered = RegisteredWebhook {
         name,
         server,
+        admin,
         _certs: certs,
     };
     // The apiserver picks a new configuration up a moment later: a dry-run executor Job without
@@ -606,7 +622,7 @@ enum Finish {
 async fn measure(
     setting: &Setting<'_>,
     mut process: Option<&mut Server>,
-    webhook: Option<&Server>,
+    webhook: Option<&RegisteredWebhook>,
     own: BTreeMap<String, f64>,
     work: impl std::future::Future<Output = Result<()>>,
     finish: Finish,
@@ -630,6 +646,9 @@ async fn measure(
     let events_before = events_by_reporter(client, ns).await?;
     let before = request_counts(client).await?;
     let control_plane_before = control_plane_cpu(webhook);
+    let refused_before = webhook
+        .map(RegisteredWebhook::connections_refused)
+        .transpose()?;
     let start = Instant::now();
     let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
     let (worked, created) = tokio::join!(work, wait_jobs(&jobs, start, timeout, total));
@@ -665,6 +684,9 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let after = request_counts(client).await?;
+    let refused_after = webhook
+        .map(RegisteredWebhook::connections_refused)
+        .transpose()?;
     let d = delta(&before, &after);
     let events = delta(&events_before, &events_by_reporter(client, ns).await?);
     let mut own = own;
@@ -685,6 +707,10 @@ async fn measure(
         requests_per_vc: d.values().sum::<f64>() / n as f64,
         reads_per_vc: reads_per_vc(&d, n),
         control_plane_cpu_s,
+        webhook_connections_refused: match (refused_before, refused_after) {
+            (Some(before), Some(after)) => after - before,
+            _ => f64::NAN,
+        },
         load_average,
         ..Outcome::default()
     };
@@ -742,7 +768,7 @@ async fn run_operator(setting: &Setting<'_>, binary: &std::path::Path) -> Result
     let mut outcome = measure(
         setting,
         Some(&mut operator),
-        Some(&webhook.server),
+        Some(&webhook),
         own,
         flip(client, ns, n),
         Finish::VirtualClustersCompleted,
@@ -769,10 +795,15 @@ const WAKE_WINDOW: Duration = Duration::from_secs(3);
 /// The operator's reconciliations so far, from its admin port.
 fn reconciles_total(admin: std::net::SocketAddr) -> Result<f64> {
     let text = crate::machine::http_get(admin, "/metrics")?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("virtual_cluster_operator_reconciles_total "))
-        .and_then(|v| v.trim().parse().ok())
+    metric_value(&text, "virtual_cluster_operator_reconciles_total")
         .context("the operator's /metrics has no virtual_cluster_operator_reconciles_total")
+}
+
+/// The value of an unlabelled metric in a Prometheus text exposition.
+fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Waits until the operator has reconciled each of the `n` waiting VirtualClusters (finalizer,
@@ -915,7 +946,7 @@ async fn run_ceiling(setting: &Setting<'_>) -> Result<Outcome> {
     let outcome = measure(
         setting,
         None,
-        Some(&webhook.server),
+        Some(&webhook),
         own,
         work,
         Finish::JobsComplete,
@@ -1082,7 +1113,7 @@ fn summarize(outcomes: &[Outcome], targets: &[&str]) -> Value {
                 "rss_mib": pick(|o| o.rss_kib as f64 / 1024.0),
                 "cpu_s": pick(|o| o.cpu_s),
                 "control_plane_cpu_s": pick(|o| o.control_plane_cpu_s.values().sum()),
-                "apiserver_cpu_s": pick(|o| o.control_plane_cpu_s.get("host-apiserver").copied().unwrap_or(f64::NAN)),
+                "webhook_connections_refused": pick(|o| o.webhook_connections_refused),
                 "idle_cpu_percent": pick(|o| o.idle_cpu_percent),
                 "idle_requests_per_s": pick(|o| o.idle_requests_per_s),
                 "load_average": pick(|o| o.load_average),
@@ -1166,6 +1197,12 @@ fn markdown(report: &Value) -> String {
         show(&s["operator_vs_ceiling"]["jobs_per_s"], 2),
         show(&s["operator_vs_peer"]["jobs_per_s"], 2),
         show(&s["operator_vs_ceiling"]["control_plane_cpu_s"], 2),
+    ));
+    md.push_str(&format!(
+        "Connections the webhook closed at once (its `--max-connections` open, each a failed \
+         create) during the round: operator {}, ceiling {}.\n",
+        show(&s["operator"]["webhook_connections_refused"], 0),
+        show(&s["ceiling"]["webhook_connections_refused"], 0),
     ));
     md.push_str(
         "\nControl-plane CPU seconds from the flip until every Job existed (first round), by process:\n\n",

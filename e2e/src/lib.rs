@@ -97,8 +97,12 @@ pub fn local_component_pid(component: &str) -> Option<u32> {
     let text =
         std::fs::read_to_string(state_dir().join("pids").join(format!("{component}.pid"))).ok()?;
     let pid: u32 = text.trim().parse().ok()?;
-    std::path::Path::new(&format!("/proc/{pid}/stat"))
-        .exists()
+    // As cluster.sh's is_ours: a pid file can outlive its process and the pid be reused; every
+    // component names the state folder in its arguments.
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let state = state_dir();
+    String::from_utf8_lossy(&cmdline)
+        .contains(state.to_string_lossy().as_ref())
         .then_some(pid)
 }
 

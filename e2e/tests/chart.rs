@@ -280,6 +280,34 @@ async fn bad_values_are_refused_by_the_schema_naming_the_key() -> Result<()> {
     Ok(())
 }
 
+/// Values the schema cannot judge alone (they depend on each other) are refused by the templates,
+/// naming the keys and what to change.
+#[tokio::test]
+async fn values_that_cannot_work_together_are_refused_saying_why() -> Result<()> {
+    let chart = chart_dir().display().to_string();
+    for (file, says) in [
+        (
+            "bad-connections-below-burst.yaml",
+            "webhook.maxConnections (128) × webhook.replicas (2) = 256 is below the operator's Job creates in flight (8 × operator.concurrentReconciles × 2 controller(s), one per watched namespace = 512)",
+        ),
+        (
+            "bad-replicas-without-leader.yaml",
+            "operator.replicas above 1 needs operator.leaderElection.enabled",
+        ),
+    ] {
+        let path = testdata().join(file).display().to_string();
+        let output =
+            helm_output(&["template", RELEASE, chart.as_str(), "-f", path.as_str()]).await?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        ensure!(!output.status.success(), "{file} was accepted");
+        ensure!(
+            stderr.contains(says),
+            "{file}: the error does not say {says}:\n{stderr}"
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_nothing_more()
 -> Result<()> {

@@ -16,6 +16,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum_server::accept::Accept;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -24,14 +25,17 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 #[derive(Clone, Debug)]
 pub struct ConnectionLimit {
     slots: Arc<Semaphore>,
+    open: Gauge,
     refused: Counter,
 }
 
 impl ConnectionLimit {
-    /// At most `max` connections at a time (at least one); refusals are counted in `refused`.
-    pub fn new(max: usize, refused: Counter) -> Self {
+    /// At most `max` connections at a time (at least one); the admitted ones are counted in
+    /// `open` while they last, the refused ones in `refused`.
+    pub fn new(max: usize, open: Gauge, refused: Counter) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(max.max(1))),
+            open,
             refused,
         }
     }
@@ -44,13 +48,17 @@ impl<I, S> Accept<I, S> for ConnectionLimit {
 
     fn accept(&self, stream: I, service: S) -> Self::Future {
         let result = match self.slots.clone().try_acquire_owned() {
-            Ok(slot) => Ok((
-                Limited {
-                    inner: stream,
-                    _slot: slot,
-                },
-                service,
-            )),
+            Ok(slot) => {
+                self.open.inc();
+                Ok((
+                    Limited {
+                        inner: stream,
+                        _slot: slot,
+                        open: self.open.clone(),
+                    },
+                    service,
+                ))
+            }
             Err(_) => {
                 self.refused.inc();
                 // Dropping the stream closes the connection before any TLS work is spent on it.
@@ -66,6 +74,13 @@ impl<I, S> Accept<I, S> for ConnectionLimit {
 pub struct Limited<I> {
     inner: I,
     _slot: OwnedSemaphorePermit,
+    open: Gauge,
+}
+
+impl<I> Drop for Limited<I> {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Limited<I> {

@@ -52,6 +52,8 @@ pub struct Metrics {
     latency: Histogram,
     /// Seconds since the epoch when the serving certificate expires.
     pub cert_expiry: Gauge<i64, AtomicI64>,
+    /// Connections to the admission endpoint open now.
+    pub connections_open: Gauge,
     /// Connections closed at once because `--max-connections` were open.
     pub connections_refused: Counter,
 }
@@ -77,6 +79,12 @@ impl Default for Metrics {
             "When the serving certificate expires (seconds since the Unix epoch)",
             cert_expiry.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Connections to the admission endpoint open now (at most --max-connections)",
+            connections_open.clone(),
+        );
         let connections_refused = Counter::default();
         registry.register(
             "connections_refused",
@@ -88,6 +96,7 @@ impl Default for Metrics {
             reviews,
             latency,
             cert_expiry,
+            connections_open,
             connections_refused,
         }
     }

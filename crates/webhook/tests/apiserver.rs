@@ -11,6 +11,8 @@
 mod common;
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -1016,4 +1018,138 @@ async fn listed_namespaces_are_served_and_an_empty_list_serves_every_one() {
     for ns in namespaces {
         ns.delete().await.unwrap();
     }
+}
+
+/// What became of a burst of executor Job creates through the apiserver.
+#[derive(Debug)]
+struct Burst {
+    /// Creates that came back mutated.
+    mutated: usize,
+    /// The error of every other create.
+    failures: Vec<String>,
+    /// The most connections the webhook had open at once, sampled every few milliseconds.
+    peak_open: i64,
+    /// Connections the webhook closed at once because its cap was reached.
+    refused: u64,
+}
+
+/// Creates `count` executor Jobs at once (dry run: each still goes through the webhook) as the
+/// operator does when many VirtualClusters become ready together.
+async fn burst(
+    webhook: &Registered,
+    as_operator: &Client,
+    namespace: &str,
+    job: &Job,
+    count: usize,
+) -> Burst {
+    let metrics = webhook.running.state.metrics.clone();
+    let refused_before = metrics.connections_refused.get();
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = tokio::spawn({
+        let (metrics, sampling) = (metrics.clone(), sampling.clone());
+        async move {
+            let mut peak = 0;
+            while sampling.load(Ordering::Relaxed) {
+                peak = peak.max(metrics.connections_open.get());
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            peak
+        }
+    });
+    let jobs: Api<Job> = Api::namespaced(as_operator.clone(), namespace);
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let results = futures::future::join_all((0..count).map(|i| {
+        let mut job = job.clone();
+        job.metadata.name = Some(format!("{}-{i}", job.name_any()));
+        let (jobs, dry) = (jobs.clone(), dry.clone());
+        async move { jobs.create(&dry, &job).await }
+    }))
+    .await;
+    sampling.store(false, Ordering::Relaxed);
+    let peak_open = sampler.await.unwrap();
+    let mut outcome = Burst {
+        mutated: 0,
+        failures: Vec::new(),
+        peak_open,
+        refused: metrics.connections_refused.get() - refused_before,
+    };
+    for result in results {
+        match result {
+            Ok(job)
+                if job
+                    .annotations()
+                    .contains_key(contract::INJECTED_ANNOTATION) =>
+            {
+                outcome.mutated += 1
+            }
+            Ok(job) => outcome
+                .failures
+                .push(format!("{} came back unmutated", job.name_any())),
+            Err(e) => outcome.failures.push(e.to_string()),
+        }
+    }
+    outcome
+}
+
+/// The apiserver opens a connection to the webhook for every review in flight: a burst of
+/// creates (the operator has up to 8 × --concurrent-reconciles, 256 by default, in flight) must
+/// fit under the default connection cap, while a cap below the burst fails creates (the test
+/// would see it) and counts each refusal.
+#[tokio::test]
+async fn a_burst_of_executor_jobs_fits_under_the_default_connection_cap() {
+    const BURST: usize = 512;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let admin = kosmos_e2e::host().await.unwrap();
+    let as_operator = kosmos_e2e::client_as(Cluster::Host, &operator())
+        .await
+        .unwrap();
+
+    let ns = TestNamespace::create(Cluster::Host, "webhook-burst")
+        .await
+        .unwrap();
+    let plugin = setup(ns.name(), &admin).await;
+    let job = common::bare_job(ns.name(), VC, &plugin, Action::Install);
+    let webhook = Registered::start(&admin, ns.name()).await;
+    wait_until_webhook_active(&as_operator, ns.name(), &job).await;
+    let at_default = burst(&webhook, &as_operator, ns.name(), &job, BURST).await;
+    webhook.unregister().await;
+    ns.delete().await.unwrap();
+    assert!(
+        at_default.failures.is_empty() && at_default.refused == 0,
+        "{at_default:?}"
+    );
+    assert_eq!(at_default.mutated, BURST);
+
+    let ns = TestNamespace::create(Cluster::Host, "webhook-burst-capped")
+        .await
+        .unwrap();
+    let plugin = setup(ns.name(), &admin).await;
+    let job = common::bare_job(ns.name(), VC, &plugin, Action::Install);
+    let capped = Registered::start_with(&admin, ns.name(), |args| ServeArgs {
+        max_connections: 16,
+        ..args
+    })
+    .await;
+    wait_until_webhook_active(&as_operator, ns.name(), &job).await;
+    let over_cap = burst(&capped, &as_operator, ns.name(), &job, BURST).await;
+    capped.unregister().await;
+    ns.delete().await.unwrap();
+    eprintln!(
+        "burst of {BURST}: at the default cap {} connections at most; capped at 16: {} refused, {} creates failed",
+        at_default.peak_open,
+        over_cap.refused,
+        over_cap.failures.len()
+    );
+    assert!(over_cap.refused > 0, "{over_cap:?}");
+    assert!(
+        over_cap
+            .failures
+            .iter()
+            .any(|f| f.contains("failed calling webhook")),
+        "{:?}",
+        over_cap.failures.first()
+    );
 }

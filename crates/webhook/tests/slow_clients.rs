@@ -232,6 +232,11 @@ async fn open_connections_are_capped_and_slots_come_back() {
         metrics.contains("plugin_webhook_connections_refused_total 1"),
         "{metrics}"
     );
+    // The two held connections are counted as open; the refused one never was.
+    assert!(
+        metrics.contains("plugin_webhook_connections_open 2"),
+        "{metrics}"
+    );
 
     // Closing one frees its slot at once.
     drop(first);
@@ -261,6 +266,19 @@ async fn open_connections_are_capped_and_slots_come_back() {
     assert!(
         matches!(closed, Ok(Ok(0) | Err(_))),
         "an idle connection stayed open: {closed:?}"
+    );
+    // Every slot came back: nothing is counted open any more.
+    let open = &webhook.running.state.metrics.connections_open;
+    let drained = tokio::time::timeout(Duration::from_secs(5), async {
+        while open.get() != 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        drained.is_ok(),
+        "{} connections still counted open",
+        open.get()
     );
     webhook.running.shutdown(Duration::from_secs(1));
 }
