@@ -46,10 +46,11 @@ build_binaries() {
     || die "the Rust target ${TARGET} is missing: rustup target add ${TARGET}"
   log "building virtual-cluster-operator and plugin-webhook for ${TARGET} (release)"
   # Paths of this checkout and of the cargo home are remapped, so the binaries do not depend on
-  # where they were built; the release profile strips symbols. SOURCE_DATE_EPOCH (the last
-  # commit's time, for the archives) is kept from cargo: the cc crate asks cargo to rebuild ring
-  # when it changes, and with ring every crate above it, so each commit cost a whole release build.
-  (cd "${REPO_DIR}" && env -u SOURCE_DATE_EPOCH CC_x86_64_unknown_linux_musl=musl-gcc \
+  # where they were built; the release profile strips symbols. The C compiler gets a fixed
+  # SOURCE_DATE_EPOCH, not the archives' (the last commit's time): mimalloc's C code embeds
+  # __DATE__ and __TIME__, which GCC takes from it, and the cc crate asks cargo to rebuild ring
+  # and mimalloc (and every crate above them) whenever it changes.
+  (cd "${REPO_DIR}" && env SOURCE_DATE_EPOCH=0 CC_x86_64_unknown_linux_musl=musl-gcc \
     RUSTFLAGS="--remap-path-prefix=${REPO_DIR}=/src --remap-path-prefix=${CARGO_HOME:-${HOME}/.cargo}=/cargo" \
     "${CARGO}" build --release --locked --target "${TARGET}" \
     -p kosmos-operator -p kosmos-webhook --bin virtual-cluster-operator --bin plugin-webhook >&2)

@@ -406,12 +406,16 @@ pub async fn run(args: &WebhookArgs) -> Result<()> {
     Ok(())
 }
 
-/// A binary built next to this one (same target folder and profile).
+/// One of our binaries: in `KOSMOS_BENCH_BIN_DIR` when set (bench/run.sh points it at the
+/// images' static musl builds, so what ships is what is measured), else built next to this one.
 pub fn sibling(name: &str) -> Result<PathBuf> {
-    let path = std::env::current_exe()?.with_file_name(name);
+    let path = match std::env::var_os("KOSMOS_BENCH_BIN_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join(name),
+        None => std::env::current_exe()?.with_file_name(name),
+    };
     if !path.exists() {
         bail!(
-            "{} is missing: build it with `cargo build --release -p kosmos-webhook -p kosmos-operator`",
+            "{} is missing: build it with `cargo build --release -p kosmos-webhook -p kosmos-operator` (bench/run.sh builds the images' musl binaries)",
             path.display()
         );
     }

@@ -9,6 +9,12 @@ use kosmos_operator::server::{self, Args};
 use kube::Client;
 use tracing::{error, info};
 
+// musl's allocator (the images are static musl builds) halved the webhook's throughput against
+// the same code on glibc; with mimalloc the shipped binary comes within ~10% of it
+// (docs/benchmarks.md, "Findings (2026-12-07 evening …)").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();

@@ -12,6 +12,12 @@ use kosmos_webhook::mutation::{RecursiveReadOnly, Settings};
 use kosmos_webhook::server::{self, ServeArgs};
 use kosmos_webhook::tls;
 
+// musl's allocator (the images are static musl builds) halved the webhook's throughput against
+// the same code on glibc; with mimalloc the shipped binary comes within ~10% of it
+// (docs/benchmarks.md, "Findings (2026-12-07 evening …)").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Mutating admission webhook that turns bare executor Jobs into plugin installs.
 #[derive(Parser)]
 #[command(
