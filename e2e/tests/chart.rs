@@ -254,9 +254,18 @@ async fn every_rendered_object_is_accepted_by_the_apiserver_in_each_certificate_
     ns.delete().await
 }
 
+/// Renders the chart with the values file `file` of the test data, which must fail; returns
+/// helm's error output.
+async fn refusal(file: &str) -> Result<String> {
+    let (chart, path) = (chart_dir(), testdata().join(file));
+    let (chart, path) = (chart.display().to_string(), path.display().to_string());
+    let output = helm_output(&["template", RELEASE, chart.as_str(), "-f", path.as_str()]).await?;
+    ensure!(!output.status.success(), "{file} was accepted");
+    Ok(String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
 #[tokio::test]
 async fn bad_values_are_refused_by_the_schema_naming_the_key() -> Result<()> {
-    let chart = chart_dir().display().to_string();
     for (file, names) in [
         ("bad-unknown-key.yaml", "timeoutSecond"),
         ("bad-wrong-type.yaml", "/webhook/replicas"),
@@ -266,11 +275,7 @@ async fn bad_values_are_refused_by_the_schema_naming_the_key() -> Result<()> {
             "/certificates/secret/caBundle",
         ),
     ] {
-        let path = testdata().join(file).display().to_string();
-        let output =
-            helm_output(&["template", RELEASE, chart.as_str(), "-f", path.as_str()]).await?;
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        ensure!(!output.status.success(), "{file} was accepted");
+        let stderr = refusal(file).await?;
         ensure!(
             stderr.contains("values don't meet the specifications of the schema")
                 && stderr.contains(names),
@@ -284,7 +289,6 @@ async fn bad_values_are_refused_by_the_schema_naming_the_key() -> Result<()> {
 /// naming the keys and what to change.
 #[tokio::test]
 async fn values_that_cannot_work_together_are_refused_saying_why() -> Result<()> {
-    let chart = chart_dir().display().to_string();
     for (file, says) in [
         (
             "bad-connections-below-burst.yaml",
@@ -295,11 +299,7 @@ async fn values_that_cannot_work_together_are_refused_saying_why() -> Result<()>
             "operator.replicas above 1 needs operator.leaderElection.enabled",
         ),
     ] {
-        let path = testdata().join(file).display().to_string();
-        let output =
-            helm_output(&["template", RELEASE, chart.as_str(), "-f", path.as_str()]).await?;
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        ensure!(!output.status.success(), "{file} was accepted");
+        let stderr = refusal(file).await?;
         ensure!(
             stderr.contains(says),
             "{file}: the error does not say {says}:\n{stderr}"
