@@ -16,7 +16,11 @@
 # are sorted, gzip stores no name or time. `images/build.sh --reproducible` builds the archives
 # twice from the same binaries and fails unless the bytes are equal.
 #
-# Usage: images/build.sh [--reproducible]
+# `images/build.sh --binaries` builds only the two static binaries and prints their folder
+# (`make bench` measures those binaries; sharing the build keeps the two from rebuilding each
+# other's in one target folder).
+#
+# Usage: images/build.sh [--reproducible | --binaries]
 # Environment: IMAGES_OUT (default images/out), IMAGES_REGISTRY (default localhost/kosmos),
 #              SOURCE_DATE_EPOCH, CARGO (default cargo).
 set -euo pipefail
@@ -208,6 +212,11 @@ build_all() {
 mode="${1:-build}"
 case "${mode}" in
   build | --reproducible) ;;
+  --binaries)
+    build_binaries
+    echo "${RUST_BIN}"
+    exit 0
+    ;;
   *)
     sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
     exit 2

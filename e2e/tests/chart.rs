@@ -308,6 +308,45 @@ async fn values_that_cannot_work_together_are_refused_saying_why() -> Result<()>
     Ok(())
 }
 
+/// The guard on `webhook.maxConnections` writes the operator's Job creates in flight per
+/// reconciliation as a literal (a template cannot read Rust): rendered exactly at the boundary
+/// that `CREATES_AT_ONCE` gives, it accepts, and one connection below it, it refuses.
+#[tokio::test]
+async fn the_connection_guard_counts_the_creates_the_operator_makes_at_once() -> Result<()> {
+    let per_reconcile = kosmos_operator::controller::CREATES_AT_ONCE;
+    // Two webhook replicas (the default) and four reconciles: the cap per replica is half the
+    // burst, so the replicas are counted too.
+    let (replicas, reconciles) = (2, 4);
+    let boundary = per_reconcile * reconciles / replicas;
+    let chart = chart_dir().display().to_string();
+    for (max, accepted) in [(boundary, true), (boundary - 1, false)] {
+        let output = helm_output(&[
+            "template",
+            RELEASE,
+            chart.as_str(),
+            "--set",
+            &format!("webhook.replicas={replicas}"),
+            "--set",
+            &format!("operator.concurrentReconciles={reconciles}"),
+            "--set",
+            &format!("webhook.maxConnections={max}"),
+        ])
+        .await?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        ensure!(
+            output.status.success() == accepted,
+            "webhook.maxConnections={max} with {replicas} replicas and {reconciles} reconciles \
+             of {per_reconcile} creates: accepted {}, expected {accepted}:\n{stderr}",
+            output.status.success()
+        );
+        if !accepted {
+            let says = format!("Job creates in flight ({per_reconcile} × operator.concurrentReconciles");
+            ensure!(stderr.contains(&says), "the error does not say {says}:\n{stderr}");
+        }
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_installed_chart_runs_a_plugin_install_as_its_service_accounts_and_nothing_more()
 -> Result<()> {

@@ -365,7 +365,9 @@ const SETTLE_PASSES: usize = 4;
 
 /// Job creations one reconciliation has in flight at most: all of a VirtualCluster's plugins in
 /// the common case, without letting one with a hundred plugins take the apiserver's share of
-/// the others ([`crate::server::Args::concurrent_reconciles`] of these at once).
+/// the others ([`crate::server::Args::concurrent_reconciles`] of these at once). The chart's
+/// guard on `webhook.maxConnections` writes it as a literal; `e2e/tests/chart.rs` checks that
+/// the two agree.
 pub const CREATES_AT_ONCE: usize = 8;
 
 /// What a reconciliation observed outside the Jobs; fixed for all passes of [`settle`].
