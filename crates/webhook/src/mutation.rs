@@ -30,8 +30,8 @@ use serde::Serialize;
 use crate::executor_env as env;
 
 /// The executor script: one constant, so what runs is reviewed once and never built from CR
-/// values.
-pub const EXECUTOR_SCRIPT: &str = include_str!("executor.sh");
+/// values. It is `src/executor.sh` without its comment and blank lines (`build.rs`).
+pub const EXECUTOR_SCRIPT: &str = include_str!(concat!(env!("OUT_DIR"), "/executor.sh"));
 
 /// Folder of the kubeconfig Secret volume.
 pub const KUBECONFIG_DIR: &str = "/kosmos/kubeconfig";

@@ -882,6 +882,37 @@ fn snapshot_seed_field_list_corrected() {
     insta::assert_yaml_snapshot!(pod_snapshot(&seed_plugin("field-list-corrected.yaml")));
 }
 
+/// The shipped script is `src/executor.sh` without its comment and blank lines (`build.rs`).
+/// Bash prints a function from its parse tree, without comments or layout, so the source and
+/// the shipped script wrapped in one must print the same: a line dropped from inside a quoted
+/// string or a here-document would show.
+#[test]
+fn the_shipped_executor_script_parses_as_the_source_does() {
+    let source = include_str!("../executor.sh");
+    let parsed = |script: &str| {
+        let out = std::process::Command::new("bash")
+            .args(["-c", "eval \"shipped() {\n${SCRIPT}\n}\" && declare -f shipped"])
+            .env("SCRIPT", script)
+            .output()
+            .unwrap_or_else(|e| panic!("bash cannot run ({e})"));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let shipped = parsed(EXECUTOR_SCRIPT);
+    assert!(
+        shipped.contains("finish ()") && shipped.lines().count() > 100,
+        "bash printed the whole script as one function:\n{shipped}"
+    );
+    assert_eq!(parsed(source), shipped);
+    assert!(
+        EXECUTOR_SCRIPT.len() < source.len()
+            && !EXECUTOR_SCRIPT
+                .lines()
+                .any(|line| line.trim().is_empty() || line.trim_start().starts_with('#')),
+        "the comments and blank lines are gone"
+    );
+}
+
 #[test]
 fn executor_script_passes_shellcheck_as_posix_sh() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/src/executor.sh");
