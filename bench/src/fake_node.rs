@@ -245,7 +245,10 @@ impl FakeNode {
     }
 
     /// The kubelet's part for the pods of `ns` bound to this node: each container exited 0, the
-    /// pod Succeeded. Runs until aborted.
+    /// pod Succeeded; and a pod being deleted is removed for good (grace period 0), as a kubelet
+    /// does once its containers have stopped. Without that last part, a pod bound after the round
+    /// (a target's backlog) and then deleted with its namespace would keep the namespace for
+    /// ever. Runs until aborted.
     pub fn finish_pods(&self, ns: &str) -> tokio::task::JoinHandle<()> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         let config = watcher::Config::default().fields(&format!("spec.nodeName={NAME}"));
@@ -258,25 +261,30 @@ impl FakeNode {
                         .as_ref()
                         .and_then(|s| s.phase.as_deref())
                         .is_none_or(|p| p == "Pending");
-                    std::future::ready(pending && pod.metadata.deletion_timestamp.is_none())
+                    std::future::ready(pending || pod.metadata.deletion_timestamp.is_some())
                 })
                 .map_err(anyhow::Error::from)
                 .try_for_each_concurrent(32, |pod| {
                     let pods = pods.clone();
                     async move {
                         let name = pod.name_any();
-                        if let Err(e) = pods
-                            .patch_status(
-                                &name,
-                                &PatchParams::default(),
-                                &Patch::Strategic(succeeded(&pod)),
-                            )
-                            .await
+                        let (doing, result) = if pod.metadata.deletion_timestamp.is_some() {
+                            let now = DeleteParams {
+                                grace_period_seconds: Some(0),
+                                ..DeleteParams::default()
+                            };
+                            ("removing", pods.delete(&name, &now).await.map(|_| ()))
+                        } else {
+                            let patch = Patch::Strategic(succeeded(&pod));
+                            let params = PatchParams::default();
+                            let done = pods.patch_status(&name, &params, &patch).await;
+                            ("finishing", done.map(|_| ()))
+                        };
+                        // A pod deleted meanwhile, or a second event for one already done.
+                        if let Err(e) = result
+                            && !matches!(&e, kube::Error::Api(s) if s.code == 404)
                         {
-                            // A pod deleted meanwhile, or a second event for one already done.
-                            if !matches!(&e, kube::Error::Api(s) if s.code == 404) {
-                                eprintln!("kubelet stand-in: finishing pod {name}: {e}");
-                            }
+                            eprintln!("kubelet stand-in: {doing} pod {name}: {e}");
                         }
                         Ok(())
                     }

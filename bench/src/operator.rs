@@ -207,8 +207,14 @@ pub async fn run(args: &OperatorArgs) -> Result<()> {
             )?;
             std::fs::write(args.out.join("operator.md"), markdown(&report))?;
             let name = namespace.name().to_owned();
+            // The kubelet's part goes on through the teardown: pods a target's backlog bound
+            // after its round are removed as a kubelet would (the peer's left the namespace
+            // there for good until 2026-12-07).
+            let stand_in = node.finish_pods(&name);
             namespace.delete().await?;
-            wait_gone(&client, &name, timeout).await?;
+            let gone = wait_gone(&client, &name, timeout).await;
+            stand_in.abort();
+            gone?;
         }
     }
     node.remove().await?;
@@ -263,9 +269,21 @@ const CONTROL_PLANE: [&str; 2] = ["job-controller", "default-scheduler"];
 async fn wait_gone(client: &Client, ns: &str, timeout: Duration) -> Result<()> {
     let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     let start = Instant::now();
-    while api.get_opt(ns).await?.is_some() {
+    while let Some(namespace) = api.get_opt(ns).await? {
         if start.elapsed() > timeout {
-            bail!("namespace {ns} still exists {timeout:?} after its deletion");
+            // The namespace controller says what it could not delete yet.
+            let holding: Vec<String> = namespace
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|c| c.status == "True")
+                .filter_map(|c| c.message)
+                .collect();
+            bail!(
+                "namespace {ns} still exists {timeout:?} after its deletion: {}",
+                holding.join("; ")
+            );
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

@@ -340,8 +340,12 @@ async fn the_connection_guard_counts_the_creates_the_operator_makes_at_once() ->
             output.status.success()
         );
         if !accepted {
-            let says = format!("Job creates in flight ({per_reconcile} × operator.concurrentReconciles");
-            ensure!(stderr.contains(&says), "the error does not say {says}:\n{stderr}");
+            let says =
+                format!("Job creates in flight ({per_reconcile} × operator.concurrentReconciles");
+            ensure!(
+                stderr.contains(&says),
+                "the error does not say {says}:\n{stderr}"
+            );
         }
     }
     Ok(())

@@ -891,11 +891,18 @@ fn the_shipped_executor_script_parses_as_the_source_does() {
     let source = include_str!("../executor.sh");
     let parsed = |script: &str| {
         let out = std::process::Command::new("bash")
-            .args(["-c", "eval \"shipped() {\n${SCRIPT}\n}\" && declare -f shipped"])
+            .args([
+                "-c",
+                "eval \"shipped() {\n${SCRIPT}\n}\" && declare -f shipped",
+            ])
             .env("SCRIPT", script)
             .output()
             .unwrap_or_else(|e| panic!("bash cannot run ({e})"));
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
     let shipped = parsed(EXECUTOR_SCRIPT);
