@@ -1,8 +1,8 @@
 //! Ships `src/executor.sh` without its comment lines and blank lines. Every executor Job carries
 //! the script (in the webhook's answer, the apiserver's patch, etcd, the pod), and a third of the
 //! source is comments written for the people who read it here. Indentation stays, so the Job is
-//! still readable. `tests/executor_script.rs` checks that bash parses the source and the shipped
-//! script into the same program (nothing inside a quoted string was dropped).
+//! still readable. A unit test (`src/mutation/tests.rs`) checks that bash parses the source and
+//! the shipped script into the same program (nothing inside a quoted string was dropped).
 
 use std::io;
 use std::path::PathBuf;
