@@ -16,6 +16,12 @@
 //!
 //! The key Secret holds [`KEY_DATA`] (signs and verifies) and optionally [`PREVIOUS_KEY_DATA`]
 //! (verifies only): rotate by moving `key` to `previous` and writing a new `key`.
+//!
+//! Two versions of the message: `v1` writes every value whole; `v2` (signed since 2026-12) writes
+//! a value longer than [`LONG_VALUE`] bytes as its SHA-256. The executor script is most of a
+//! Job's signed bytes and the same in every Job, so a signer that knows it ([`KnownValues`])
+//! hashes it once per process instead of once per Job. Both versions verify: Jobs signed by a
+//! webhook before the upgrade keep counting.
 
 use std::collections::BTreeMap;
 
@@ -37,10 +43,62 @@ pub const DEFAULT_KEY_SECRET: &str = "plugin-webhook-mark-key";
 /// Bytes of a generated key, and the fewest a key may have (the size of the SHA-256 block's
 /// security level: a shorter key would be the weak point).
 pub const KEY_BYTES: usize = 32;
-/// What every signed mark starts with; an unsigned one (no key configured) starts otherwise.
-const VERSION: &str = "v1";
-/// Domain separation: these bytes are a mark of this contract and nothing else.
-const DOMAIN: &str = "kosmos.io/executor-job-mark/v1";
+/// The versions of the message; what a signed mark starts with (an unsigned one, made without a
+/// key, starts otherwise).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Version {
+    /// Every value whole (marks signed before 2026-12, still verified).
+    V1,
+    /// Long values by their SHA-256 (what [`sign`] makes).
+    V2,
+}
+
+impl Version {
+    fn prefix(self) -> &'static str {
+        match self {
+            Self::V1 => "v1",
+            Self::V2 => "v2",
+        }
+    }
+
+    /// Domain separation: these bytes are a mark of this contract and version and nothing else.
+    fn domain(self) -> &'static str {
+        match self {
+            Self::V1 => "kosmos.io/executor-job-mark/v1",
+            Self::V2 => "kosmos.io/executor-job-mark/v2",
+        }
+    }
+}
+
+/// In a `v2` message, a value longer than this many bytes is written as its SHA-256 (after its
+/// length, so the two forms cannot be confused).
+pub const LONG_VALUE: usize = 64;
+
+/// Long values a signer expects in most Jobs, with their SHA-256 computed once: a value equal to
+/// one of them is not hashed again. Knowing a value only saves time; the mark is the same.
+#[derive(Clone, Debug, Default)]
+pub struct KnownValues(Vec<(&'static str, [u8; 32])>);
+
+impl KnownValues {
+    /// The digests of `values` (those not longer than [`LONG_VALUE`] are never hashed, and left
+    /// out).
+    pub fn new(values: &[&'static str]) -> Self {
+        Self(
+            values
+                .iter()
+                .filter(|v| v.len() > LONG_VALUE)
+                .map(|v| (*v, Sha256::digest(v.as_bytes()).into()))
+                .collect(),
+        )
+    }
+
+    fn digest(&self, value: &str) -> [u8; 32] {
+        match self.0.iter().find(|(known, _)| *known == value) {
+            Some((_, digest)) => *digest,
+            None => Sha256::digest(value.as_bytes()).into(),
+        }
+    }
+}
 
 /// The Secret holding the keys: `namespace/name`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,14 +211,28 @@ fn keys_from<'a>(data: impl Fn(&str) -> Option<&'a [u8]>) -> Result<Vec<Key>, St
     Ok(keys)
 }
 
-/// The mark of `job` under `key`: `v1.<key id>.<hex of the HMAC over [`message`]>`.
+/// The mark of `job` under `key`: `v2.<key id>.<hex of the HMAC over [`message`]>`.
 pub fn sign(key: &Key, job: &Job) -> String {
-    let tag = hmac::sign(&key.key, &message(job));
-    format!("{VERSION}.{}.{}", key.id, hex::encode(tag.as_ref()))
+    sign_knowing(key, job, &KnownValues::default())
 }
 
-/// The key id and the tag of `job`'s mark.
-fn parts(job: &Job) -> Result<(&str, &str), MarkError> {
+/// [`sign`], with the digests of `known` long values taken instead of computed.
+pub fn sign_knowing(key: &Key, job: &Job, known: &KnownValues) -> String {
+    sign_as(Version::V2, key, job, known)
+}
+
+fn sign_as(version: Version, key: &Key, job: &Job, known: &KnownValues) -> String {
+    let tag = hmac::sign(&key.key, &message(version, job, known));
+    format!(
+        "{}.{}.{}",
+        version.prefix(),
+        key.id,
+        hex::encode(tag.as_ref())
+    )
+}
+
+/// The version, key id and tag of `job`'s mark.
+fn parts(job: &Job) -> Result<(Version, &str, &str), MarkError> {
     let mark = job
         .metadata
         .annotations
@@ -169,35 +241,44 @@ fn parts(job: &Job) -> Result<(&str, &str), MarkError> {
         .filter(|m| !m.is_empty())
         .ok_or(MarkError::Missing)?;
     let mut parts = mark.splitn(3, '.');
-    let (Some(VERSION), Some(id), Some(tag)) = (parts.next(), parts.next(), parts.next()) else {
+    let (Some(prefix), Some(id), Some(tag)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(MarkError::Unsigned);
     };
-    Ok((id, tag))
+    let version = [Version::V1, Version::V2]
+        .into_iter()
+        .find(|v| v.prefix() == prefix)
+        .ok_or(MarkError::Unsigned)?;
+    Ok((version, id, tag))
 }
 
 /// The id of the key `job`'s mark names, if it has a signed mark at all (nothing verified): lets
 /// a holder of keys see whether it holds that one before it checks.
 pub fn key_id(job: &Job) -> Option<&str> {
-    parts(job).ok().map(|(id, _)| id)
+    parts(job).ok().map(|(_, id, _)| id)
 }
 
 /// Whether `job`'s mark was made by the webhook for this very Job with one of `keys`
 /// (constant-time comparison, ring's).
 pub fn verify(keys: &[Key], job: &Job) -> Result<(), MarkError> {
-    let (id, tag) = parts(job)?;
+    let (version, id, tag) = parts(job)?;
     let tag = hex::decode(tag).map_err(|_| MarkError::Unsigned)?;
     let key = keys
         .iter()
         .find(|k| k.id == id)
         .ok_or_else(|| MarkError::UnknownKey(id.to_owned()))?;
-    hmac::verify(&key.key, &message(job), &tag).map_err(|_| MarkError::Mismatch)
+    let message = message(version, job, &KnownValues::default());
+    hmac::verify(&key.key, &message, &tag).map_err(|_| MarkError::Mismatch)
 }
 
 /// The signed bytes: each value length-prefixed (so no two different Jobs give the same bytes),
 /// absent values distinct from empty ones.
-pub fn message(job: &Job) -> Vec<u8> {
-    let mut m = Message::default();
-    m.str(DOMAIN);
+fn message(version: Version, job: &Job, known: &KnownValues) -> Vec<u8> {
+    let mut m = Message {
+        bytes: Vec::with_capacity(1024),
+        version,
+        known,
+    };
+    m.str(version.domain());
     let meta = &job.metadata;
     m.opt(meta.namespace.as_deref());
     m.opt(meta.name.as_deref());
@@ -233,7 +314,7 @@ pub fn message(job: &Job) -> Vec<u8> {
     let pod = job.spec.as_ref().and_then(|s| s.template.spec.as_ref());
     let Some(pod) = pod else {
         m.str("no pod");
-        return m.0;
+        return m.bytes;
     };
     m.json(&pod.automount_service_account_token);
     m.json(&pod.affinity);
@@ -252,10 +333,10 @@ pub fn message(job: &Job) -> Vec<u8> {
     for v in volumes {
         volume(&mut m, v);
     }
-    m.0
+    m.bytes
 }
 
-fn container(m: &mut Message, c: &Container) {
+fn container(m: &mut Message<'_>, c: &Container) {
     m.str(&c.name);
     m.opt(c.image.as_deref());
     for list in [&c.command, &c.args] {
@@ -311,7 +392,7 @@ fn container(m: &mut Message, c: &Container) {
 
 /// A volume by what it refers to: the fields the apiserver defaults (a Secret volume's
 /// `defaultMode`) stay out.
-fn volume(m: &mut Message, v: &Volume) {
+fn volume(m: &mut Message<'_>, v: &Volume) {
     m.str(&v.name);
     if let Some(s) = &v.secret {
         m.str("secret");
@@ -343,24 +424,32 @@ fn volume(m: &mut Message, v: &Volume) {
     }
 }
 
-#[derive(Default)]
-struct Message(Vec<u8>);
+struct Message<'a> {
+    bytes: Vec<u8>,
+    version: Version,
+    known: &'a KnownValues,
+}
 
-impl Message {
+impl Message<'_> {
     fn len(&mut self, n: usize) {
-        self.0.extend_from_slice(&(n as u64).to_be_bytes());
+        self.bytes.extend_from_slice(&(n as u64).to_be_bytes());
     }
     fn str(&mut self, s: &str) {
         self.len(s.len());
-        self.0.extend_from_slice(s.as_bytes());
+        if self.version == Version::V2 && s.len() > LONG_VALUE {
+            let digest = self.known.digest(s);
+            self.bytes.extend_from_slice(&digest);
+        } else {
+            self.bytes.extend_from_slice(s.as_bytes());
+        }
     }
     fn opt(&mut self, s: Option<&str>) {
         match s {
             Some(s) => {
-                self.0.push(1);
+                self.bytes.push(1);
                 self.str(s);
             }
-            None => self.0.push(0),
+            None => self.bytes.push(0),
         }
     }
     fn json<T: serde::Serialize>(&mut self, value: &T) {
@@ -372,6 +461,8 @@ impl Message {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::LazyLock;
+
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
     use super::*;
@@ -520,11 +611,87 @@ mod tests {
         assert_eq!(verify(&[key(1)], &good), Ok(()));
     }
 
+    /// A Job whose command carries a script as long as the executor's.
+    fn job_with_script(script: &str) -> Job {
+        let mut job = job();
+        let pod = job.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
+        pod.containers[0].command = Some(vec!["/bin/sh".into(), "-c".into(), script.into()]);
+        job
+    }
+
+    #[test]
+    fn a_signer_that_knows_a_long_value_makes_the_same_mark() {
+        static SCRIPT: LazyLock<String> = LazyLock::new(|| "echo install\n".repeat(1000));
+        let job = job_with_script(&SCRIPT);
+        let known = KnownValues::new(&[SCRIPT.as_str(), "short"]);
+        assert_eq!(
+            known.0.len(),
+            1,
+            "a short value is never hashed, so never kept"
+        );
+        let mark = sign_knowing(&key(1), &job, &known);
+        assert!(mark.starts_with("v2."), "{mark}");
+        assert_eq!(mark, sign(&key(1), &job));
+        // Verifying hashes the script itself: the mark holds.
+        let mut marked = job.clone();
+        marked
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(contract::INJECTED_ANNOTATION.into(), mark.clone());
+        assert_eq!(verify(&[key(1)], &marked), Ok(()));
+        // One byte of the long value changed: the digest differs, the mark does not verify,
+        // whatever the signer knew.
+        let mut changed = job_with_script(&SCRIPT.replacen("install", "instalL", 1));
+        changed.metadata.annotations = marked.metadata.annotations.clone();
+        assert_eq!(verify(&[key(1)], &changed), Err(MarkError::Mismatch));
+        assert_ne!(sign_knowing(&key(1), &changed, &known), mark);
+    }
+
+    #[test]
+    fn marks_signed_as_v1_still_verify_and_the_version_is_bound() {
+        let script = "echo install\n".repeat(100);
+        let job = job_with_script(&script);
+        let v1 = sign_as(Version::V1, &key(1), &job, &KnownValues::default());
+        assert!(v1.starts_with("v1."), "{v1}");
+        let with = |mark: &str| {
+            let mut j = job.clone();
+            j.metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(contract::INJECTED_ANNOTATION.into(), mark.to_owned());
+            j
+        };
+        assert_eq!(verify(&[key(1)], &with(&v1)), Ok(()));
+        // The same tag claimed for the other version is another message's tag.
+        let relabelled = v1.replacen("v1.", "v2.", 1);
+        assert_eq!(
+            verify(&[key(1)], &with(&relabelled)),
+            Err(MarkError::Mismatch)
+        );
+        let v2 = sign(&key(1), &job);
+        assert_ne!(v2.split('.').nth(2), v1.split('.').nth(2));
+        assert_eq!(
+            verify(&[key(1)], &with(&v2.replacen("v2.", "v1.", 1))),
+            Err(MarkError::Mismatch)
+        );
+        // A v1 mark copied onto another Job is refused as before.
+        let mut copy = with(&v1);
+        copy.metadata.name = Some("other".into());
+        assert_eq!(verify(&[key(1)], &copy), Err(MarkError::Mismatch));
+    }
+
     #[test]
     fn unsigned_and_garbled_marks_are_refused() {
         let mut job = job();
         assert_eq!(verify(&[key(1)], &job), Err(MarkError::Missing));
-        for bad in ["e2e", "v1.abc", "v1.abc.zz", "0123456789abcdef"] {
+        for bad in [
+            "e2e",
+            "v1.abc",
+            "v1.abc.zz",
+            "v3.abc.00",
+            "0123456789abcdef",
+        ] {
             job.metadata
                 .annotations
                 .get_or_insert_with(Default::default)
