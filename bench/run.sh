@@ -22,6 +22,14 @@ done
 export PATH="${PATH}:/usr/local/go/bin:${HOME}/.cargo/bin"
 command -v curl > /dev/null || { echo "curl is missing: apt-get install curl" >&2; exit 1; }
 command -v taskset > /dev/null || { echo "taskset is missing: apt-get install util-linux" >&2; exit 1; }
+# Checked now rather than found missing after half an hour of builds.
+mapfile -t missing < <(.ci/missing-packages)
+if ((${#missing[@]})); then
+  echo "missing: apt-get install ${missing[*]} (.ci/run installs them)" >&2
+  exit 1
+fi
+rustup target list --installed 2> /dev/null | grep -qx x86_64-unknown-linux-musl \
+  || { echo "the Rust target x86_64-unknown-linux-musl is missing: rustup target add x86_64-unknown-linux-musl" >&2; exit 1; }
 
 # KEY=value lines (a value may hold spaces: the reason a tool is unavailable).
 while IFS='=' read -r key value; do

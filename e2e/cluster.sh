@@ -1284,8 +1284,10 @@ case "${cmd}" in
       else
         log "leaving the cluster running for $(find "${USERS}" -mindepth 1 | wc -l) other user(s)"
       fi
-    else
-      # Said out loud: a cluster left running after `make test` is otherwise a puzzle.
+    elif any_running; then
+      # Said out loud: a cluster left running after `make test` is otherwise a puzzle. (Nothing
+      # running: the start failed before there was anything to leave, and saying otherwise
+      # would hide that.)
       log "leaving the cluster running: it was already running when this run began (cluster.sh up," \
         "make cluster-up or a plain cargo test started it); stop it with make cluster-down"
     fi
