@@ -2,6 +2,7 @@
 //! resources (`kosmos.io/v1alpha1`), their validation, and the [`contract`] by which the operator
 //! and the webhook recognise an executor Job.
 
+pub mod bytes;
 pub mod contract;
 pub mod crd;
 pub mod kubeconfig;

@@ -93,7 +93,11 @@ impl KnownValues {
     }
 
     fn digest(&self, value: &str) -> [u8; 32] {
-        match self.0.iter().find(|(known, _)| *known == value) {
+        let known = self
+            .0
+            .iter()
+            .find(|(known, _)| crate::bytes::equal(known.as_bytes(), value.as_bytes()));
+        match known {
             Some((_, digest)) => *digest,
             None => Sha256::digest(value.as_bytes()).into(),
         }

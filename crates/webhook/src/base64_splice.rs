@@ -38,7 +38,8 @@ impl PreEncoded {
     /// constant is expected at `bytes[at..]`; if it is not there, `bytes` is encoded plainly.
     pub fn encode(&self, bytes: &[u8], at: usize, out: &mut Vec<u8>) {
         let end = at.saturating_add(self.constant.len());
-        if bytes.get(at..end) != Some(self.constant) {
+        let here = bytes.get(at..end);
+        if !here.is_some_and(|here| kosmos_api::bytes::equal(here, self.constant)) {
             push(out, bytes);
             return;
         }

@@ -161,7 +161,9 @@ fn write_value(
     script_at: &mut Option<usize>,
 ) -> Result<(), serde_json::Error> {
     match value {
-        serde_json::Value::String(s) if s == EXECUTOR_SCRIPT => {
+        serde_json::Value::String(s)
+            if kosmos_api::bytes::equal(s.as_bytes(), EXECUTOR_SCRIPT.as_bytes()) =>
+        {
             script_at.get_or_insert(out.len());
             out.extend_from_slice(SCRIPT_JSON.as_bytes());
         }
@@ -392,7 +394,7 @@ fn injection_head(injection: &Injection) -> Option<Vec<u8>> {
         env: &'a [EnvVar],
         node_name: &'a Option<String>,
     }
-    if injection.script != EXECUTOR_SCRIPT {
+    if !kosmos_api::bytes::equal(injection.script.as_bytes(), EXECUTOR_SCRIPT.as_bytes()) {
         return None;
     }
     let head = Head {
